@@ -1,0 +1,31 @@
+"""nnsight-vla: vision-language-action policies as traceable nnsight models."""
+
+from .errors import (
+    CheckpointError,
+    InputError,
+    LayerIndexError,
+    StandardNameError,
+    UnknownModelError,
+    VLAError,
+)
+from .model import VLA
+from .observation import Observation
+from .registry import Family, families, load, register
+from .spec import ModelSpec
+
+__all__ = [
+    "CheckpointError",
+    "Family",
+    "InputError",
+    "LayerIndexError",
+    "ModelSpec",
+    "Observation",
+    "StandardNameError",
+    "UnknownModelError",
+    "VLA",
+    "VLAError",
+    "families",
+    "load",
+    "register",
+]
+__version__ = "0.1.0"

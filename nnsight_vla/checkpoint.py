@@ -1,0 +1,165 @@
+"""Strict reading and writing of safetensors checkpoints in the Hugging Face layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from .errors import CheckpointError, InputError
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bfloat16"`` / ``torch.bfloat16`` → ``torch.bfloat16``; None stays None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise InputError(f"dtype {dtype!r} is not supported; use one of {sorted(_DTYPES)}.")
+    return _DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype | None) -> str | None:
+    """The inverse of `parse_dtype`."""
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def local_folder(source: str | Path, allow_patterns: list[str] | None = None) -> Path:
+    """A checkpoint folder on disk: ``source`` itself, or a Hub snapshot of it."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(source), allow_patterns=allow_patterns))
+    except Exception as err:
+        raise CheckpointError(
+            f"cannot get {source!r} from the Hugging Face Hub ({type(err).__name__}: {err}); "
+            "download it where the Hub is reachable and pass the folder."
+        ) from err
+
+
+def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder (``model.safetensors`` or shards plus their index)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    index = folder / INDEX
+    if index.is_file():
+        try:
+            weight_map: dict = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise CheckpointError(f"{index} is not a safetensors index ({err}).") from err
+        shards = sorted(set(weight_map.values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{folder} is missing shard(s) {missing} listed in {INDEX}; "
+                "copy the complete checkpoint (every shard) into the folder."
+            )
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            tensors.update(load_file(folder / shard))
+        unlisted = sorted(set(tensors) - set(weight_map))
+        absent = sorted(set(weight_map) - set(tensors))
+        if unlisted or absent:
+            raise CheckpointError(
+                f"{folder}: shards and {INDEX} disagree (in shards only: {unlisted[:5]}, "
+                f"in the index only: {absent[:5]}); re-download the checkpoint."
+            )
+        return tensors
+    if (folder / SINGLE).is_file():
+        return load_file(folder / SINGLE)
+    shards = sorted(p.name for p in folder.glob("model-*.safetensors"))
+    hint = f"found shards {shards} but no {INDEX}" if shards else "found no weights"
+    raise CheckpointError(
+        f"{folder}: {hint}; a checkpoint needs {SINGLE} or its shards with {INDEX}. "
+        "Copy the complete checkpoint, or save one with `model.save_pretrained(path)`."
+    )
+
+
+def write_state_dict(
+    folder: str | Path, tensors: Mapping[str, torch.Tensor], max_shard_bytes: int = 5 * 2**30
+) -> list[str]:
+    """Write ``tensors`` as ``model.safetensors`` or as shards with an index; return the files."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor.detach().contiguous().cpu()
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], folder / SINGLE, metadata={"format": "pt"})
+        return [SINGLE]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        save_file(shard, folder / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / INDEX).write_text(json.dumps(index, indent=2))
+    return [*names, INDEX]
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Size], found: Mapping[str, torch.Tensor], where: str
+) -> None:
+    """Raise `CheckpointError` naming every missing, unexpected or mis-shaped weight."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    misshaped = [
+        f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k])}"
+        for k in sorted(set(expected) & set(found))
+        if tuple(found[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
+            problems.append(f"{len(items)} {label}: {items[:10]}{more}")
+    if problems:
+        raise CheckpointError(
+            f"{where} does not match the architecture its config describes; "
+            + "; ".join(problems)
+            + ". Nothing was loaded: fix the checkpoint (or its config.json) rather than "
+            "running with random weights."
+        )
+
+
+def load_module(
+    build: Callable[[], torch.nn.Module],
+    tensors: Mapping[str, torch.Tensor],
+    where: str,
+    rebuild_buffers: Callable[[torch.nn.Module], None] = lambda module: None,
+) -> torch.nn.Module:
+    """Build ``build()`` without initialising it and load ``tensors`` into it, strictly.
+
+    The module is built on the meta device, so no time goes into random initialisation;
+    ``rebuild_buffers`` recreates the non-persistent buffers (e.g. rotary frequencies)
+    that a checkpoint does not carry.
+    """
+    with torch.device("meta"):
+        module = build()
+    check_state_dict({k: v.shape for k, v in module.state_dict().items()}, tensors, where)
+    module.load_state_dict(dict(tensors), strict=True, assign=True)
+    rebuild_buffers(module)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"{where}: tensors {left[:5]} were never loaded (a plugin bug).")
+    return module

@@ -1,0 +1,27 @@
+"""Exception types: every error nnsight-vla raises derives from `VLAError`."""
+
+from __future__ import annotations
+
+
+class VLAError(Exception):
+    """Base class of every error this project raises; the message names the fix."""
+
+
+class InputError(VLAError, ValueError):
+    """An observation, instruction or argument that the model cannot take."""
+
+
+class CheckpointError(VLAError, OSError):
+    """A checkpoint folder that is incomplete or does not match the architecture."""
+
+
+class UnknownModelError(VLAError, LookupError):
+    """A name or path that no registered model family can load."""
+
+
+class StandardNameError(VLAError, AttributeError):
+    """A family's rename map does not produce the standard module names."""
+
+
+class LayerIndexError(VLAError, IndexError):
+    """A layer index outside the model's range."""

@@ -1,0 +1,150 @@
+"""Model families, discovered through the ``nnsight_vla.models`` entry-point group."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from .errors import CheckpointError, UnknownModelError
+
+ENTRY_POINT_GROUP = "nnsight_vla.models"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a plugin declares about one model family (its entry point's target).
+
+    Attributes:
+        name: Family name, e.g. ``"openvla"``.
+        model_class: ``"module:Class"`` of its `VLA` subclass, imported only when used.
+        config_types: Values of ``config.json``'s ``model_type`` (or lerobot's ``type``)
+            that this family loads.
+        builtins: Offline names it builds without any files, e.g. ``("tiny-openvla",)``.
+
+    Example:
+        >>> Family("toy", "toy_plugin.model:Toy", ("toy",)).name
+        'toy'
+    """
+
+    name: str
+    model_class: str
+    config_types: tuple[str, ...]
+    builtins: tuple[str, ...] = ()
+
+    def load_class(self) -> type:
+        """Import and return the family's model class."""
+        module, _, cls = self.model_class.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+_extra: dict[str, Family] = {}
+
+
+@functools.cache
+def _discovered() -> dict[str, Family]:
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        family = ep.load()
+        if not isinstance(family, Family):
+            raise UnknownModelError(
+                f"entry point {ep.name!r} in group {ENTRY_POINT_GROUP!r} points at "
+                f"{type(family).__name__}, not an nnsight_vla Family; fix the plugin's pyproject."
+            )
+        found[family.name] = family
+    return found
+
+
+def families() -> dict[str, Family]:
+    """Every registered family by name (installed plugins plus `register` calls)."""
+    return {**_discovered(), **_extra}
+
+
+def register(family: Family) -> None:
+    """Register a family in this process (installed plugins need no call)."""
+    _extra[family.name] = family
+
+
+def _describe() -> str:
+    lines = [
+        f"  {f.name}: config types {list(f.config_types)}, built-in {list(f.builtins)}"
+        for f in families().values()
+    ]
+    return "registered families:\n" + ("\n".join(lines) or "  (none: is nnsight-vla installed?)")
+
+
+def _config_type(config_file: Path) -> str | None:
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {config_file}: {err}") from err
+    return config.get("model_type") or config.get("type")
+
+
+def _hub_config(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo_id, "config.json"))
+    except Exception as err:  # offline, unknown repo, gated repo...
+        raise UnknownModelError(
+            f"{repo_id!r} is neither a built-in name nor a local folder, and the Hugging Face Hub "
+            f"could not provide it ({type(err).__name__}: {err}). Download the checkpoint "
+            f"where the Hub is reachable and pass its folder.\n{_describe()}"
+        ) from err
+
+
+def resolve(source: str | Path) -> Family:
+    """The family that loads ``source`` (a built-in name, a checkpoint folder or a Hub id).
+
+    Example:
+        >>> resolve("tiny-openvla").name
+        'openvla'
+    """
+    source = str(source)
+    for family in families().values():
+        if source in family.builtins:
+            return family
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(
+                f"{path} has no config.json; a checkpoint folder needs the config written "
+                "with the weights (save it with `model.save_pretrained(path)`)."
+            )
+        config_file = path / "config.json"
+    elif source.count("/") == 1 and not path.exists() and not source.startswith((".", "/")):
+        config_file = _hub_config(source)
+    else:
+        raise UnknownModelError(f"{source!r} is not a built-in name or a folder.\n{_describe()}")
+    kind = _config_type(config_file)
+    for family in families().values():
+        if kind in family.config_types:
+            return family
+    raise UnknownModelError(
+        f"{source!r} has model type {kind!r}, which no installed plugin loads.\n{_describe()}"
+    )
+
+
+def load(source: str | Path, *, dtype=None, device=None, dispatch: bool = True, **kwargs):
+    """Load a VLA as a traceable nnsight model.
+
+    Args:
+        source: A built-in name (``"tiny-openvla"``), a checkpoint folder, or a Hub id.
+        dtype: ``"float32"``, ``"bfloat16"`` or a torch dtype; default: the checkpoint's.
+        device: Where to put the weights, e.g. ``"cpu"`` or ``"cuda"``.
+        dispatch: Load weights now (default). ``False`` builds on the meta device only,
+            as nnsight does, for ``scan`` or remote execution.
+        **kwargs: Family options, e.g. ``unnorm_key=`` for OpenVLA.
+
+    Example:
+        >>> model = load("tiny-openvla")
+        >>> model.spec.n_layers
+        2
+    """
+    family = resolve(source)
+    cls = family.load_class()
+    return cls(str(source), dtype=dtype, device=device, dispatch=dispatch, **kwargs)

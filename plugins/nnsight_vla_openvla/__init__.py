@@ -1,0 +1,10 @@
+"""OpenVLA for nnsight-vla: the family declaration (heavy modules load only when used)."""
+
+from nnsight_vla.registry import Family
+
+FAMILY = Family(
+    name="openvla",
+    model_class="nnsight_vla_openvla.model:OpenVLA",
+    config_types=("openvla",),
+    builtins=("tiny-openvla",),
+)

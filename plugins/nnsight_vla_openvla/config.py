@@ -1,0 +1,111 @@
+"""OpenVLA's ``config.json``: the official fields, read and written as the Hub checkpoints hold them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import LlamaConfig
+
+from nnsight_vla import CheckpointError
+
+# The fused DINOv2 + SigLIP backbone of every released OpenVLA checkpoint.
+DINOSIGLIP_224 = ("vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224")
+
+# Official per-backbone normalisation (preprocessor_config.json stores them rounded to bf16).
+DEFAULT_NORMALIZE = [
+    {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+]
+
+
+@dataclass
+class OpenVLAConfig:
+    """The fields of an OpenVLA ``config.json`` that define the network and the actions.
+
+    ``timm_overrides`` is this project's extension (absent from official checkpoints):
+    per-backbone keyword overrides for ``timm.create_model``, used by the tiny instances.
+    """
+
+    text_config: dict[str, Any]
+    norm_stats: dict[str, Any]
+    timm_model_ids: list[str] = field(default_factory=lambda: list(DINOSIGLIP_224))
+    timm_override_act_layers: list[str | None] = field(default_factory=lambda: [None, None])
+    image_sizes: list[int] = field(default_factory=lambda: [224, 224])
+    n_action_bins: int = 256
+    pad_token_id: int = 32000
+    pad_to_multiple_of: int = 64
+    timm_overrides: list[dict[str, Any]] | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def llama(self) -> LlamaConfig:
+        """The language model's transformers config (LlamaConfig defaults fill the gaps)."""
+        fields = {k: v for k, v in self.text_config.items() if k not in ("model_type", "torch_dtype")}
+        return LlamaConfig(**fields)
+
+    @property
+    def fused(self) -> bool:
+        return len(self.timm_model_ids) == 2
+
+    @property
+    def tokenizer_vocab_size(self) -> int:
+        """Vocabulary size before padding: the id of ``<PAD>``; action ids count down from it."""
+        return self.pad_token_id
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "config.json") -> "OpenVLAConfig":
+        if raw.get("model_type") != "openvla":
+            raise CheckpointError(f"{where}: model_type is {raw.get('model_type')!r}, not 'openvla'.")
+        if "norm_stats" not in raw:
+            raise CheckpointError(
+                f"{where} has no norm_stats; OpenVLA needs them to un-normalise actions "
+                "(add the checkpoint's dataset_statistics.json)."
+            )
+        if "timm_model_ids" not in raw and raw.get("vision_backbone_id") != "dinosiglip-vit-so-224px":
+            raise CheckpointError(
+                f"{where}: vision_backbone_id {raw.get('vision_backbone_id')!r} is not supported; "
+                "only 'dinosiglip-vit-so-224px' (every released OpenVLA) is."
+            )
+        known = {f for f in cls.__dataclass_fields__ if f != "raw"}
+        fields = {k: raw[k] for k in known if k in raw}
+        fields.setdefault("text_config", {})
+        return cls(**fields, raw=raw)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "OpenVLAConfig":
+        path = folder / "config.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise CheckpointError(f"{folder} has no config.json; copy the complete checkpoint.") from err
+        config = cls.from_dict(raw, str(path))
+        stats = folder / "dataset_statistics.json"
+        if stats.is_file():  # LIBERO fine-tunes ship their statistics beside the config
+            config.norm_stats = {**config.norm_stats, **json.loads(stats.read_text())}
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.raw)
+        out.update(
+            model_type="openvla",
+            architectures=["OpenVLAForActionPrediction"],
+            vision_backbone_id="dinosiglip-vit-so-224px",
+            llm_backbone_id=out.get("llm_backbone_id", "llama2-7b-pure"),
+            arch_specifier="no-align+fused-gelu-mlp",
+            use_fused_vision_backbone=self.fused,
+            image_resize_strategy=out.get("image_resize_strategy", "resize-naive"),
+            text_config={**self.text_config, "model_type": "llama"},
+            norm_stats=self.norm_stats,
+            timm_model_ids=self.timm_model_ids,
+            timm_override_act_layers=self.timm_override_act_layers,
+            image_sizes=self.image_sizes,
+            n_action_bins=self.n_action_bins,
+            pad_token_id=self.pad_token_id,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        )
+        if self.timm_overrides is not None:
+            out["timm_overrides"] = self.timm_overrides
+        return out

@@ -1,0 +1,161 @@
+"""`OpenVLA`: the OpenVLA family as an nnsight model (its own modeling code, official layout)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnsight_vla import VLA, CheckpointError, ModelSpec
+from nnsight_vla.checkpoint import local_folder, read_state_dict, write_state_dict, load_module
+
+from . import tiny
+from .actions import ActionTokenizer, select_stats, unnormalize
+from .config import OpenVLAConfig
+from .modeling import OpenVLANet
+from .processor import OpenVLAProcessor
+
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
+
+
+def to_checkpoint_key(key: str) -> str:
+    """Our state-dict key -> the official checkpoint's (timm's LayerScale ``gamma`` -> ``scale_factor``)."""
+    return re.sub(r"\.ls([12])\.gamma$", r".ls\1.scale_factor", key)
+
+
+def from_checkpoint_key(key: str) -> str:
+    return re.sub(r"\.ls([12])\.scale_factor$", r".ls\1.gamma", key)
+
+
+def _tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        raise CheckpointError(
+            f"{folder} has no tokenizer (tokenizer.json or tokenizer.model); copy the complete "
+            "checkpoint, including its tokenizer files."
+        )
+    return AutoTokenizer.from_pretrained(folder)
+
+
+class OpenVLA(VLA):
+    """OpenVLA (Kim et al. 2024): DINOv2 + SigLIP vision, GELU projector, Llama-2 decoder.
+
+    Options: ``unnorm_key`` (which dataset's statistics un-normalise actions; required when
+    the checkpoint has several) and ``center_crop`` (the 0.9-area crop that the LIBERO
+    fine-tunes need).
+
+    Example:
+        >>> model = nnsight_vla.load("openvla/openvla-7b-finetuned-libero-10",
+        ...                          dtype="bfloat16", device="cuda", center_crop=True)
+        >>> model.predict_action(obs)
+        array([...])
+    """
+
+    rename = {
+        "vision_backbone": "vision",
+        "projector": "projector",
+        "language_model.model.layers": "layers",
+        "language_model.model.norm": "ln_final",
+        "language_model.lm_head": "lm_head",
+    }
+    layer_paths = ("language_model.model.layers",)
+    _persistent_attributes = ("_tokenizer", "processor", "action_tokenizer")
+
+    def _configure(self, source: str, unnorm_key: str | None = None, center_crop: bool = False) -> None:
+        if source == tiny.NAME:
+            self.folder = None
+            self.config = tiny.tiny_config()
+            self._tokenizer = tiny.build_tiny_tokenizer()
+            self.processor = OpenVLAProcessor(self._tokenizer, center_crop=center_crop)
+        else:
+            self.folder = local_folder(source, allow_patterns=HUB_FILES)
+            self.config = OpenVLAConfig.from_folder(self.folder)
+            self._tokenizer = _tokenizer(self.folder)
+            self.processor = OpenVLAProcessor.from_folder(self.folder, self._tokenizer, center_crop)
+        config = self.config
+        self.action_tokenizer = ActionTokenizer(config.tokenizer_vocab_size, config.n_action_bins)
+        self.unnorm_key = None if unnorm_key is None else select_stats(config.norm_stats, unnorm_key)[0]
+        try:
+            action_dim = len(select_stats(config.norm_stats, self.unnorm_key)[1]["q01"])
+        except Exception:
+            action_dim = 7
+        llama = config.llama
+        self.spec = ModelSpec(
+            family="openvla",
+            n_layers=llama.num_hidden_layers,
+            d_model=llama.hidden_size,
+            d_mlp=llama.intermediate_size,
+            vocab_size=llama.vocab_size,
+            action_token_ids=self.action_tokenizer.token_ids,
+            action_dim=action_dim,
+        )
+
+    def _build(self) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(tiny.SEED)
+            net = OpenVLANet(self.config)
+        if self.folder is None:
+            tiny.init_tiny(net, self.action_tokenizer.token_ids)
+        return net
+
+    def _load_weights(self) -> torch.nn.Module:
+        if self.folder is None:
+            return self._build()
+        tensors = {from_checkpoint_key(k): v for k, v in read_state_dict(self.folder).items()}
+
+        def rotary(net: OpenVLANet) -> None:
+            from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+            with torch.device("cpu"):
+                net.language_model.model.rotary_emb = LlamaRotaryEmbedding(config=self.config.llama)
+
+        return load_module(lambda: OpenVLANet(self.config), tensors, str(self.folder), rotary)
+
+    def _inputs(self, observations: list) -> dict[str, torch.Tensor]:
+        return self.processor(observations)
+
+    def decode_actions(self, token_ids: np.ndarray, unnorm_key: str | None = None) -> np.ndarray:
+        """Un-normalised actions from generated action-token ids."""
+        _, stats = select_stats(self.config.norm_stats, unnorm_key or self.unnorm_key)
+        return unnormalize(self.action_tokenizer.decode(token_ids), stats)
+
+    def _predict_action(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        unnorm_key: str | None = None,
+    ) -> np.ndarray:
+        # Check the statistics before spending a forward pass.
+        _, stats = select_stats(self.config.norm_stats, unnorm_key or self.unnorm_key)
+        n_tokens = len(stats["q01"])
+        net = self._module
+        with torch.no_grad():
+            out = net(input_ids, attention_mask, pixel_values, use_cache=True, logits_to_keep=1)
+            mask = net.multimodal_mask(attention_mask)
+            tokens = []
+            for step in range(n_tokens):  # greedy, as the reference generate(do_sample=False)
+                token = out.logits[:, -1].argmax(-1)
+                tokens.append(token)
+                if step + 1 < n_tokens:
+                    mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                    out = net(token[:, None], mask, past_key_values=out.past_key_values,
+                              use_cache=True, logits_to_keep=1)
+        ids = torch.stack(tokens, dim=1).cpu().numpy()
+        actions = self.decode_actions(ids, unnorm_key)
+        return actions[0] if actions.shape[0] == 1 else actions
+
+    def _save(self, folder: Path, max_shard_bytes: int = 5 * 2**30) -> None:
+        net = self._module
+        config = self.config.to_dict()
+        config["text_config"] = {**config["text_config"], "torch_dtype": str(next(net.parameters()).dtype).removeprefix("torch.")}
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        self._tokenizer.save_pretrained(folder)
+        self.processor.save(folder)
+        tensors = {to_checkpoint_key(k): v for k, v in net.state_dict().items()}
+        write_state_dict(folder, tensors, max_shard_bytes)
