@@ -67,7 +67,13 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
             )
         tensors: dict[str, torch.Tensor] = {}
         for shard in shards:
-            tensors.update(load_file(folder / shard))
+            part = load_file(folder / shard)
+            twice = sorted(set(part) & set(tensors))
+            if twice:
+                raise CheckpointError(
+                    f"{folder}: {twice[:5]} stored in more than one shard; re-download the checkpoint."
+                )
+            tensors.update(part)
         unlisted = sorted(set(tensors) - set(weight_map))
         absent = sorted(set(weight_map) - set(tensors))
         if unlisted or absent:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from nnsight.intervention.envoy import Envoy, traceable
+from nnsight.modeling.mixins.meta import MetaDevice
 from nnsight.modeling.mixins.remotable import Remotable
 
 from .checkpoint import dtype_name, parse_dtype
@@ -108,7 +109,11 @@ class VLA(Remotable):
     # -- nnsight hooks --------------------------------------------------------------
 
     def _load_meta(self, *args: Any, **kwargs: Any) -> torch.nn.Module:
-        return self._build()
+        # nnsight's MetaDevice forces even explicit ``device="cpu"`` tensors onto meta, which
+        # breaks constructors that compute with small CPU tensors (timm's drop-path rates);
+        # a meta default device is enough to keep every parameter off memory.
+        with MetaDevice.real(), torch.device("meta"):
+            return self._build()
 
     def _load(self, *args: Any, **kwargs: Any) -> torch.nn.Module:
         module = self._load_weights()

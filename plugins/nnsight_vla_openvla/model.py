@@ -32,14 +32,15 @@ def from_checkpoint_key(key: str) -> str:
 
 
 def _tokenizer(folder: Path) -> Any:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, LlamaConfig
 
     if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
         raise CheckpointError(
             f"{folder} has no tokenizer (tokenizer.json or tokenizer.model); copy the complete "
             "checkpoint, including its tokenizer files."
         )
-    return AutoTokenizer.from_pretrained(folder)
+    # Passing the text config keeps transformers from reading config.json as a model config.
+    return AutoTokenizer.from_pretrained(folder, config=LlamaConfig())
 
 
 class OpenVLA(VLA):
