@@ -175,6 +175,10 @@ class VLA(Remotable):
         """The family's text tokenizer (a transformers tokenizer)."""
         return self._tokenizer
 
+    def token_strings(self, token_ids) -> list[str]:
+        """Readable labels for token ids (families label action tokens, e.g. ``[action: 0.25]``)."""
+        return self._tokenizer.convert_ids_to_tokens([int(i) for i in token_ids])
+
     def save_pretrained(self, path: str | Path, **options: Any) -> Path:
         """Write a checkpoint that `nnsight_vla.load(path)` reads back; returns the folder.
 

@@ -43,6 +43,27 @@ def _tokenizer(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(folder, config=LlamaConfig())
 
 
+def save_checkpoint(
+    folder: Path,
+    config: OpenVLAConfig,
+    net: OpenVLANet,
+    tokenizer: Any,
+    processor: OpenVLAProcessor,
+    max_shard_bytes: int = 5 * 2**30,
+) -> None:
+    """Write the official layout: config.json (with norm_stats), preprocessor_config.json,
+    tokenizer files and safetensors weights (shards plus an index when there are several)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = config.to_dict()
+    dtype = str(next(net.parameters()).dtype).removeprefix("torch.")
+    raw["text_config"] = {**raw["text_config"], "torch_dtype": dtype}
+    (folder / "config.json").write_text(json.dumps(raw, indent=2))
+    tokenizer.save_pretrained(folder)
+    processor.save(folder)
+    tensors = {to_checkpoint_key(k): v for k, v in net.state_dict().items()}
+    write_state_dict(folder, tensors, max_shard_bytes)
+
+
 class OpenVLA(VLA):
     """OpenVLA (Kim et al. 2024): DINOv2 + SigLIP vision, GELU projector, Llama-2 decoder.
 
@@ -97,12 +118,7 @@ class OpenVLA(VLA):
         )
 
     def _build(self) -> torch.nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(tiny.SEED)
-            net = OpenVLANet(self.config)
-        if self.folder is None:
-            tiny.init_tiny(net, self.action_tokenizer.token_ids)
-        return net
+        return tiny.random_net(self.config) if self.folder is None else OpenVLANet(self.config)
 
     def _load_weights(self) -> torch.nn.Module:
         if self.folder is None:
@@ -119,6 +135,14 @@ class OpenVLA(VLA):
 
     def _inputs(self, observations: list) -> dict[str, torch.Tensor]:
         return self.processor(observations)
+
+    def token_strings(self, token_ids) -> list[str]:
+        """Token labels; action tokens read ``[action: x]`` with x the bin centre in [-1, 1]."""
+        ids = [int(i) for i in token_ids]
+        actions = self.action_tokenizer.token_ids
+        labels = super().token_strings(ids)
+        centers = self.action_tokenizer.decode(np.array(ids))
+        return [f"[action: {c:.3f}]" if i in actions else s for i, s, c in zip(ids, labels, centers)]
 
     def decode_actions(self, token_ids: np.ndarray, unnorm_key: str | None = None) -> np.ndarray:
         """Un-normalised actions from generated action-token ids."""
@@ -152,11 +176,4 @@ class OpenVLA(VLA):
         return actions[0] if actions.shape[0] == 1 else actions
 
     def _save(self, folder: Path, max_shard_bytes: int = 5 * 2**30) -> None:
-        net = self._module
-        config = self.config.to_dict()
-        config["text_config"] = {**config["text_config"], "torch_dtype": str(next(net.parameters()).dtype).removeprefix("torch.")}
-        (folder / "config.json").write_text(json.dumps(config, indent=2))
-        self._tokenizer.save_pretrained(folder)
-        self.processor.save(folder)
-        tensors = {to_checkpoint_key(k): v for k, v in net.state_dict().items()}
-        write_state_dict(folder, tensors, max_shard_bytes)
+        save_checkpoint(folder, self.config, self._module, self._tokenizer, self.processor, max_shard_bytes)

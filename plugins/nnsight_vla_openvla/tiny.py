@@ -26,8 +26,9 @@ TINY_STATS = {
 }
 
 
-def tiny_config() -> OpenVLAConfig:
-    """Two small timm ViTs (DINOv2-reg4 and SigLIP ids) and a 2-layer Llama on the tiny tokenizer."""
+def tiny_config(**text_overrides) -> OpenVLAConfig:
+    """Two small timm ViTs (DINOv2-reg4 and SigLIP ids) and a 2-layer Llama on the tiny tokenizer;
+    ``text_overrides`` resize the Llama (e.g. ``num_hidden_layers=8, hidden_size=1024``)."""
     tokenizer = build_tiny_tokenizer()
     base = tokenizer.pad_token_id  # <PAD> comes right after the base vocabulary
     vocab = -(-(base + 1) // 64) * 64
@@ -45,6 +46,7 @@ def tiny_config() -> OpenVLAConfig:
         eos_token_id=2,
         tie_word_embeddings=False,
     )
+    text.update(text_overrides)
     return OpenVLAConfig(
         text_config=text,
         norm_stats=TINY_STATS,
@@ -57,7 +59,32 @@ def tiny_config() -> OpenVLAConfig:
     )
 
 
-def init_tiny(net: torch.nn.Module, action_ids: range) -> None:
-    """Make the freshly initialised tiny network emit action tokens (see ACTION_ROW_SCALE)."""
+def random_net(config: OpenVLAConfig, seed: int = SEED) -> torch.nn.Module:
+    """A seeded random-weight network of ``config`` that emits action tokens (see ACTION_ROW_SCALE)."""
+    from .actions import ActionTokenizer
+    from .modeling import OpenVLANet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = OpenVLANet(config)
+    ids = ActionTokenizer(config.tokenizer_vocab_size, config.n_action_bins).token_ids
     with torch.no_grad():
-        net.language_model.lm_head.weight[action_ids.start : action_ids.stop] *= ACTION_ROW_SCALE
+        net.language_model.lm_head.weight[ids.start : ids.stop] *= ACTION_ROW_SCALE
+    return net
+
+
+def write_random_checkpoint(folder, config: OpenVLAConfig, seed: int = SEED):
+    """Write a random-weight OpenVLA of ``config`` (on the tiny tokenizer) in the official layout.
+
+    Example:
+        >>> write_random_checkpoint(tmp / "mid", tiny_config(num_hidden_layers=8, hidden_size=1024))
+    """
+    from pathlib import Path
+
+    from .model import save_checkpoint
+    from .processor import OpenVLAProcessor
+
+    tokenizer = build_tiny_tokenizer()
+    net = random_net(config, seed)
+    save_checkpoint(Path(folder), config, net, tokenizer, OpenVLAProcessor(tokenizer))
+    return Path(folder)

@@ -1,0 +1,43 @@
+"""The notebooks and the demo run end to end."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_executes(path, tmp_path):
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}).execute()
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+
+
+def test_there_is_a_quickstart_notebook():
+    assert "01_quickstart.ipynb" in [p.name for p in NOTEBOOKS]
+
+
+def test_demo_writes_its_results(tmp_path, capsys):
+    from nnsight_vla.cli import main
+
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "demo.json").read_text())
+    assert result["model"] == "tiny-openvla"
+    assert len(result["action_baseline"]) == 7
+    assert result["action_steered"] != result["action_baseline"]
+    assert result["action_after_steering"] == result["action_baseline"]
+    assert f"wrote {tmp_path / 'demo.json'}" in capsys.readouterr().out
+
+
+def test_cli_reports_project_errors(capsys):
+    from nnsight_vla.cli import main
+
+    assert main(["demo", "--model", "no-such-model", "--out", "/tmp/never"]) == 2
+    assert "registered families" in capsys.readouterr().err
