@@ -1,17 +1,18 @@
-# Every target creates or reuses the virtual environment first (scripts/env.sh).
-VENV = $(shell bash scripts/env.sh)
-PY = $(VENV)/bin/python
-export HF_HUB_OFFLINE ?= 1
+# Each target first creates or reuses the virtual environment (scripts/env.sh prints its path).
+ENV = venv=$$(bash scripts/env.sh) && export HF_HUB_OFFLINE=1 &&
 
-.PHONY: demo test bench env
+.PHONY: env demo test bench notebooks
 env:
 	@bash scripts/env.sh
 
 demo:
-	@$(PY) -m nnsight_vla.cli demo $(ARGS)
+	@$(ENV) $$venv/bin/python -m nnsight_vla.cli demo $(ARGS)
 
 test:
-	@$(PY) -m pytest -n 2 $(ARGS)
+	@$(ENV) $$venv/bin/python -m pytest -n 2 $(ARGS)
 
 bench:
-	@$(PY) benchmarks/steering_overhead.py
+	@$(ENV) $$venv/bin/python benchmarks/steering_overhead.py $(ARGS)
+
+notebooks:
+	@$(ENV) $$venv/bin/python scripts/make_notebooks.py
