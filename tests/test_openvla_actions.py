@@ -80,3 +80,8 @@ def test_predicted_actions_are_decoded_tokens(tiny, obs):
     ids = np.array([int(i) for i in ids])[None]
     assert set(ids[0]) <= set(tiny.spec.action_token_ids)
     np.testing.assert_allclose(action, tiny.decode_actions(ids)[0])
+
+
+def test_token_strings_label_action_tokens(tiny):
+    ids = [tiny.tokenizer.convert_tokens_to_ids("▁up"), tiny.spec.action_token_ids[0], tiny.spec.action_token_ids[-1]]
+    assert tiny.token_strings(ids) == ["▁up", "[action: 0.996]", "[action: -0.996]"]
