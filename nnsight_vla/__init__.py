@@ -8,7 +8,7 @@ from .errors import (
     UnknownModelError,
     VLAError,
 )
-from .model import VLA
+from .model import VLA, Tower
 from .observation import Observation
 from .registry import Family, families, load, register
 from .spec import ModelSpec
@@ -21,6 +21,7 @@ __all__ = [
     "ModelSpec",
     "Observation",
     "StandardNameError",
+    "Tower",
     "UnknownModelError",
     "VLA",
     "VLAError",

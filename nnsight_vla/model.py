@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,6 +20,24 @@ from .spec import ModelSpec
 
 #: Standard module names every family provides, through its `VLA.rename` map.
 STANDARD_NAMES = ("vision", "projector", "layers", "ln_final", "lm_head")
+
+
+@dataclass(frozen=True)
+class Tower:
+    """A stack of decoder layers that a vocabulary lens can read.
+
+    Attributes:
+        name: ``"vlm"`` (the language model), or a family's other tower (e.g. ``"expert"``).
+        layers: The envoy of its decoder-layer list (``layers[i].mlp.down_proj`` inside).
+        norm: Its final norm envoy (applied before unembedding when a lens asks for it).
+        unembed: The envoy of the Linear whose weight ``[vocab, d_model]`` maps the residual
+            stream to token logits.
+    """
+
+    name: str
+    layers: Any
+    norm: Any
+    unembed: Any
 
 
 class LayersEnvoy(Envoy):
@@ -174,6 +193,13 @@ class VLA(Remotable):
     def tokenizer(self) -> Any:
         """The family's text tokenizer (a transformers tokenizer)."""
         return self._tokenizer
+
+    def towers(self) -> dict[str, Tower]:
+        """The towers a vocabulary lens can project, by name; ``"vlm"`` comes first.
+
+        Families with a second tower (Pi0's action expert) or another unembedding override this.
+        """
+        return {"vlm": Tower("vlm", self.layers, self.ln_final, self.lm_head)}
 
     def token_strings(self, token_ids) -> list[str]:
         """Readable labels for token ids (families label action tokens, e.g. ``[action: 0.25]``)."""
