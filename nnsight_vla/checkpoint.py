@@ -148,21 +148,43 @@ def check_state_dict(
         )
 
 
+def rebuild_buffers(module: torch.nn.Module) -> None:
+    """Recompute the non-persistent buffers that checkpoints do not carry, for the
+    transformers modules that have them: rotary frequencies, SigLIP position ids and
+    Gemma's embedding scale. Anything else left on the meta device is reported by
+    `load_module`."""
+    for sub in module.modules():
+        if not any(b.is_meta for b in sub.buffers(recurse=False)):
+            continue
+        if hasattr(sub, "rope_type") and hasattr(sub, "config"):  # *RotaryEmbedding
+            fresh = type(sub)(config=sub.config, device="cpu")
+            for name in sub._non_persistent_buffers_set:
+                sub._buffers[name] = fresh._buffers[name]
+        elif hasattr(sub, "scalar_embed_scale"):
+            sub._buffers["embed_scale"] = torch.tensor(sub.scalar_embed_scale, device="cpu")
+        elif hasattr(sub, "num_positions") and "position_ids" in sub._buffers:
+            sub._buffers["position_ids"] = torch.arange(sub.num_positions, device="cpu").expand((1, -1))
+
+
 def load_module(
     build: Callable[[], torch.nn.Module],
     tensors: Mapping[str, torch.Tensor],
     where: str,
-    rebuild_buffers: Callable[[torch.nn.Module], None] = lambda module: None,
+    match_dtypes: bool = False,
 ) -> torch.nn.Module:
     """Build ``build()`` without initialising it and load ``tensors`` into it, strictly.
 
     The module is built on the meta device, so no time goes into random initialisation;
-    ``rebuild_buffers`` recreates the non-persistent buffers (e.g. rotary frequencies)
-    that a checkpoint does not carry.
+    `rebuild_buffers` recreates the non-persistent buffers. With ``match_dtypes``, each
+    tensor is cast to the dtype the freshly built module gives that parameter (for
+    models that keep some parts in float32 on purpose).
     """
     with torch.device("meta"):
         module = build()
-    check_state_dict({k: v.shape for k, v in module.state_dict().items()}, tensors, where)
+    expected = module.state_dict()
+    check_state_dict({k: v.shape for k, v in expected.items()}, tensors, where)
+    if match_dtypes:
+        tensors = {k: v.to(expected[k].dtype) for k, v in tensors.items()}
     module.load_state_dict(dict(tensors), strict=True, assign=True)
     rebuild_buffers(module)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]

@@ -124,14 +124,7 @@ class OpenVLA(VLA):
         if self.folder is None:
             return self._build()
         tensors = {from_checkpoint_key(k): v for k, v in read_state_dict(self.folder).items()}
-
-        def rotary(net: OpenVLANet) -> None:
-            from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-            with torch.device("cpu"):
-                net.language_model.model.rotary_emb = LlamaRotaryEmbedding(config=self.config.llama)
-
-        return load_module(lambda: OpenVLANet(self.config), tensors, str(self.folder), rotary)
+        return load_module(lambda: OpenVLANet(self.config), tensors, str(self.folder))
 
     def _inputs(self, observations: list) -> dict[str, torch.Tensor]:
         return self.processor(observations)
