@@ -8,6 +8,7 @@ from .errors import (
     UnknownModelError,
     VLAError,
 )
+from .envoys import InertSiteWarning
 from .model import VLA, Tower
 from .observation import Observation
 from .registry import Family, families, load, register
@@ -16,6 +17,7 @@ from .spec import ModelSpec
 __all__ = [
     "CheckpointError",
     "Family",
+    "InertSiteWarning",
     "InputError",
     "LayerIndexError",
     "ModelSpec",

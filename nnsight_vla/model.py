@@ -14,7 +14,8 @@ from nnsight.modeling.mixins.meta import MetaDevice
 from nnsight.modeling.mixins.remotable import Remotable
 
 from .checkpoint import dtype_name, parse_dtype
-from .errors import InputError, LayerIndexError, StandardNameError
+from .envoys import InertEnvoy, InertOutputEnvoy, LayersEnvoy
+from .errors import InputError, StandardNameError
 from .observation import Observation
 from .spec import ModelSpec
 
@@ -38,19 +39,6 @@ class Tower:
     layers: Any
     norm: Any
     unembed: Any
-
-
-class LayersEnvoy(Envoy):
-    """The envoy of a decoder-layer list: indexing out of range raises `LayerIndexError`."""
-
-    def __getitem__(self, key: Any) -> Envoy:
-        n = len(self)
-        if isinstance(key, int) and not -n <= key < n:
-            raise LayerIndexError(
-                f"layer {key} is out of range: {self.path} has {n} layers "
-                f"(0..{n - 1}, or -1..-{n} from the end)."
-            )
-        return super().__getitem__(key)
 
 
 def _linear_shape(envoy: Any) -> tuple[int, int] | None:
@@ -95,11 +83,27 @@ class VLA(Remotable):
             self.name_or_path,
             dispatch=dispatch,
             rename={k: v for k, v in self.rename.items() if k != v},
-            envoys=dict.fromkeys(self.layer_paths, LayersEnvoy),
+            envoys=self._envoy_classes(),
         )
         self._check_standard_names()
 
+    def _envoy_classes(self) -> dict[str, type[Envoy]]:
+        """Module path -> envoy class: range-checked layer lists, and the family's inert sites."""
+        inert, inert_output = self.inert_paths()
+        return {
+            **dict.fromkeys(self.layer_paths, LayersEnvoy),
+            **dict.fromkeys(inert, InertEnvoy),
+            **dict.fromkeys(inert_output, InertOutputEnvoy),
+        }
+
     # -- hooks a family implements ---------------------------------------------------
+
+    def inert_paths(self) -> tuple[list[str], list[str]]:
+        """Module paths that cannot change the actions: (whole modules, outputs only).
+
+        Accessing them in a trace warns with `InertSiteWarning`. None by default.
+        """
+        return [], []
 
     def _configure(self, source: str, **options: Any) -> None:
         """Read the config, tokenizer and processor; set `spec` and `tokenizer`."""
@@ -135,9 +139,12 @@ class VLA(Remotable):
             return self._build()
 
     def _load(self, *args: Any, **kwargs: Any) -> torch.nn.Module:
-        module = self._load_weights()
-        module = module.to(device=self.target_device or "cpu", dtype=self.torch_dtype)
-        return module.eval()
+        return self._place(self._load_weights()).eval()
+
+    def _place(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Move loaded weights to the requested device and dtype (families with
+        mixed-precision rules override this)."""
+        return module.to(device=self.target_device or "cpu", dtype=self.torch_dtype)
 
     @staticmethod
     def _observations(inputs: tuple) -> list[Observation]:
