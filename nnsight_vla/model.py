@@ -146,19 +146,19 @@ class VLA(Remotable):
         mixed-precision rules override this)."""
         return module.to(device=self.target_device or "cpu", dtype=self.torch_dtype)
 
-    @staticmethod
-    def _observations(inputs: tuple) -> list[Observation]:
-        out = []
-        for item in inputs:
-            items = item if isinstance(item, (list, tuple)) else [item]
-            for obs in items:
-                if not isinstance(obs, Observation):
-                    raise InputError(
-                        f"expected an nnsight_vla.Observation (or a list of them), got "
-                        f"{type(obs).__name__}; wrap inputs as Observation(images, instruction)."
-                    )
-                out.append(obs)
-        return out
+    def _coerce(self, item: Any) -> list[Observation]:
+        """Observations from one invoke argument (families accept more input forms)."""
+        items = item if isinstance(item, (list, tuple)) else [item]
+        for obs in items:
+            if not isinstance(obs, Observation):
+                raise InputError(
+                    f"expected an nnsight_vla.Observation (or a list of them), got "
+                    f"{type(obs).__name__}; wrap inputs as Observation(images, instruction)."
+                )
+        return list(items)
+
+    def _observations(self, inputs: tuple) -> list[Observation]:
+        return [obs for item in inputs for obs in self._coerce(item)]
 
     def _batch_size(self, *inputs: Any, **kwargs: Any) -> int:
         return len(self._observations(inputs))

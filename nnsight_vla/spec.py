@@ -6,6 +6,15 @@ from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
+class TowerSpec:
+    """Sizes of a second decoder stack (Pi0's action expert)."""
+
+    n_layers: int
+    d_model: int
+    d_mlp: int
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Sizes and vocabulary facts of one loaded model.
 
@@ -20,6 +29,7 @@ class ModelSpec:
         camera_names: Cameras the model expects, in order.
         state_dim: Proprio state size, or None when the model takes no state.
         chunk_size: Actions predicted per call (1 for OpenVLA).
+        expert: Sizes of the action expert (``model.expert.layers``), or None.
 
     Example:
         >>> spec = ModelSpec("openvla", 2, 64, 128, 1088, range(768, 1024), 7)
@@ -37,6 +47,7 @@ class ModelSpec:
     camera_names: tuple[str, ...] = ("image",)
     state_dim: int | None = None
     chunk_size: int = 1
+    expert: TowerSpec | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

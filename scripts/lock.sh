@@ -11,3 +11,5 @@ python3.12 -m venv "$tmp/venv" 2>/dev/null || "$(pyenv which python3.12)" -m ven
   "$tmp/venv/bin/pip" freeze --all --exclude nnsight-vla --exclude pip | grep -v "^-e "
 } > "$root/requirements.lock"
 rm -rf "$tmp"
+# A non-editable build leaves metadata in the tree that would shadow the installed entry points.
+rm -rf "$root"/*.egg-info "$root"/build
