@@ -5,10 +5,11 @@ towers; tiny-pi0; tiny-pi05) it times, interleaved in rounds so machine noise hi
 variants alike:
 
   traced   with model.predict_action(obs) as tracer: clamp FFN neurons on every forward
+  steer    with model.steer(Clamp(...)): model.predict_action(obs)
   plain    model.predict_action(obs) with a torch forward-pre-hook doing the same clamp
   raw      the family's prediction on the bare torch module, same hook (no nnsight at all)
 
-and prints the medians and the ratios traced/plain (target <= 1.10) and traced/raw.
+and prints the medians and the ratios traced/plain and steer/plain (targets <= 1.10).
 """
 
 from __future__ import annotations
@@ -50,18 +51,24 @@ def mid_openvla(layers: int, width: int):
     with tempfile.TemporaryDirectory() as tmp:
         model = nnsight_vla.load(write_random_checkpoint(f"{tmp}/mid", config))
     obs = Observation(image(0, 256), "pick up the bowl")
-    return model, obs, model.layers[layers // 2].mlp.down_proj, model.spec.action_dim
+    return model, obs, "vlm", layers // 2, model.spec.action_dim
 
 
 def tiny_pi(name: str):
     model = nnsight_vla.load(name)
     obs = Observation({c: image(i, 64) for i, c in enumerate(model.spec.camera_names)}, "pick up the bowl",
                       state=np.zeros(model.spec.state_dim))
-    return model, obs, model.expert.layers[1].mlp.down_proj, model.spec.extra["num_inference_steps"]
+    return model, obs, "expert", 1, model.spec.extra["num_inference_steps"]
 
 
-def measure(label: str, model, obs, site, steps: int, rounds: int, reps: int) -> float:
+def measure(label: str, model, obs, tower: str, layer: int, steps: int, rounds: int, reps: int) -> None:
     inputs = model._inputs([obs])
+    site = model.towers()[tower].layers[layer].mlp.down_proj
+    clamp = nnsight_vla.Clamp([(layer, n) for n in NEURONS], VALUE, tower=tower)
+
+    def steered():
+        with model.steer(clamp):
+            return model.predict_action(obs)
 
     def traced():
         with model.predict_action(obs) as tracer:
@@ -81,11 +88,12 @@ def measure(label: str, model, obs, site, steps: int, rounds: int, reps: int) ->
 
     variants = {
         "traced": traced,
+        "steer": steered,
         "plain": with_hook(lambda: model.predict_action(obs)),
         "raw": with_hook(lambda: model._predict_action(**inputs)),
     }
     results = {name: fn() for name, fn in variants.items()}  # warm-up and a correctness check
-    for name in ("plain", "raw"):
+    for name in ("steer", "plain", "raw"):
         assert np.array_equal(results["traced"], results[name]), (name, results)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
@@ -98,10 +106,9 @@ def measure(label: str, model, obs, site, steps: int, rounds: int, reps: int) ->
     print(f"{label} (steered: {site.path}, {steps} forward calls)")
     for name, t in med.items():
         print(f"  {name:7s} {t * 1000:8.1f} ms per predict_action (median of {rounds} rounds x {reps})")
-    ratio = med["traced"] / med["plain"]
-    print(f"  ratio traced/plain = {ratio:.3f}   (target <= 1.10)")
+    print(f"  ratio traced/plain = {med['traced'] / med['plain']:.3f}   (target <= 1.10)")
+    print(f"  ratio steer/plain  = {med['steer'] / med['plain']:.3f}   (target <= 1.10)")
     print(f"  ratio traced/raw   = {med['traced'] / med['raw']:.3f}")
-    return ratio
 
 
 def main() -> None:
@@ -113,12 +120,10 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}")
     for name in args.models.split(","):
         if name == "openvla-mid":
-            model, obs, site, steps = mid_openvla(8, 1024)
-            label = "mid-size OpenVLA (8 layers, width 1024)"
+            setup, label = mid_openvla(8, 1024), "mid-size OpenVLA (8 layers, width 1024)"
         else:
-            model, obs, site, steps = tiny_pi(name)
-            label = name
-        measure(label, model, obs, site, steps, args.rounds, args.reps)
+            setup, label = tiny_pi(name), name
+        measure(label, *setup, args.rounds, args.reps)
 
 
 if __name__ == "__main__":

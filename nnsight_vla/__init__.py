@@ -10,17 +10,24 @@ from .errors import (
 )
 from .envoys import InertSiteWarning
 from .model import VLA, Tower
+from .neurons import NeuronCluster
 from .observation import Observation
 from .registry import Family, families, load, register
 from .spec import ModelSpec
+from .steering import Ablate, Add, Clamp, Scale
 
 __all__ = [
+    "Ablate",
+    "Add",
     "CheckpointError",
+    "Clamp",
     "Family",
     "InertSiteWarning",
     "InputError",
     "LayerIndexError",
     "ModelSpec",
+    "Scale",
+    "NeuronCluster",
     "Observation",
     "StandardNameError",
     "Tower",

@@ -1,4 +1,4 @@
-"""The end-to-end demo: load, trace, read activations, predict an action, steer FFN neurons."""
+"""The end-to-end demo: load, trace, read activations, predict an action, steer neurons, lenses."""
 
 from __future__ import annotations
 
@@ -36,8 +36,49 @@ def neurons_toward(model, word: str, layer: int, k: int) -> list[int]:
     return scores.topk(k).indices.tolist()
 
 
-def run(model_name: str = "tiny-openvla", out: str | Path | None = None, value: float = 8.0) -> Path:
-    """Run the demo and write ``demo.json`` into a run folder; returns the folder."""
+#: Concepts whose clusters the lens step prints, and the layers it projects (the last ten).
+LENS_CONCEPTS, LENS_LAYERS = ("up", "down", "left", "fast"), range(-10, 0)
+
+
+def lens_step(model_name: str, folder: Path) -> dict:
+    """Project a real language model's value vectors, print concept clusters, run a logit lens."""
+    from . import lens
+
+    print(f"lens: loading {model_name} ...")
+    model = load(model_name)
+    layers = [model.spec.n_layers + i for i in LENS_LAYERS]
+    table = lens.project_value_vectors(model, top_k=10, layers=layers)
+    table.write_text(folder / "lens" / "top_tokens.txt")
+    clusters = {}
+    for concept in LENS_CONCEPTS:
+        found = lens.cluster(table, concept, size=10)
+        found.to_yaml(folder / "lens" / "clusters.yaml")
+        hits = table.find(concept, k=3)
+        print(
+            f"concept {concept!r}: {len(hits)} neurons of layers {layers[0]}-{layers[-1]} have it "
+            "in their top 3 tokens; its cluster of 10 (nearest by embedding):"
+        )
+        print("  " + found.describe().replace("\n", "\n  "))
+        clusters[concept] = {"cluster": found.flat_indices(), "top3_hits": len(hits)}
+    reading = lens.logit_lens(model, demo_observation())
+    reading.plot(folder / "lens" / "logit_lens.png")
+    top = reading.top_tokens(layers[-1], 0, k=3)
+    print(f"logit lens, position of the first action token, last layer: {top}")
+    print(f"wrote {folder / 'lens'}: top_tokens.txt, clusters.yaml, logit_lens.png")
+    return {"model": model_name, "layers": layers, "clusters": clusters}
+
+
+def run(
+    model_name: str = "tiny-openvla",
+    out: str | Path | None = None,
+    value: float = 8.0,
+    lens_model: str | None = "smol-openvla",
+) -> Path:
+    """Run the demo and write ``demo.json`` into a run folder; returns the folder.
+
+    ``lens_model`` (None skips it) is the model of the lens step: a real language model makes
+    the vocabulary projections meaningful.
+    """
     folder = Path(out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     folder.mkdir(parents=True, exist_ok=True)
     print(f"loading {model_name} ...")
@@ -82,6 +123,8 @@ def run(model_name: str = "tiny-openvla", out: str | Path | None = None, value: 
         "action_after_steering": after.tolist(),
         "torch": torch.__version__,
     }
+    if lens_model is not None:
+        result["lens"] = lens_step(lens_model, folder)
     path = folder / "demo.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")

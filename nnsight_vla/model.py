@@ -32,13 +32,17 @@ class Tower:
         layers: The envoy of its decoder-layer list (``layers[i].mlp.down_proj`` inside).
         norm: Its final norm envoy (applied before unembedding when a lens asks for it).
         unembed: The envoy of the Linear whose weight ``[vocab, d_model]`` maps the residual
-            stream to token logits.
+            stream to token logits, or None for a tower without a vocabulary.
+        runs: How many times the tower runs per prediction when that is fixed (Pi0's VLM: 1);
+            None when it runs on every forward of the prediction (OpenVLA's decoding steps,
+            Pi0's denoising steps).
     """
 
     name: str
     layers: Any
     norm: Any
     unembed: Any
+    runs: int | None = None
 
 
 def _linear_shape(envoy: Any) -> tuple[int, int] | None:
@@ -70,6 +74,8 @@ class VLA(Remotable):
     rename: ClassVar[dict[str, str]] = {}
     #: Module paths of decoder-layer lists (indexing them is range-checked).
     layer_paths: ClassVar[tuple[str, ...]] = ()
+    #: Path of a module that runs once, first, in every prediction (steering counts calls from it).
+    run_start: ClassVar[str] = ""
 
     spec: ModelSpec
 
@@ -200,6 +206,19 @@ class VLA(Remotable):
     def tokenizer(self) -> Any:
         """The family's text tokenizer (a transformers tokenizer)."""
         return self._tokenizer
+
+    def steer(self, interventions: Any):
+        """A context manager applying interventions (`nnsight_vla.Clamp`, `Scale`, `Ablate`,
+        `Add`, or a list of them, in order) to every prediction inside it, as torch hooks
+        that are removed when it ends, exceptions included.
+
+        Example:
+            >>> with model.steer(nnsight_vla.Clamp(cluster, 6.0)):
+            ...     action = model.predict_action(obs)
+        """
+        from .steering import steer
+
+        return steer(self, interventions)
 
     def towers(self) -> dict[str, Tower]:
         """The towers a vocabulary lens can project, by name; ``"vlm"`` comes first.

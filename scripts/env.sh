@@ -3,7 +3,8 @@
 #
 # The venv lives outside the checkout, keyed by the hash of requirements.lock, so
 # every clone on this machine shares it and it is rebuilt only when the pins change.
-# The project itself is installed editable (--no-deps) from the current checkout.
+# requirements-nodeps.txt (packages whose declared dependencies are not needed) goes in with
+# --no-deps. The project itself is installed editable (--no-deps) from the current checkout.
 set -euo pipefail
 # pip warns about every configured local index it cannot use; keep real errors only.
 quiet_pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
@@ -22,7 +23,7 @@ find_python() {
   command -v "python$want" || { echo "error: Python $want not found (install it with pyenv)" >&2; exit 1; }
 }
 
-hash=$(cat requirements.lock .python-version | sha256sum | cut -c1-12)
+hash=$(cat requirements.lock requirements-nodeps.txt .python-version | sha256sum | cut -c1-12)
 home=${NNSIGHT_VLA_HOME:-$HOME/.cache/nnsight-vla}
 venv="$home/venv-$hash"
 mkdir -p "$home"
@@ -35,6 +36,7 @@ if [ ! -f "$venv/.complete" ]; then
   "$(find_python)" -m venv "$venv"
   quiet_pip install -q -U pip >&2
   quiet_pip install -q -r requirements.lock >&2
+  quiet_pip install -q --no-deps -r requirements-nodeps.txt >&2
   touch "$venv/.complete"
 fi
 # (Re)point the editable install at this checkout when it is not already.

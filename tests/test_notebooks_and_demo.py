@@ -20,8 +20,8 @@ def test_notebook_executes(path, tmp_path):
     assert not errors
 
 
-def test_there_is_a_quickstart_notebook():
-    assert "01_quickstart.ipynb" in [p.name for p in NOTEBOOKS]
+def test_there_are_the_quickstart_and_lens_notebooks():
+    assert {"01_quickstart.ipynb", "02_lenses.ipynb"} <= {p.name for p in NOTEBOOKS}
 
 
 def test_demo_writes_its_results(tmp_path, capsys):
@@ -33,6 +33,11 @@ def test_demo_writes_its_results(tmp_path, capsys):
     assert len(result["action_baseline"]) == 7
     assert result["action_steered"] != result["action_baseline"]
     assert result["action_after_steering"] == result["action_baseline"]
+    lens = result["lens"]  # the lens step, on the real SmolLM2 inside smol-openvla
+    assert lens["model"] == "smol-openvla" and lens["layers"] == list(range(20, 30))
+    assert all(len(c["cluster"]) == 10 for c in lens["clusters"].values())
+    assert lens["clusters"]["up"]["top3_hits"] > 10
+    assert {p.name for p in (tmp_path / "lens").iterdir()} == {"top_tokens.txt", "clusters.yaml", "logit_lens.png"}
     assert f"wrote {tmp_path / 'demo.json'}" in capsys.readouterr().out
 
 

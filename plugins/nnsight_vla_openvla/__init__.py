@@ -6,5 +6,5 @@ FAMILY = Family(
     name="openvla",
     model_class="nnsight_vla_openvla.model:OpenVLA",
     config_types=("openvla",),
-    builtins=("tiny-openvla",),
+    builtins=("tiny-openvla", "smol-openvla"),
 )

@@ -25,8 +25,9 @@ DEFAULT_NORMALIZE = [
 class OpenVLAConfig:
     """The fields of an OpenVLA ``config.json`` that define the network and the actions.
 
-    ``timm_overrides`` is this project's extension (absent from official checkpoints):
-    per-backbone keyword overrides for ``timm.create_model``, used by the tiny instances.
+    ``timm_overrides`` and ``unpadded_vocab_size`` are this project's extensions (absent from
+    official checkpoints): per-backbone keyword overrides for ``timm.create_model`` (the small
+    instances), and the vocabulary size before padding for backbones other than Llama-2.
     """
 
     text_config: dict[str, Any]
@@ -38,6 +39,7 @@ class OpenVLAConfig:
     pad_token_id: int = 32000
     pad_to_multiple_of: int = 64
     timm_overrides: list[dict[str, Any]] | None = None
+    unpadded_vocab_size: int | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -52,8 +54,12 @@ class OpenVLAConfig:
 
     @property
     def tokenizer_vocab_size(self) -> int:
-        """Vocabulary size before padding: the id of ``<PAD>``; action ids count down from it."""
-        return self.pad_token_id
+        """Vocabulary size before padding; action ids count down from it.
+
+        Llama-2 OpenVLA appended ``<PAD>`` to its 32000 tokens, so by default it is the pad id;
+        other backbones (SmolLM2: 49152, no padding) set ``unpadded_vocab_size``.
+        """
+        return self.unpadded_vocab_size or self.pad_token_id
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config.json") -> "OpenVLAConfig":
@@ -106,6 +112,7 @@ class OpenVLAConfig:
             pad_token_id=self.pad_token_id,
             pad_to_multiple_of=self.pad_to_multiple_of,
         )
-        if self.timm_overrides is not None:
-            out["timm_overrides"] = self.timm_overrides
+        for extension in ("timm_overrides", "unpadded_vocab_size"):
+            if getattr(self, extension) is not None:
+                out[extension] = getattr(self, extension)
         return out

@@ -13,13 +13,14 @@ import torch
 from nnsight_vla import VLA, CheckpointError, ModelSpec
 from nnsight_vla.checkpoint import local_folder, read_state_dict, write_state_dict, load_module
 
-from . import tiny
+from . import smol, tiny
 from .actions import ActionTokenizer, select_stats, unnormalize
 from .config import OpenVLAConfig
 from .modeling import OpenVLANet
 from .processor import OpenVLAProcessor
 
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
+EMBED, LM_HEAD = "language_model.model.embed_tokens.weight", "language_model.lm_head.weight"
 
 
 def to_checkpoint_key(key: str) -> str:
@@ -61,6 +62,8 @@ def save_checkpoint(
     tokenizer.save_pretrained(folder)
     processor.save(folder)
     tensors = {to_checkpoint_key(k): v for k, v in net.state_dict().items()}
+    if config.llama.tie_word_embeddings:  # stored once, as transformers does
+        tensors.pop(LM_HEAD)  # (safetensors refuses tensors that share memory)
     write_state_dict(folder, tensors, max_shard_bytes)
 
 
@@ -69,7 +72,7 @@ class OpenVLA(VLA):
 
     Options: ``unnorm_key`` (which dataset's statistics un-normalise actions; required when
     the checkpoint has several) and ``center_crop`` (the 0.9-area crop that the LIBERO
-    fine-tunes need).
+    fine-tunes need). Built-ins: ``tiny-openvla`` (random) and ``smol-openvla`` (SmolLM2-135M).
 
     Example:
         >>> model = nnsight_vla.load("openvla/openvla-7b-finetuned-libero-10",
@@ -86,13 +89,22 @@ class OpenVLA(VLA):
         "language_model.lm_head": "lm_head",
     }
     layer_paths = ("language_model.model.layers",)
+    run_start = "vision_backbone"  # the prefill; each decoding step after it reuses the cache
     _persistent_attributes = ("_tokenizer", "processor", "action_tokenizer")
 
     def _configure(self, source: str, unnorm_key: str | None = None, center_crop: bool = False) -> None:
+        self.builtin = source if source in (tiny.NAME, smol.NAME) else None
         if source == tiny.NAME:
             self.folder = None
             self.config = tiny.tiny_config()
             self._tokenizer = tiny.build_tiny_tokenizer()
+            self.processor = OpenVLAProcessor(self._tokenizer, center_crop=center_crop)
+        elif source == smol.NAME:
+            self.folder = None
+            self.config = smol.smol_config()
+            # One read of the GGUF file gives the tokenizer and the weights; the weights wait here
+            # for `_load_weights` (a lazy build drops them and dispatch reads the file again).
+            self._tokenizer, self._gguf_tensors = smol.read_gguf(self.config)
             self.processor = OpenVLAProcessor(self._tokenizer, center_crop=center_crop)
         else:
             self.folder = local_folder(source, allow_patterns=HUB_FILES)
@@ -118,13 +130,28 @@ class OpenVLA(VLA):
         )
 
     def _build(self) -> torch.nn.Module:
-        return tiny.random_net(self.config) if self.folder is None else OpenVLANet(self.config)
+        if self.builtin == tiny.NAME:
+            return tiny.random_net(self.config)
+        self.__dict__.pop("_gguf_tensors", None)  # a lazy build holds no weights
+        return OpenVLANet(self.config)
 
     def _load_weights(self) -> torch.nn.Module:
-        if self.folder is None:
+        if self.builtin == tiny.NAME:
             return self._build()
-        tensors = {from_checkpoint_key(k): v for k, v in read_state_dict(self.folder).items()}
-        return load_module(lambda: OpenVLANet(self.config), tensors, str(self.folder))
+        if self.builtin == smol.NAME:
+            language = self.__dict__.pop("_gguf_tensors", None) or smol.read_gguf(self.config)[1]
+            tensors = {**smol.random_parts(self.config), **language}
+            where = f"{smol.NAME} ({smol.GGUF_FILE})"
+        else:
+            tensors = {from_checkpoint_key(k): v for k, v in read_state_dict(self.folder).items()}
+            where = str(self.folder)
+        tied = self.config.llama.tie_word_embeddings
+        if tied and EMBED in tensors:
+            tensors.setdefault(LM_HEAD, tensors[EMBED])  # tied weights are stored once
+        net = load_module(lambda: OpenVLANet(self.config), tensors, where)
+        if tied:
+            net.language_model.lm_head.weight = net.language_model.model.embed_tokens.weight
+        return net
 
     def _inputs(self, observations: list) -> dict[str, torch.Tensor]:
         return self.processor(observations)

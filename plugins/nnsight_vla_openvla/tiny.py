@@ -13,6 +13,12 @@ SEED = 0
 # makes the tiny model emit actions that depend on its input, as a trained one does.
 ACTION_ROW_SCALE = 4.0
 
+# Two small timm ViTs with the real DINOv2-reg4 / SigLIP ids (keyword overrides of timm.create_model).
+TINY_VISION = (
+    {"embed_dim": 32, "depth": 3, "num_heads": 2},
+    {"embed_dim": 48, "depth": 3, "num_heads": 2},
+)
+
 TINY_STATS = {
     "tiny_robot": {
         "action": {
@@ -51,10 +57,7 @@ def tiny_config(**text_overrides) -> OpenVLAConfig:
         text_config=text,
         norm_stats=TINY_STATS,
         pad_token_id=base,
-        timm_overrides=[
-            {"embed_dim": 32, "depth": 3, "num_heads": 2},
-            {"embed_dim": 48, "depth": 3, "num_heads": 2},
-        ],
+        timm_overrides=[dict(o) for o in TINY_VISION],
         raw={"llm_backbone_id": "tiny-llama", "hf_llm_id": None},
     )
 

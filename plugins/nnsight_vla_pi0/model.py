@@ -76,6 +76,7 @@ class Pi0(VLA):
     """
 
     _persistent_attributes = ("_tokenizer", "preprocessor", "postprocessor")
+    run_start = f"{VLM}.embed_tokens"  # the instruction's embedding: once per prediction
 
     # -- configuration -------------------------------------------------------------
 
@@ -171,8 +172,12 @@ class Pi0(VLA):
         return whole, [last, f"{last}.self_attn"]
 
     def towers(self) -> dict[str, Tower]:
-        """The VLM, unembedded by ``lm_head``; the expert has no vocabulary of its own."""
-        return {"vlm": Tower("vlm", self.layers, self.ln_final, self.lm_head)}
+        """The VLM (runs once per prediction), unembedded by ``lm_head``, and the action
+        expert (runs every denoising step), which has no vocabulary of its own."""
+        return {
+            "vlm": Tower("vlm", self.layers, self.ln_final, self.lm_head, runs=1),
+            "expert": Tower("expert", self.expert.layers, self.expert.norm, None),
+        }
 
     # -- building and loading ----------------------------------------------------------
 

@@ -1,0 +1,203 @@
+"""`logit_lens`: each layer's residual stream at chosen positions, projected onto the vocabulary."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nnsight
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..observation import Observation
+from .plotting import figure, save_png
+from .table import display
+from .towers import (
+    ensure_dispatched,
+    final_norm,
+    get_tower,
+    hidden,
+    layer_indices,
+    token_labels,
+    unembedding_matrix,
+)
+
+
+@dataclass(eq=False)
+class LogitLens:
+    """Logit-lens readings: ``logits[row, i]`` is layer ``layers[i]``'s residual at row ``rows[row]``.
+
+    Rows are the positions that emit the action tokens (``"action 0"``, ...; one forward pass
+    each) or the positions asked for (``"position -1"``, ...).
+
+    Example:
+        >>> lens = logit_lens(model, obs)
+        >>> lens.top_tokens(layer=20, row=0)
+        >>> lens.action_distribution().shape    # [action dims, layers, action tokens]
+        (7, 30, 256)
+    """
+
+    logits: torch.Tensor
+    layers: tuple[int, ...]
+    rows: list[str]
+    vocab: list[str]
+    action_token_ids: range | None = None
+    info: dict = field(default_factory=dict)
+
+    def _layer(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise InputError(
+                f"layer {layer} was not read; this lens holds layers {list(self.layers)}."
+            )
+        return self.layers.index(layer)
+
+    def top_tokens(self, layer: int, row: int = 0, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` likeliest tokens and their probabilities at one layer and row."""
+        if not -len(self.rows) <= row < len(self.rows):
+            raise InputError(f"row {row} is out of range: the lens has rows {self.rows}.")
+        probs = self.logits[row, self._layer(layer)].softmax(-1)
+        best = probs.topk(min(k, probs.numel()))
+        return [
+            (self.vocab[i], float(p)) for i, p in zip(best.indices.tolist(), best.values.tolist())
+        ]
+
+    def action_labels(self) -> list[str]:
+        """Labels of the action tokens, in id order (the columns of `action_distribution`)."""
+        return [self.vocab[i] for i in self._action_ids()]
+
+    def _action_ids(self) -> range:
+        if self.action_token_ids is None:
+            raise InputError("this model has no action tokens; read top_tokens instead.")
+        return self.action_token_ids
+
+    def action_distribution(self) -> np.ndarray:
+        """``[rows, layers, action tokens]``: softmax over the action tokens' logits alone."""
+        ids = self._action_ids()
+        return self.logits[..., ids.start : ids.stop].softmax(-1).numpy()
+
+    def describe(self, k: int = 3) -> str:
+        """A text report: per row and layer, the top tokens and the likeliest action token."""
+        lines = []
+        actions = None if self.action_token_ids is None else self.action_distribution()
+        for r, name in enumerate(self.rows):
+            lines.append(f"{name}:")
+            for i, layer in enumerate(self.layers):
+                top = ", ".join(f"{display(t)} {p:.2f}" for t, p in self.top_tokens(layer, r, k))
+                line = f"  [{layer}] {top}"
+                if actions is not None:
+                    best = int(actions[r, i].argmax())
+                    line += f"   | {self.action_labels()[best]} {actions[r, i, best]:.2f}"
+                lines.append(line)
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path) -> Path:
+        """PNG: per row, the action-token distribution by layer (or top-1 probability by layer)."""
+        if self.action_token_ids is None:
+            fig = figure(6, 3.5)
+            ax = fig.subplots()
+            top1 = self.logits.softmax(-1).max(-1).values.numpy()
+            for r, name in enumerate(self.rows):
+                ax.plot(self.layers, top1[r], marker="o", label=name)
+            ax.set(xlabel="layer", ylabel="top-1 probability")
+            ax.legend(fontsize=7)
+            return save_png(fig, path)
+        dist, labels = self.action_distribution(), self.action_labels()
+        cols = min(4, len(self.rows))
+        grid = -(-len(self.rows) // cols)
+        fig = figure(3.2 * cols, 3.2 * grid)
+        axes = np.atleast_1d(fig.subplots(grid, cols, squeeze=False)).ravel()
+        ticks = np.linspace(0, len(labels) - 1, 5).astype(int)
+        for r, ax in enumerate(axes):
+            if r >= len(self.rows):
+                ax.axis("off")
+                continue
+            ax.imshow(
+                dist[r], aspect="auto", origin="lower", cmap="viridis", interpolation="nearest"
+            )
+            ax.set_title(f"{self.rows[r]}: P(action token) by layer", fontsize=8)
+            ax.set_xticks(ticks, [labels[t] for t in ticks], rotation=45, ha="right", fontsize=6)
+            ax.set_yticks(range(len(self.layers)), [str(x) for x in self.layers], fontsize=5)
+            ax.set_ylabel("layer", fontsize=7)
+        return save_png(fig, path)
+
+
+def logit_lens(
+    model: Any,
+    obs: Observation,
+    positions: Iterable[int] | None = None,
+    norm: bool = True,
+    *,
+    layers: Iterable[int] | None = None,
+    tower: str | None = None,
+) -> LogitLens:
+    """Project each layer's residual stream for one observation onto the vocabulary.
+
+    Args:
+        model: A loaded `nnsight_vla.VLA`.
+        obs: One observation.
+        positions: Sequence positions of one forward pass (negative from the end; the image
+            patches count). Default: for models with action tokens, the position that emits
+            each action token, one ``predict_action`` step per action dimension; otherwise
+            the last position.
+        norm: Apply the tower's final norm before unembedding (the usual logit lens).
+        layers: Which layers (default: all).
+        tower: Which of ``model.towers()`` (default ``"vlm"``).
+
+    Example:
+        >>> lens = logit_lens(model, obs)
+        >>> print(lens.describe())
+        >>> lens.plot("logit_lens.png")
+    """
+    if not isinstance(obs, Observation):
+        raise InputError(f"logit_lens reads one nnsight_vla.Observation, got {type(obs).__name__}.")
+    ensure_dispatched(model)
+    tw = get_tower(model, tower)
+    chosen = sorted(layer_indices(layers, len(tw.layers)))  # read in execution order
+    if positions is None and model.spec.action_token_ids is not None:
+        states = _action_states(model, tw, chosen, obs)
+        rows = [f"action {i}" for i in range(len(states))]
+    else:
+        wanted = [-1] if positions is None else list(positions)
+        states = _position_states(model, tw, chosen, obs, wanted)
+        rows = [f"position {p}" for p in wanted]
+    weight = unembedding_matrix(tw)
+    with torch.no_grad():
+        x = states.to(device=weight.device, dtype=weight.dtype)
+        if norm:
+            x = final_norm(tw)(x)
+        logits = (x @ weight.T).float().cpu()
+    vocab = weight.shape[0]
+    actions = model.spec.action_token_ids if vocab == model.spec.vocab_size else None
+    info = {"model": getattr(model, "name_or_path", ""), "tower": tw.name, "norm": bool(norm)}
+    return LogitLens(logits, tuple(chosen), rows, token_labels(model, vocab), actions, info)
+
+
+def _action_states(model: Any, tw: Any, chosen: list[int], obs: Observation) -> torch.Tensor:
+    """``[steps, layers, d_model]``: the last position's residual in each action-emitting forward."""
+    steps = model.spec.action_dim
+    with model.predict_action(obs) as tracer:
+        states = nnsight.save([])
+        for step in tracer.iter[:steps]:
+            states.append(
+                torch.stack([hidden(tw.layers[i].output)[0, -1].detach().clone() for i in chosen])
+            )
+    return torch.stack(list(states))
+
+
+def _position_states(
+    model: Any, tw: Any, chosen: list[int], obs: Observation, positions: list[int]
+) -> torch.Tensor:
+    """``[positions, layers, d_model]`` from one forward pass."""
+    with model.trace(obs):
+        full = nnsight.save([hidden(tw.layers[i].output)[0].detach().clone() for i in chosen])
+    length = full[0].shape[0]
+    bad = [p for p in positions if not isinstance(p, int) or not -length <= p < length]
+    if bad or not positions:
+        raise InputError(
+            f"positions {bad or positions} are out of range: this observation's sequence has "
+            f"{length} positions (0..{length - 1}, or -1..-{length}); image patches count."
+        )
+    return torch.stack([torch.stack([h[p] for h in full]) for p in positions])

@@ -1,0 +1,96 @@
+"""Steering directions from contrasting observations, and reference activations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import nnsight
+import torch
+
+from ..errors import InputError
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _check(observations: Sequence[Any], what: str) -> list:
+    observations = list(observations)
+    if not observations:
+        raise InputError(f"{what} is empty; give at least one observation.")
+    return observations
+
+
+def residual(model: Any, observations: Sequence[Any], layer: int, position: int = -1, tower: str = "vlm") -> torch.Tensor:
+    """The residual stream after ``layers[layer]`` at ``position``, one row per observation
+    (the first forward call: OpenVLA's prefill, Pi0's VLM or first denoising step)."""
+    block = model.towers()[tower].layers[layer]
+    rows = []
+    for obs in _check(observations, "observations"):
+        with model.trace(obs):
+            row = nnsight.save(_hidden(block.output)[:, position].detach().float())
+        rows.append(row)
+    return torch.cat(rows)
+
+
+def mean_difference(
+    model: Any, positive: Sequence[Any], negative: Sequence[Any], layer: int, position: int = -1, tower: str = "vlm"
+) -> torch.Tensor:
+    """Mean residual stream over ``positive`` minus over ``negative`` (contrastive / ActAdd).
+
+    Example:
+        >>> d = mean_difference(model, [obs_fast], [obs_slow], layer=20)
+        >>> with model.steer(Add(unit(d), layer=20, alpha=8.0)): ...
+    """
+    pos = residual(model, _check(positive, "positive"), layer, position, tower)
+    neg = residual(model, _check(negative, "negative"), layer, position, tower)
+    return pos.mean(0) - neg.mean(0)
+
+
+def mean_activations(
+    model: Any, observations: Sequence[Any], layers: Sequence[int], tower: str = "vlm"
+) -> dict[int, torch.Tensor]:
+    """Mean FFN activations (``down_proj`` input) per layer over observations and positions."""
+    blocks = model.towers()[tower].layers
+    sums: dict[int, torch.Tensor] = {}
+    observations = _check(observations, "reference")
+    for obs in observations:
+        with model.trace(obs):
+            means = nnsight.save({})
+            for layer in sorted(layers):
+                means[layer] = blocks[layer].mlp.down_proj.input.detach().float().mean(dim=(0, 1))
+        for layer, mean in means.items():
+            sums[layer] = sums.get(layer, 0) + mean
+    return {layer: total / len(observations) for layer, total in sums.items()}
+
+
+def unit(vector: torch.Tensor) -> torch.Tensor:
+    """``vector`` scaled to norm 1."""
+    norm = vector.norm()
+    if norm == 0:
+        raise InputError("cannot normalise a zero vector.")
+    return vector / norm
+
+
+def save_direction(path: str | Path, vector: torch.Tensor, **meta: Any) -> Path:
+    """Write a direction (and JSON-able metadata, e.g. layer and tower) as safetensors."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"direction": vector.detach().float().contiguous().cpu()}, path,
+              metadata={"meta": json.dumps(meta)})
+    return path
+
+
+def load_direction(path: str | Path) -> tuple[torch.Tensor, dict]:
+    """The ``(vector, metadata)`` written by `save_direction`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor("direction"), json.loads((f.metadata() or {}).get("meta", "{}"))
+    except (OSError, KeyError, Exception) as err:
+        raise InputError(f"{path} is not a direction written by save_direction ({err}).") from err
