@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--lens-model", default="smol-openvla", help="model of the lens step ('none' skips it)"
     )
+    demo.add_argument(
+        "--pi0-model", default="tiny-pi0", help="model of the Pi0 step ('none' skips it)"
+    )
 
     lens = commands.add_parser("lens", help="project FFN value vectors onto the vocabulary")
     lens.add_argument("model", help="built-in name (e.g. smol-openvla) or checkpoint folder")
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run
 
             lens_model = None if args.lens_model == "none" else args.lens_model
-            run(args.model, args.out, args.value, lens_model=lens_model)
+            pi0_model = None if args.pi0_model == "none" else args.pi0_model
+            run(args.model, args.out, args.value, lens_model=lens_model, pi0_model=pi0_model)
         elif args.command == "lens":
             lens_command(args)
         elif args.command == "clusters":

@@ -65,7 +65,81 @@ def lens_step(model_name: str, folder: Path) -> dict:
     top = reading.top_tokens(layers[-1], 0, k=3)
     print(f"logit lens, position of the first action token, last layer: {top}")
     print(f"wrote {folder / 'lens'}: top_tokens.txt, clusters.yaml, logit_lens.png")
-    return {"model": model_name, "layers": layers, "clusters": clusters}
+    result = {"model": model_name, "layers": layers, "clusters": clusters}
+    result["steering"] = steer_step(model, lens.cluster(table, "up", size=10), CLAMP_VALUE)
+    print("  (smol-openvla's language model was never trained on actions: it emits words, so its "
+          "decoded action sits at the edge bins whatever the steering)")
+    return result
+
+
+#: The clamp value of the cluster-steering step (the paper's example configuration uses 4.0).
+CLAMP_VALUE = 4.0
+
+
+def concept_probability(model, obs, word: str) -> float:
+    """Probability of `` word`` as the next token at the prompt's last position."""
+    token = model.tokenizer.encode(f" {word}", add_special_tokens=False)[-1]
+    with model.trace(obs):
+        logits = model.lm_head.output[0, -1].save()
+    return float(torch.softmax(logits.detach().float(), -1)[token])
+
+
+def steer_step(model, cluster, value: float, concept: str = "up", seed: int = 0) -> dict:
+    """Clamp a lens cluster with ``model.steer`` and compare, with the baseline and a random
+    control of the same size per layer: the next-token probability of the concept word, and
+    the predicted action."""
+    from .steering import Clamp
+
+    obs = demo_observation()
+    control = cluster.random_like(seed, d_mlp=model.spec.d_mlp)
+    rows = {}
+    for label, interventions in (("baseline", []), ("steered", Clamp(cluster, value)), ("control", Clamp(control, value))):
+        with model.steer(interventions):
+            rows[label] = (concept_probability(model, obs, concept), model.predict_action(obs))
+    print(f"steer: clamp cluster {cluster.name!r} ({len(cluster)} neurons) to {value} on every forward")
+    for label, (p, action) in rows.items():
+        change = action - rows["baseline"][1]
+        print(f"  {label:8s} P(' {concept}') = {p:.4f}   action {action}   change {change}")
+    return {
+        "cluster": [list(p) for p in cluster], "control": [list(p) for p in control], "value": value,
+        **{f"{label}_p_{concept}": p for label, (p, _) in rows.items()},
+        **{f"{label}_action": a.tolist() for label, (_, a) in rows.items()},
+    }
+
+
+def pi0_step(model_name: str) -> dict:
+    """Pi0: predict a chunk, steer an action-expert layer on chosen denoising steps, and show
+    that the last VLM layer cannot change the actions."""
+    import warnings
+
+    from .envoys import InertSiteWarning
+    from .steering import Clamp
+
+    print(f"loading {model_name} ...")
+    model = load(model_name)
+    spec = model.spec
+    rng = np.random.default_rng(0)
+    images = {c: rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for c in spec.camera_names}
+    obs = Observation(images, "pick up the black bowl", state=np.zeros(spec.state_dim))
+    baseline = model.predict_action(obs, seed=0)
+    expert = Clamp([(1, n) for n in range(4)], 4.0, tower="expert", steps=[0, 1, 2])
+    with model.steer(expert):
+        steered = model.predict_action(obs, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InertSiteWarning)
+        with model.predict_action(obs, seed=0) as tracer:
+            model.layers[-1].mlp.down_proj.input[..., :4] = 4.0
+            inert = tracer.result.save()
+    print(f"{model_name}: chunk {baseline.shape}; clamping 4 expert-layer-1 neurons on denoising steps 0-2 "
+          f"moves the first action by {np.abs(steered - baseline)[0].max():.4f}")
+    print(f"  the last VLM layer's MLP: change {np.abs(inert - baseline).max():.1f} "
+          f"({len(caught)} InertSiteWarning)")
+    return {
+        "model": model_name, "chunk_shape": list(baseline.shape),
+        "expert_steering_max_change": float(np.abs(steered - baseline).max()),
+        "last_vlm_layer_max_change": float(np.abs(inert - baseline).max()),
+        "inert_warnings": len(caught),
+    }
 
 
 def run(
@@ -73,11 +147,13 @@ def run(
     out: str | Path | None = None,
     value: float = 8.0,
     lens_model: str | None = "smol-openvla",
+    pi0_model: str | None = "tiny-pi0",
 ) -> Path:
     """Run the demo and write ``demo.json`` into a run folder; returns the folder.
 
-    ``lens_model`` (None skips it) is the model of the lens step: a real language model makes
-    the vocabulary projections meaningful.
+    ``lens_model`` (None skips it) is the model of the lens and cluster-steering steps: a real
+    language model makes the vocabulary projections meaningful. ``pi0_model`` (None skips it)
+    is the model of the Pi0 step.
     """
     folder = Path(out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,6 +182,10 @@ def run(
     print(f"action (baseline): {baseline}")
     print(f"action (clamp layer {layer} neurons {neurons} to {value}): {steered}")
     print(f"change: {steered - baseline}")
+    from . import lens
+
+    up = lens.cluster(lens.project_value_vectors(model, progress=False), "up", size=8)
+    cluster_steering = steer_step(model, up, value)
 
     result = {
         "model": model_name,
@@ -121,10 +201,13 @@ def run(
         "action_baseline": baseline.tolist(),
         "action_steered": np.asarray(steered).tolist(),
         "action_after_steering": after.tolist(),
+        "cluster_steering": cluster_steering,
         "torch": torch.__version__,
     }
     if lens_model is not None:
         result["lens"] = lens_step(lens_model, folder)
+    if pi0_model is not None:
+        result["pi0"] = pi0_step(pi0_model)
     path = folder / "demo.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")

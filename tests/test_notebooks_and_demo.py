@@ -38,6 +38,15 @@ def test_demo_writes_its_results(tmp_path, capsys):
     assert all(len(c["cluster"]) == 10 for c in lens["clusters"].values())
     assert lens["clusters"]["up"]["top3_hits"] > 10
     assert {p.name for p in (tmp_path / "lens").iterdir()} == {"top_tokens.txt", "clusters.yaml", "logit_lens.png"}
+    # clamping the lens's "up" cluster raises P(" up"); its random control does not
+    smol = lens["steering"]
+    assert smol["steered_p_up"] > 20 * max(smol["baseline_p_up"], smol["control_p_up"])
+    tiny = result["cluster_steering"]
+    assert not set(map(tuple, tiny["control"])) & set(map(tuple, tiny["cluster"]))
+    assert tiny["steered_action"] != tiny["baseline_action"]
+    pi0 = result["pi0"]
+    assert pi0["chunk_shape"] == [10, 7] and pi0["expert_steering_max_change"] > 0
+    assert pi0["last_vlm_layer_max_change"] == 0.0 and pi0["inert_warnings"] >= 1
     assert f"wrote {tmp_path / 'demo.json'}" in capsys.readouterr().out
 
 

@@ -232,3 +232,12 @@ def test_random_like_matches_per_layer_counts_and_excludes_the_cluster():
         NeuronCluster([(0, 1)]).random_like(0)
     with pytest.raises(InputError, match="too few are left"):
         NeuronCluster([(0, n) for n in range(6)], d_mlp=10).random_like(0)
+
+
+def test_steering_an_inert_site_warns_and_changes_nothing(pi0):
+    obs = pi_obs(0)
+    base = pi0.predict_action(obs)
+    with pytest.warns(nnsight_vla.InertSiteWarning):
+        with pi0.steer([Clamp([(2, 0), (2, 5)], 4.0), Add(torch.ones(64), layer=2, alpha=3.0)]):
+            steered = pi0.predict_action(obs)
+    np.testing.assert_array_equal(steered, base)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from ..envoys import InertEnvoy
 from .interventions import Edit, Intervention
 
 Interventions = Intervention | Sequence[Intervention]
@@ -25,6 +26,10 @@ def bind(model: Any, interventions: Interventions) -> list[tuple[tuple, list[Edi
     for intervention in as_list(interventions):
         for edit in intervention.edits(model):
             sites[(order[edit.tower], edit.layer, edit.site != "neurons", edit.tower, edit.site)].append(edit)
+    for _, layer, _, tower, site in sites:
+        envoy = _envoy(model, tower, layer, site)
+        if isinstance(envoy, InertEnvoy) and ("output" if site == "resid" else "input") in type(envoy).watched:
+            envoy._warn_inert()
     return sorted(sites.items(), key=lambda item: item[0][:3])
 
 
