@@ -232,6 +232,21 @@ def test_lerobot_observation_dicts(pi0, obs):
     np.testing.assert_array_equal(pi0.predict_action(batch), pi0.predict_action(obs))
 
 
+def test_raw_libero_observations(pi0):
+    """A LIBERO env observation goes through lerobot's own conversion (180-degree rotation,
+    eef position + axis-angle + gripper joints as the state)."""
+    rng = np.random.default_rng(3)
+    pixels = {c: rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for c in ("image", "image2")}
+    robot = {"eef": {"pos": np.array([0.1, -0.2, 0.3]), "quat": np.array([0.0, 0.0, 0.0, 1.0])},
+             "gripper": {"qpos": np.array([0.04, -0.04])}}
+    raw = {"pixels": pixels, "robot_state": robot, "task": "pick up the black bowl"}
+    by_hand = Observation({c: img[::-1, ::-1] for c, img in pixels.items()}, "pick up the black bowl",
+                          state=[0.1, -0.2, 0.3, 0.0, 0.0, 0.0, 0.04, -0.04])
+    np.testing.assert_allclose(pi0.predict_action(raw), pi0.predict_action(by_hand), atol=1e-6)
+    with pytest.raises(InputError, match="needs its 'task'"):
+        pi0.predict_action({"pixels": pixels, "robot_state": robot})
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

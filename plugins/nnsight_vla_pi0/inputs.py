@@ -36,6 +36,28 @@ def from_lerobot(batch: Mapping[str, Any]) -> list[Observation]:
     return out
 
 
+def from_libero(raw: Mapping[str, Any]) -> list[Observation]:
+    """Observations from a raw LIBERO environment observation (``pixels`` per camera,
+    ``robot_state``) plus its ``task``, through lerobot's own conversion: images rotated by
+    180 degrees, state = end-effector position, axis-angle and gripper joints (8-D)."""
+    from lerobot.envs.utils import preprocess_observation
+    from lerobot.processor.env_processor import LiberoProcessorStep
+
+    if "task" not in raw:
+        raise InputError("a raw LIBERO observation needs its 'task' (the environment's task_description).")
+    pixels = raw["pixels"]
+    batched = next(iter(pixels.values())).ndim == 4 if isinstance(pixels, Mapping) else pixels.ndim == 4
+
+    def add_batch(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: add_batch(v) for k, v in value.items()}
+        return value if batched else np.asarray(value)[None]
+
+    env = {k: add_batch(v) for k, v in raw.items() if k != "task"}
+    batch = LiberoProcessorStep().observation(preprocess_observation(env))
+    return from_lerobot({**batch, "task": raw["task"]})
+
+
 def to_batch(observations: list[Observation], cameras: tuple[str, ...], state_dim: int | None) -> dict:
     """The raw lerobot batch (images in [0, 1], state, task) for ``observations``."""
     images: dict[str, list[torch.Tensor]] = {c: [] for c in cameras}

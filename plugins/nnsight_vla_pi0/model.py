@@ -15,7 +15,7 @@ from nnsight_vla.checkpoint import check_state_dict, load_module, local_folder, 
 from nnsight_vla.spec import TowerSpec
 
 from . import tiny
-from .inputs import IMAGE_PREFIX, STATE_KEY, from_lerobot, to_batch
+from .inputs import IMAGE_PREFIX, STATE_KEY, from_lerobot, from_libero, to_batch
 from .variants import EXPERT, VARIANTS, VLM
 
 SIZES_FILE = "nnsight_vla.json"  # this project's extension: sizes of a resized (tiny) policy
@@ -221,7 +221,7 @@ class Pi0(VLA):
 
     def _coerce(self, item: Any) -> list[Observation]:
         if isinstance(item, Mapping):
-            return from_lerobot(item)
+            return from_libero(item) if "pixels" in item else from_lerobot(item)
         return super()._coerce(item)
 
     def _inputs(self, observations: list[Observation]) -> dict[str, Any]:
