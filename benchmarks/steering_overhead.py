@@ -95,6 +95,9 @@ def measure(label: str, model, obs, tower: str, layer: int, steps: int, rounds: 
     results = {name: fn() for name, fn in variants.items()}  # warm-up and a correctness check
     for name in ("steer", "plain", "raw"):
         assert np.array_equal(results["traced"], results[name]), (name, results)
+    start = time.perf_counter()
+    variants["plain"]()
+    reps = max(reps, int(0.5 / (time.perf_counter() - start)))  # >= 0.5 s per measurement
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
