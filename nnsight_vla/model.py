@@ -135,6 +135,11 @@ class VLA(Remotable):
         """Write config, weights and processor files in the family's official layout."""
         raise NotImplementedError
 
+    def env_actions(self, raw: dict, task: str, seed: int = 0) -> np.ndarray:
+        """The ``[k, action_dim]`` actions to execute in LIBERO for one raw environment
+        observation (``pixels``, ``robot_state``), the family's own recipe included."""
+        raise NotImplementedError(f"{type(self).__name__} has no LIBERO recipe yet.")
+
     # -- nnsight hooks --------------------------------------------------------------
 
     def _load_meta(self, *args: Any, **kwargs: Any) -> torch.nn.Module:

@@ -195,5 +195,16 @@ class OpenVLA(VLA):
         actions = self.decode_actions(ids, unnorm_key)
         return actions[0] if actions.shape[0] == 1 else actions
 
+    def env_actions(self, raw: dict, task: str, seed: int = 0) -> np.ndarray:
+        """OpenVLA's LIBERO recipe: the agent-view camera rotated by 180 degrees, one action,
+        its gripper binarised (``sign(2g - 1)``) and inverted (-1 open, +1 close)."""
+        from nnsight_vla import Observation
+
+        image = np.asarray(raw["pixels"]["image"])
+        image = image[0] if image.ndim == 4 else image
+        action = np.array(self.predict_action(Observation(np.ascontiguousarray(image[::-1, ::-1]), task)), dtype=np.float64)
+        action[-1] = -np.sign(2 * action[-1] - 1)
+        return action[None]
+
     def _save(self, folder: Path, max_shard_bytes: int = 5 * 2**30) -> None:
         save_checkpoint(folder, self.config, self._module, self._tokenizer, self.processor, max_shard_bytes)

@@ -258,6 +258,12 @@ class Pi0(VLA):
         actions = self.postprocessor(normalized).float().cpu().numpy()
         return actions[0] if size == 1 else actions
 
+    def env_actions(self, raw: dict, task: str, seed: int = 0) -> np.ndarray:
+        """lerobot's LIBERO recipe (its LIBERO observation step, then the policy's processors):
+        the first ``n_action_steps`` actions of the chunk."""
+        chunk = self.predict_action({**raw, "task": task}, seed=seed)
+        return np.asarray(chunk)[: self.policy_config.n_action_steps]
+
     # -- saving ----------------------------------------------------------------------
 
     def _save(self, folder: Path, **options: Any) -> None:

@@ -1,0 +1,62 @@
+"""Plots of an evaluation: end-effector trajectories per condition, metric means with intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+COLORS = {"baseline": "tab:gray", "steered": "tab:red", "random": "tab:blue"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_trajectories(rows: list[dict], path: Path) -> Path:
+    """Top (x-y) and side (x-z) views of every episode's end-effector path, by condition."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for row in rows:
+        p = np.asarray(row["path"])
+        color = COLORS.get(row["condition"], "tab:green")
+        label = row["condition"] if row["episode"] == 0 and row["task"] == rows[0]["task"] else None
+        axes[0].plot(p[:, 0], p[:, 1], color=color, alpha=0.7, label=label)
+        axes[1].plot(p[:, 0], p[:, 2], color=color, alpha=0.7)
+    for ax, (a, b) in zip(axes, (("x", "y"), ("x", "z"))):
+        ax.set_xlabel(f"{a} (m)")
+        ax.set_ylabel(f"{b} (m)")
+        ax.set_title(f"end effector, {a}-{b}")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_metrics(rows: list[dict], path: Path, seed: int = 0) -> Path:
+    """Mean of each metric per condition, with 95% bootstrap intervals of the mean."""
+    plt = _pyplot()
+    from .evaluate import METRICS
+
+    conditions = list(dict.fromkeys(r["condition"] for r in rows))
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(2.6 * len(METRICS), 3.2))
+    for ax, metric in zip(axes, METRICS):
+        for i, condition in enumerate(conditions):
+            values = np.array([float(r[metric]) for r in rows if r["condition"] == condition])
+            boot = values[rng.integers(0, len(values), (2000, len(values)))].mean(1)
+            low, high = np.quantile(boot, [0.025, 0.975])
+            ax.bar(i, values.mean(), color=COLORS.get(condition, "tab:green"))
+            ax.errorbar(i, values.mean(), yerr=[[values.mean() - low], [high - values.mean()]], color="black", capsize=3)
+        ax.set_xticks(range(len(conditions)), conditions, rotation=30)
+        ax.set_title(metric, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

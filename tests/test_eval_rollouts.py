@@ -1,0 +1,57 @@
+"""Closed-loop LIBERO evaluation end to end on tiny models: paired conditions, files, plots, videos."""
+
+import json
+
+import numpy as np
+import pytest
+
+import nnsight_vla
+from nnsight_vla import Clamp, InputError
+from nnsight_vla.eval import evaluate, random_control
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, steering",
+    [("tiny-openvla", Clamp([(1, 3), (1, 17)], 8.0)), ("tiny-pi0", Clamp([(1, 3)], 4.0, tower="expert"))],
+)
+def test_evaluate_end_to_end(name, steering, tmp_path):
+    model = nnsight_vla.load(name)
+    result = evaluate(model, "libero_spatial", [0], episodes=1, steering=steering, max_steps=13,
+                      camera_size=64, record_video=True, out_dir=tmp_path)
+    assert [r["condition"] for r in result.episodes] == ["baseline", "steered", "random"]
+    starts = {tuple(r["path"][0]) for r in result.episodes}
+    assert len(starts) == 1  # every condition starts from the same init state
+    for row in result.episodes:
+        assert row["length"] == 13 and len(row["actions"]) == 13
+        assert np.allclose(row["actions"][0], [0, 0, 0, 0, 0, 0, -1])  # the settling steps
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"episodes.jsonl", "episodes.csv", "summary.json", "statistics.json", "trajectories.png", "metrics.png"} <= files
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) == {"baseline", "steered", "random"}
+    stats = json.loads((tmp_path / "statistics.json").read_text())
+    assert stats["steered"]["path_length"]["note"] == "one pair: no test"
+    rows = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert rows[1]["path_length"] == pytest.approx(result.episodes[1]["path_length"])
+
+
+def test_random_control_keeps_layers_and_size(tiny):
+    steering = [Clamp([(1, 3), (1, 17), (0, 42)], 8.0), nnsight_vla.Add(np.ones(64), layer=0, alpha=2.0)]
+    control = random_control(steering, seed=0, model=tiny)
+    assert control[0].cluster.by_layer().keys() == {0, 1} and len(control[0].cluster) == 3
+    assert not set(control[0].cluster) & set(steering[0].cluster)
+    assert float(control[1].direction.norm()) == pytest.approx(8.0)  # |ones(64)| = 8
+    assert control[0].value == 8.0 and steering[0].cluster.pairs[0] == (1, 3)  # the original is kept
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"suite": "libero_100"}, "unknown LIBERO suite"), ({"tasks": [12]}, "tasks 0..9"),
+     ({"controls": ("baseline", "shuffled")}, "unknown controls"), ({"episodes": 0}, "at least 1"),
+     ({"steering": Clamp([(5, 0)], 1.0)}, "layer 5 is out of range")],
+)
+def test_bad_inputs(tiny, kwargs, message):
+    args = {"suite": "libero_spatial", "tasks": [0], "episodes": 1, **kwargs}
+    with pytest.raises((InputError, nnsight_vla.LayerIndexError), match=message):
+        evaluate(tiny, **args)
