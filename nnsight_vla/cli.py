@@ -46,6 +46,50 @@ def clusters_command(args: argparse.Namespace) -> None:
     print(f"wrote {found.name!r} ({len(found)} neurons) to {path}")
 
 
+def parse_steer(spec: str, model) -> object:
+    """``FILE.yaml[#NAME]:VALUE`` -> a Clamp of that cluster (the file's only one without #NAME)."""
+    import yaml
+
+    from .errors import InputError
+    from .neurons import NeuronCluster
+    from .steering import Clamp
+
+    path, _, value = spec.rpartition(":")
+    path, _, name = path.partition("#")
+    if not path or not value:
+        raise InputError(f"--steer {spec!r} is not FILE.yaml[#NAME]:VALUE, e.g. clusters.yaml#up_10:4.0.")
+    try:
+        value = float(value)
+    except ValueError as err:
+        raise InputError(f"--steer {spec!r}: the clamp value {value!r} is not a number.") from err
+    if not name:
+        names = list(yaml.safe_load(Path(path).read_text()) or {}) if Path(path).is_file() else []
+        if len(names) != 1:
+            raise InputError(f"--steer: {path} holds clusters {names}; pick one with {path}#NAME:{value}.")
+        name = names[0]
+    cluster = NeuronCluster.from_yaml(path, name, d_mlp=model.spec.d_mlp, n_layers=model.spec.n_layers)
+    return Clamp(cluster, value)
+
+
+def eval_command(args) -> None:
+    from .eval import evaluate
+    from .errors import InputError
+    from .registry import load
+
+    try:
+        tasks = [int(t) for t in args.tasks.split(",")]
+    except ValueError as err:
+        raise InputError(f"--tasks {args.tasks!r} must be comma-separated ints, e.g. 0,1.") from err
+    model = load(args.model)
+    steering = None if args.steer is None else parse_steer(args.steer, model)
+    result = evaluate(model, args.suite, tasks, args.episodes, steering=steering, seed=args.seed,
+                      max_steps=args.max_steps, camera_size=args.camera_size,
+                      record_video=args.video, out_dir=args.out)
+    for condition, means in result.summary.items():
+        print(f"{condition:9s} " + "  ".join(f"{k} {v:.4g}" for k, v in means.items()))
+    print(f"wrote {result.out_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nnsight-vla", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--pi0-model", default="tiny-pi0", help="model of the Pi0 step ('none' skips it)"
     )
+    demo.add_argument("--no-rollout", action="store_true", help="skip the closed-loop LIBERO rollout")
 
     lens = commands.add_parser("lens", help="project FFN value vectors onto the vocabulary")
     lens.add_argument("model", help="built-in name (e.g. smol-openvla) or checkpoint folder")
@@ -80,6 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     clusters.add_argument("--size", type=int, default=10, help="cluster size (paper: 10, 20, 40)")
     clusters.add_argument("--out", required=True, type=Path, help="YAML file (created or extended)")
 
+    evaluation = commands.add_parser("eval", help="closed-loop LIBERO evaluation, baseline vs steered vs random")
+    evaluation.add_argument("model", help="built-in name or checkpoint folder")
+    evaluation.add_argument("--suite", default="libero_10", help="libero_spatial/object/goal/10/90")
+    evaluation.add_argument("--tasks", default="0", help="comma-separated task ids, e.g. 0,1")
+    evaluation.add_argument("--episodes", type=int, default=1, help="episodes (init states) per task")
+    evaluation.add_argument("--steer", default=None, help="CLUSTERS.yaml[#NAME]:VALUE — clamp a cluster")
+    evaluation.add_argument("--seed", type=int, default=7)
+    evaluation.add_argument("--max-steps", type=int, default=None, help="default: the suite's limit")
+    evaluation.add_argument("--camera-size", type=int, default=256)
+    evaluation.add_argument("--video", action="store_true", help="write an MP4 per episode")
+    evaluation.add_argument("--out", required=True, type=Path, help="output folder")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -87,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
 
             lens_model = None if args.lens_model == "none" else args.lens_model
             pi0_model = None if args.pi0_model == "none" else args.pi0_model
-            run(args.model, args.out, args.value, lens_model=lens_model, pi0_model=pi0_model)
+            run(args.model, args.out, args.value, lens_model=lens_model, pi0_model=pi0_model,
+                rollout=not args.no_rollout)
         elif args.command == "lens":
             lens_command(args)
         elif args.command == "clusters":
             clusters_command(args)
+        elif args.command == "eval":
+            eval_command(args)
     except VLAError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

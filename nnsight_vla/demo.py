@@ -107,6 +107,22 @@ def steer_step(model, cluster, value: float, concept: str = "up", seed: int = 0)
     }
 
 
+def rollout_step(model, cluster, value: float, folder: Path) -> dict:
+    """A few closed-loop LIBERO steps, baseline vs the clamped cluster vs its random control."""
+    from .eval import evaluate
+    from .steering import Clamp
+
+    print("rollout: libero_spatial task 0, 20 steps per condition (building the simulator takes a while)")
+    result = evaluate(model, "libero_spatial", [0], episodes=1, steering=Clamp(cluster, value),
+                      max_steps=20, camera_size=128, record_video=True, out_dir=folder)
+    for condition, means in result.summary.items():
+        print(f"  {condition:9s} path {means['path_length'] * 1000:.1f} mm, max speed "
+              f"{means['max_speed']:.3f} m/s, min height {means['min_height']:.3f} m")
+    print(f"wrote {folder}: episodes.jsonl/csv, summary.json, statistics.json, trajectories.png, "
+          "metrics.png, videos/")
+    return result.summary
+
+
 def pi0_step(model_name: str) -> dict:
     """Pi0: predict a chunk, steer an action-expert layer on chosen denoising steps, and show
     that the last VLM layer cannot change the actions."""
@@ -148,12 +164,14 @@ def run(
     value: float = 8.0,
     lens_model: str | None = "smol-openvla",
     pi0_model: str | None = "tiny-pi0",
+    rollout: bool = True,
 ) -> Path:
     """Run the demo and write ``demo.json`` into a run folder; returns the folder.
 
     ``lens_model`` (None skips it) is the model of the lens and cluster-steering steps: a real
     language model makes the vocabulary projections meaningful. ``pi0_model`` (None skips it)
-    is the model of the Pi0 step.
+    is the model of the Pi0 step. ``rollout`` ends with a short closed-loop LIBERO rollout of
+    the tiny model, baseline vs steered vs random control.
     """
     folder = Path(out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -208,6 +226,8 @@ def run(
         result["lens"] = lens_step(lens_model, folder)
     if pi0_model is not None:
         result["pi0"] = pi0_step(pi0_model)
+    if rollout:
+        result["rollout"] = rollout_step(model, up, value, folder / "rollout")
     path = folder / "demo.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")

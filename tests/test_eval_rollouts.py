@@ -55,3 +55,19 @@ def test_bad_inputs(tiny, kwargs, message):
     args = {"suite": "libero_spatial", "tasks": [0], "episodes": 1, **kwargs}
     with pytest.raises((InputError, nnsight_vla.LayerIndexError), match=message):
         evaluate(tiny, **args)
+
+
+@pytest.mark.slow
+def test_cli_eval(tmp_path, tiny, capsys):
+    from nnsight_vla import NeuronCluster
+    from nnsight_vla.cli import main
+
+    NeuronCluster([(1, 3), (0, 42)], name="up_2", tokens=[["up"], ["up"]], d_mlp=256).to_yaml(tmp_path / "c.yaml")
+    out = tmp_path / "run"
+    argv = ["eval", "tiny-openvla", "--suite", "libero_spatial", "--tasks", "0", "--episodes", "1",
+            "--steer", f"{tmp_path / 'c.yaml'}:6.0", "--max-steps", "11", "--camera-size", "64", "--out", str(out)]
+    assert main(argv) == 0
+    assert "steered" in json.loads((out / "summary.json").read_text())
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert main(argv[:-2] + ["--steer", f"{tmp_path / 'c.yaml'}:fast", "--out", str(out)]) == 2
+    assert "is not a number" in capsys.readouterr().err

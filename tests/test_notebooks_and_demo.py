@@ -47,6 +47,9 @@ def test_demo_writes_its_results(tmp_path, capsys):
     pi0 = result["pi0"]
     assert pi0["chunk_shape"] == [10, 7] and pi0["expert_steering_max_change"] > 0
     assert pi0["last_vlm_layer_max_change"] == 0.0 and pi0["inert_warnings"] >= 1
+    assert set(result["rollout"]) == {"baseline", "steered", "random"}
+    assert len(list((tmp_path / "rollout" / "videos").glob("*.mp4"))) == 3
+    assert (tmp_path / "rollout" / "trajectories.png").is_file()
     assert f"wrote {tmp_path / 'demo.json'}" in capsys.readouterr().out
 
 
