@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -205,8 +206,6 @@ class Pi0(VLA):
         expected = policy.state_dict()
         for key in UNUSED_WEIGHTS:
             if key not in tensors and key in expected:
-                import warnings
-
                 warnings.warn(f"{self.folder}: {key} is absent; it is never used and is set to zeros.")
                 tensors[key] = torch.zeros(expected[key].shape, dtype=expected[key].dtype)
         check_state_dict({k: v.shape for k, v in expected.items()}, tensors, str(self.folder))
