@@ -23,8 +23,8 @@ def test_evaluate_end_to_end(name, steering, tmp_path):
     starts = {tuple(r["path"][0]) for r in result.episodes}
     assert len(starts) == 1  # every condition starts from the same init state
     for row in result.episodes:
-        assert row["length"] == 13 and len(row["actions"]) == 13
-        assert np.allclose(row["actions"][0], [0, 0, 0, 0, 0, 0, -1])  # the settling steps
+        assert row["length"] == 13 and len(row["actions"]) == 13 and len(row["path"]) == 14
+    assert result.episodes[0]["actions"] != result.episodes[1]["actions"]  # the steering acted
     files = {p.name for p in tmp_path.iterdir()}
     assert {"episodes.jsonl", "episodes.csv", "summary.json", "statistics.json", "trajectories.png", "metrics.png"} <= files
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 3

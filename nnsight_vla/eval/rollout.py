@@ -10,8 +10,6 @@ import numpy as np
 from .libero import reset_to
 from .metrics import EpisodeMetrics, episode_metrics
 
-WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1.0])  # hold still, gripper open, while objects settle
-
 
 @dataclass
 class Episode:
@@ -31,14 +29,13 @@ def rollout(
     *,
     steering: Any = None,
     seed: int = 7,
-    wait_steps: int = 10,
     record_video: bool = False,
 ) -> Episode:
     """Run ``model`` on init state ``episode`` of ``env`` for at most ``max_steps`` steps.
 
     ``steering`` (interventions, or None) is active for every prediction of the episode and
-    removed afterwards. The first ``wait_steps`` steps hold still, as OpenVLA's LIBERO
-    evaluation does, and count towards ``max_steps``.
+    removed afterwards. lerobot's environment already steps 10 no-op actions at every reset
+    so the objects settle (OpenVLA's evaluation does the same); they are not counted here.
     """
     task = env.call("task_description")[0]
     obs, _ = reset_to(env, episode, seed)
@@ -49,12 +46,9 @@ def rollout(
         for step in range(max_steps):
             if record_video:
                 frames.append(np.asarray(obs["pixels"]["image"][0])[::-1, ::-1].copy())
-            if step < wait_steps:
-                action = WAIT_ACTION
-            else:
-                if not queue:
-                    queue = list(model.env_actions(obs, task, seed=seed + step))
-                action = np.asarray(queue.pop(0), dtype=np.float64)
+            if not queue:
+                queue = list(model.env_actions(obs, task, seed=seed + step))
+            action = np.asarray(queue.pop(0), dtype=np.float64)
             obs, _, terminated, truncated, info = env.step(action[None])
             path.append(obs["robot_state"]["eef"]["pos"][0].copy())
             actions.append(action)
