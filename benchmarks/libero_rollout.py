@@ -1,0 +1,90 @@
+"""Closed-loop speed: steps per second of steered vs unsteered LIBERO rollouts, and where a step's time goes.
+
+For each model it pins the same init state, then runs rollouts of ``--steps`` control steps
+unsteered and steered (interleaved rounds, one simulator for all), timing the policy
+(``model.env_actions``) and the environment step separately; it then times the two camera
+renders and the physics of one control step directly. Prints steps/s, the ratio
+steered/unsteered (target >= 0.95) and the per-step split. Parallel workers are not
+measured: rollouts are serial so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+
+import nnsight_vla  # noqa: E402
+from nnsight_vla import Clamp  # noqa: E402
+from nnsight_vla.eval import libero  # noqa: E402
+
+STEERING = {
+    "tiny-openvla": Clamp([(1, 3), (1, 17), (0, 42)], 8.0),
+    "tiny-pi0": Clamp([(1, 3), (2, 7)], 4.0, tower="expert"),
+}
+
+
+def run(model, env, steps: int, steering) -> tuple[float, float, float]:
+    """(seconds per step, policy seconds per step, env seconds per step) of one rollout."""
+    obs, _ = libero.reset_to(env, 0)
+    task = env.call("task_description")[0]
+    policy = stepping = 0.0
+    queue: list = []
+    start = time.perf_counter()
+    with model.steer(steering or []):
+        for step in range(steps):
+            t0 = time.perf_counter()
+            if not queue:
+                queue = list(model.env_actions(obs, task, seed=step))
+            action = queue.pop(0)
+            t1 = time.perf_counter()
+            obs, *_ = env.step(np.asarray(action)[None])
+            t2 = time.perf_counter()
+            policy, stepping = policy + t1 - t0, stepping + t2 - t1
+    return (time.perf_counter() - start) / steps, policy / steps, stepping / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny-openvla,tiny-pi0")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--camera-size", type=int, default=128)
+    args = parser.parse_args()
+    env = libero.make_env("libero_spatial", 0, args.camera_size)
+    try:
+        for name in args.models.split(","):
+            model = nnsight_vla.load(name)
+            results = {"unsteered": [], "steered": []}
+            for _ in range(args.rounds):
+                for label, steering in (("unsteered", None), ("steered", STEERING[name])):
+                    results[label].append(run(model, env, args.steps, steering))
+            med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in results.items()}
+            print(f"{name}: libero_spatial task 0, {args.steps} steps, {args.camera_size}px, median of {args.rounds}")
+            for label, (total, policy, stepping) in med.items():
+                print(f"  {label:9s} {1 / total:6.2f} steps/s  (policy {policy * 1000:6.1f} ms, env.step {stepping * 1000:6.1f} ms)")
+            print(f"  ratio steered/unsteered steps/s = {med['unsteered'][0] / med['steered'][0]:.3f}   (target >= 0.95)")
+        sim = env.envs[0]._env.env.sim
+        t0 = time.perf_counter()
+        for _ in range(5):
+            for camera in ("agentview", "robot0_eye_in_hand"):
+                sim.render(camera_name=camera, height=args.camera_size, width=args.camera_size)
+        render = (time.perf_counter() - t0) / 5
+        substeps = int(round(1 / (sim.model.opt.timestep * env.envs[0].control_freq)))
+        t0 = time.perf_counter()
+        for _ in range(10 * substeps):
+            sim.step()
+        physics = (time.perf_counter() - t0) / 10
+        print(f"split of one env.step: rendering both cameras {render * 1000:.1f} ms, "
+              f"physics ({substeps} substeps) {physics * 1000:.1f} ms, the rest is the controller and wrappers")
+    finally:
+        env.close()
+
+
+if __name__ == "__main__":
+    main()
