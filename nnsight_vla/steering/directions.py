@@ -10,10 +10,7 @@ import nnsight
 import torch
 
 from ..errors import InputError
-
-
-def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
+from ..lens.towers import hidden
 
 
 def _check(observations: Sequence[Any], what: str) -> list:
@@ -30,7 +27,7 @@ def residual(model: Any, observations: Sequence[Any], layer: int, position: int 
     rows = []
     for obs in _check(observations, "observations"):
         with model.trace(obs):
-            row = nnsight.save(_hidden(block.output)[:, position].detach().float())
+            row = nnsight.save(hidden(block.output)[:, position].detach().float())
         rows.append(row)
     return torch.cat(rows)
 
