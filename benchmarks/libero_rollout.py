@@ -4,8 +4,12 @@ For each model it pins the same init state, then runs rollouts of ``--steps`` co
 unsteered and steered (interleaved rounds, one simulator for all), timing the policy
 (``model.env_actions``) and the environment step separately; it then times the two camera
 renders and the physics of one control step directly. Prints steps/s, the ratio
-steered/unsteered (target >= 0.95) and the per-step split. Parallel workers are not
-measured: rollouts are serial so far.
+steered/unsteered (target >= 0.95) and the per-step split.
+
+With ``--workers 1,2`` it then measures Ray rollouts: for each count N, N workers load the
+model and build their simulator (not timed), then run ``--episodes`` episodes each; the
+throughput of N workers is divided by that of one. Ray listens on every interface, so run
+this inside a loopback-only network namespace: ``scripts/loopback.sh python benchmarks/...``.
 """
 
 from __future__ import annotations
@@ -49,12 +53,43 @@ def run(model, env, steps: int, steering) -> tuple[float, float, float]:
     return (time.perf_counter() - start) / steps, policy / steps, stepping / steps
 
 
+def scaling(name: str, counts: list[int], episodes: int, steps: int, camera_size: int) -> None:
+    """Aggregate steps/s of N Ray workers, each running ``episodes`` episodes of ``steps`` steps."""
+    import ray
+    import torch
+
+    from nnsight_vla.eval.parallel import Worker
+
+    model = nnsight_vla.load(name)
+    cls, key = type(model), model._remoteable_model_key()
+    rates = {}
+    for n in counts:
+        ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)
+        try:
+            actors = [ray.remote(Worker).options(num_cpus=1).remote("libero_spatial", camera_size) for _ in range(n)]
+            ray.get([a.load.remote(f"{cls.__module__}:{cls.__qualname__}", key, None, 1) for a in actors])
+            ray.get([a.run.remote((0, 0, "baseline"), 1, None, 0, False) for a in actors])  # builds the simulator
+            start = time.perf_counter()
+            ray.get([a.run.remote((0, e % 10, "baseline"), steps, None, 0, False)
+                     for a in actors for e in range(episodes)])
+            wall = time.perf_counter() - start
+            ray.get([a.close.remote() for a in actors])
+        finally:
+            ray.shutdown()
+        rates[n] = n * episodes * steps / wall
+        print(f"  {n} worker(s): {rates[n]:6.2f} steps/s aggregate ({wall:.1f} s for {n * episodes} episodes, "
+              f"resets included), speed-up over 1 worker {rates[n] / rates[counts[0]]:.2f}x")
+    print(f"  ({os.cpu_count()} CPUs; torch threads per worker 1; caller's torch threads {torch.get_num_threads()})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny-openvla,tiny-pi0")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--camera-size", type=int, default=128)
+    parser.add_argument("--workers", default="", help="e.g. 1,2: also measure Ray workers' scaling")
+    parser.add_argument("--episodes", type=int, default=2, help="episodes per worker in the scaling run")
     args = parser.parse_args()
     env = libero.make_env("libero_spatial", 0, args.camera_size)
     try:
@@ -84,6 +119,11 @@ def main() -> None:
               f"physics ({substeps} substeps) {physics * 1000:.1f} ms, the rest is the controller and wrappers")
     finally:
         env.close()
+    if args.workers:
+        counts = [int(n) for n in args.workers.split(",")]
+        for name in args.models.split(","):
+            print(f"{name}: Ray workers, libero_spatial task 0, {args.episodes} episodes x {args.steps} steps per worker")
+            scaling(name, counts, args.episodes, args.steps, args.camera_size)
 
 
 if __name__ == "__main__":

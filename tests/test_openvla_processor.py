@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nnsight_vla import Observation
-from nnsight_vla_openvla.processor import OpenVLAProcessor, center_crop, prompt
+from nnsight_vla_openvla.processor import OpenVLAProcessor, libero_frame, prompt
+from nnsight_vla_openvla.tfimage import center_crop
 
 
 def test_prompt_template_and_trailing_space(tiny):
@@ -40,11 +41,30 @@ def test_normalisation_by_hand(tiny):
 
 
 def test_center_crop_keeps_the_central_90_percent_area():
-    from PIL import Image
-
     ramp = np.tile(np.arange(200, dtype=np.uint8)[None, :, None], (200, 1, 3))
-    cropped = np.asarray(center_crop(Image.fromarray(ramp)))
+    cropped = center_crop(ramp)
     margin = 200 * (1 - np.sqrt(0.9)) / 2  # 5.13 columns cut on each side
     assert cropped.shape == ramp.shape
     assert cropped[100, 0, 0] == pytest.approx(margin, abs=1.0)
     assert cropped[100, -1, 0] == pytest.approx(199 - margin, abs=1.0)
+
+
+def test_libero_frame_rotates_then_round_trips_and_resizes():
+    frame = np.zeros((32, 32, 3), dtype=np.uint8)
+    frame[0, 0] = [255, 0, 0]  # top-left: it must end bottom-right
+    exact = libero_frame(frame, 32, jpeg=False)
+    assert exact[-1, -1].tolist() == [255, 0, 0] and exact.sum() == 255
+    ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8)[:, None, None], (1, 64, 3))
+    jpeg = libero_frame(ramp, 64).astype(int)  # a smooth ramp survives JPEG to within a few levels
+    assert 0 < np.abs(jpeg - ramp[::-1, ::-1]).mean() < 1.0 and np.abs(jpeg - ramp[::-1, ::-1]).max() <= 6
+    assert libero_frame(ramp, 16).shape == (16, 16, 3)
+
+
+def test_env_actions_follow_openvla_recipe(tiny):
+    image = np.random.default_rng(3).integers(0, 256, (2 * 28, 2 * 28, 3), dtype=np.uint8)
+    raw = {"pixels": {"image": image[None]}}
+    action = tiny.env_actions(raw, "pick up the black bowl")
+    expected = np.asarray(tiny.predict_action(Observation(libero_frame(image, tiny.processor.image_size), "pick up the black bowl")))
+    assert action.shape == (1, 7)
+    np.testing.assert_array_equal(action[0, :6], expected[:6])
+    assert action[0, 6] == -np.sign(2 * expected[6] - 1) and abs(action[0, 6]) == 1

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from .libero import MAX_STEPS, check_task, make_env
+from .parallel import job_order, run_parallel
 from .rollout import rollout
 from .stats import paired_comparison
 
@@ -66,6 +67,8 @@ def evaluate(
     camera_size: int = 256,
     record_video: bool = False,
     out_dir: str | Path | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
 ) -> EvalResult:
     """Run every condition on the same tasks, init states and seeds (a paired design).
 
@@ -73,6 +76,11 @@ def evaluate(
     ``"random"`` (its random control). Writes ``episodes.jsonl``, ``episodes.csv``,
     ``summary.json``, ``statistics.json``, ``trajectories.png``, ``metrics.png`` and, with
     ``record_video``, ``videos/<condition>_task<t>_ep<e>.mp4`` under ``out_dir``.
+
+    With ``workers > 1`` (or a ``ray_address``) the episodes are spread over Ray worker
+    processes that each load the model once from its source (a local Ray unless an address
+    is given); the results equal a serial run's. A model changed in memory is refused there:
+    save it and load the copy.
 
     Example:
         >>> result = evaluate(model, "libero_10", [0, 1], episodes=2, steering=Clamp(up, 4.0))
@@ -82,6 +90,8 @@ def evaluate(
         raise InputError(f"unknown controls {sorted(unknown)}; use 'baseline' and/or 'random'.")
     if episodes < 1:
         raise InputError(f"episodes must be at least 1, got {episodes}.")
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}.")
     for task in tasks:
         check_task(suite, task)
     conditions: dict[str, Any] = {}
@@ -95,25 +105,36 @@ def evaluate(
         if "random" in controls:
             conditions["random"] = random_control(steering, seed, model)
     steps = max_steps or MAX_STEPS[suite]
-    rows, runs = [], {}
-    jobs = [(t, e, c) for t in tasks for e in range(episodes) for c in conditions]
-    envs: dict[int, Any] = {}
-    try:
-        for task, episode, condition in tqdm(jobs, desc=f"{suite} rollouts", unit="episode"):
-            env = envs.get(task) or envs.setdefault(task, make_env(suite, task, camera_size))
-            run = rollout(model, env, episode, steps, steering=conditions[condition], seed=seed,
-                          record_video=record_video)
-            runs[(task, episode, condition)] = run
-            rows.append({"suite": suite, "task": task, "episode": episode, "condition": condition,
-                         **run.metrics.to_dict(), "path": run.path.tolist(), "actions": run.actions.tolist()})
-    finally:
-        for env in envs.values():
-            env.close()
+    jobs = job_order(tasks, episodes, conditions)
+    if workers > 1 or ray_address is not None:
+        runs = run_parallel(model, jobs, conditions, suite=suite, steps=steps, seed=seed,
+                            camera_size=camera_size, record_video=record_video, workers=workers,
+                            address=ray_address)
+    else:
+        runs = _run_serial(model, jobs, conditions, suite, steps, seed, camera_size, record_video)
+    rows = []
+    for task, episode, condition in jobs:
+        run = runs[(task, episode, condition)]
+        rows.append({"suite": suite, "task": task, "episode": episode, "condition": condition,
+                     **run.metrics.to_dict(), "path": run.path.tolist(), "actions": run.actions.tolist()})
     summary = {c: {m: float(np.mean([r[m] for r in rows if r["condition"] == c])) for m in METRICS}
                for c in conditions}
     statistics = _statistics(rows, list(conditions))
     folder = None if out_dir is None else _write(Path(out_dir), rows, summary, statistics, runs, record_video)
     return EvalResult(rows, summary, statistics, folder)
+
+
+def _run_serial(model, jobs, conditions, suite, steps, seed, camera_size, record_video) -> dict:
+    runs, envs = {}, {}
+    try:
+        for task, episode, condition in tqdm(jobs, desc=f"{suite} rollouts", unit="episode"):
+            env = envs.get(task) or envs.setdefault(task, make_env(suite, task, camera_size))
+            runs[(task, episode, condition)] = rollout(
+                model, env, episode, steps, steering=conditions[condition], seed=seed, record_video=record_video)
+    finally:
+        for env in envs.values():
+            env.close()
+    return runs
 
 
 def _statistics(rows: list[dict], conditions: list[str]) -> dict:

@@ -17,7 +17,7 @@ from . import smol, tiny
 from .actions import ActionTokenizer, select_stats, unnormalize
 from .config import OpenVLAConfig
 from .modeling import OpenVLANet
-from .processor import OpenVLAProcessor
+from .processor import OpenVLAProcessor, libero_frame
 
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
 EMBED, LM_HEAD = "language_model.model.embed_tokens.weight", "language_model.lm_head.weight"
@@ -196,13 +196,15 @@ class OpenVLA(VLA):
         return actions[0] if actions.shape[0] == 1 else actions
 
     def env_actions(self, raw: dict, task: str, seed: int = 0) -> np.ndarray:
-        """OpenVLA's LIBERO recipe: the agent-view camera rotated by 180 degrees, one action,
-        its gripper binarised (``sign(2g - 1)``) and inverted (-1 open, +1 close)."""
+        """OpenVLA's LIBERO recipe: the agent-view camera through `libero_frame` (rotation,
+        JPEG round trip, Lanczos resize; the processor's centre crop when it has one), one
+        action, its gripper binarised (``sign(2g - 1)``) and inverted (-1 open, +1 close)."""
         from nnsight_vla import Observation
 
         image = np.asarray(raw["pixels"]["image"])
         image = image[0] if image.ndim == 4 else image
-        action = np.array(self.predict_action(Observation(np.ascontiguousarray(image[::-1, ::-1]), task)), dtype=np.float64)
+        frame = libero_frame(image, self.processor.image_size)
+        action = np.array(self.predict_action(Observation(frame, task)), dtype=np.float64)
         action[-1] = -np.sign(2 * action[-1] - 1)
         return action[None]
 

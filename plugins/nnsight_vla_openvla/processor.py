@@ -14,6 +14,7 @@ from PIL import Image
 from nnsight_vla import CheckpointError, Observation
 
 from .config import DEFAULT_NORMALIZE
+from .tfimage import center_crop, jpeg_round_trip, lanczos3_resize
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 
@@ -23,13 +24,14 @@ def prompt(instruction: str) -> str:
     return f"In: What action should the robot take to {instruction.lower()}?\nOut:"
 
 
-def center_crop(image: Image.Image, area: float = 0.9) -> Image.Image:
-    """Crop the central ``area`` fraction (side ``sqrt(area)``) and resize back (bilinear),
-    as OpenVLA's LIBERO evaluation does for checkpoints trained with random crops."""
-    w, h = image.size
-    cw, ch = w * math.sqrt(area), h * math.sqrt(area)
-    box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
-    return image.resize((w, h), Image.BILINEAR, box=box)
+def libero_frame(frame: np.ndarray, size: int, jpeg: bool = True) -> np.ndarray:
+    """OpenVLA's LIBERO image steps before the processor, bit-exact with its TensorFlow code:
+    rotate 180 degrees, JPEG round trip (the RLDS training images were JPEG; ``jpeg=False``
+    skips it), antialiased Lanczos3 resize to ``size``, rounded to uint8."""
+    image = np.ascontiguousarray(frame[::-1, ::-1])
+    if jpeg:
+        image = jpeg_round_trip(image)
+    return lanczos3_resize(image, size, size)
 
 
 class OpenVLAProcessor:
@@ -74,9 +76,7 @@ class OpenVLAProcessor:
         return ids, mask
 
     def image(self, array: np.ndarray) -> torch.Tensor:
-        image = Image.fromarray(array)
-        if self.center_crop:
-            image = center_crop(image)
+        image = Image.fromarray(center_crop(array) if self.center_crop else array)
         size = (self.image_size, self.image_size)
         resized = np.asarray(image.resize(size, Image.BICUBIC), dtype=np.float32) / 255.0
         pixels = torch.from_numpy(resized).permute(2, 0, 1)

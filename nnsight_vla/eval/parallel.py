@@ -1,0 +1,197 @@
+"""Rollouts spread over Ray worker processes, each loading the model once, with serial-identical results."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from typing import Any, Iterable
+
+import torch
+from tqdm import tqdm
+
+from ..errors import InputError, VLAError
+from .rollout import Episode
+
+#: (task, episode, condition)
+Job = tuple[int, int, str]
+
+
+def fingerprint(module: torch.nn.Module) -> list[tuple[str, float, float]]:
+    """Per tensor (name, sum, sum of squares) in float64: two copies of a model agree only if
+    their weights do (an in-memory edit, such as a planted neuron, changes it)."""
+    out = []
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach()
+        if not t.is_floating_point():
+            t = t.double()
+        out.append((name, float(t.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(t, dtype=torch.float64) ** 2)))
+    return out
+
+
+def same_weights(a: list, b: list, rtol: float = 1e-9) -> str | None:
+    """None when two fingerprints agree; else the first tensor that differs."""
+    if [n for n, *_ in a] != [n for n, *_ in b]:
+        return "the tensor names"
+    for (name, s1, q1), (_, s2, q2) in zip(a, b):
+        if abs(s1 - s2) > rtol * max(1.0, abs(q1) ** 0.5) or abs(q1 - q2) > rtol * max(1.0, abs(q1)):
+            return name
+    return None
+
+
+class Worker:
+    """A Ray actor: rebuilds the model from its key once, keeps one simulator per task."""
+
+    def __init__(self, suite: str, camera_size: int):
+        self.suite, self.camera_size, self.envs, self.model = suite, camera_size, {}, None
+
+    def load(self, model_class: str, model_key: str, weights: list | None, threads: int) -> None:
+        """Rebuild the model (a method, not ``__init__``, so its errors reach the caller intact).
+
+        ``threads``: torch's CPU thread count, the caller's by default, because a different
+        count changes float sums in the last bit and so the actions."""
+        torch.set_num_threads(threads)
+        module, _, name = model_class.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        self.model = cls._remoteable_from_model_key(model_key, dispatch=True)
+        if weights is not None:
+            differs = same_weights(weights, fingerprint(self.model._module))
+            if differs:
+                raise VLAError(
+                    f"the worker's copy of the model, loaded from {self.model.name_or_path!r}, has "
+                    f"different weights than the caller's ({differs}): the model was changed in "
+                    "memory. Save it with model.save_pretrained(DIR) and evaluate nnsight_vla.load(DIR)."
+                )
+
+    def run(self, job: Job, steps: int, steering: Any, seed: int, record_video: bool):
+        from .libero import make_env
+        from .rollout import rollout
+
+        task, episode, _ = job
+        if task not in self.envs:
+            self.envs[task] = make_env(self.suite, task, self.camera_size)
+        start = time.time()
+        run = rollout(self.model, self.envs[task], episode, steps, steering=steering, seed=seed,
+                      record_video=record_video)
+        return job, run, (start, time.time(), os.getpid())
+
+    def tasks(self) -> list[int]:
+        return sorted(self.envs)
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+        self.envs = {}
+
+
+def run_parallel(
+    model: Any,
+    jobs: list[Job],
+    conditions: dict[str, Any],
+    *,
+    suite: str,
+    steps: int,
+    seed: int,
+    camera_size: int,
+    record_video: bool,
+    workers: int,
+    address: str | None = None,
+    worker_options: dict | None = None,
+    check_weights: bool = True,
+    threads: int | None = None,
+    timings: list | None = None,
+) -> dict[Job, Episode]:
+    """Run ``jobs`` on ``workers`` Ray actors; returns the episodes by job, as a serial run would.
+
+    A local Ray is started when none is running and ``address`` is None; otherwise Ray
+    connects to ``address`` (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``), whose nodes
+    need nnsight-vla and LIBERO installed. ``worker_options`` go to ``actor.options`` (e.g.
+    ``{"num_gpus": 1}``). Workers use ``threads`` CPU threads for torch (default: as many as
+    the caller, which keeps results bit-identical to a serial run). When ``timings`` is a list, each episode's wall-clock
+    ``(start, end, worker pid)`` is appended to it.
+    """
+    try:
+        import ray
+    except ImportError as error:
+        raise InputError("parallel rollouts need Ray; run `make env` (it installs ray).") from error
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}.")
+    started = not ray.is_initialized()
+    if started:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if address is None:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    actors = []
+    try:
+        weights = fingerprint(model._module) if check_weights else None
+        cls = type(model)
+        options = {"num_cpus": 1, **(worker_options or {})}
+        remote = ray.remote(Worker).options(**options)
+        key = model._remoteable_model_key()
+        actors = [remote.remote(suite, camera_size) for _ in range(min(workers, len(jobs)))]
+        threads = threads or torch.get_num_threads()
+        loads = [a.load.remote(f"{cls.__module__}:{cls.__qualname__}", key, weights, threads) for a in actors]
+        try:
+            ray.get(loads)
+        except ray.exceptions.RayTaskError as error:
+            raise _cause(error) from error
+        return _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings)
+    finally:
+        for actor in actors:
+            try:
+                ray.get(actor.close.remote())
+            except Exception:  # an actor that failed to start has nothing to close
+                pass
+            ray.kill(actor)
+        if started:
+            ray.shutdown()
+
+
+def _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings) -> dict[Job, Episode]:
+    """Keep every actor busy; an idle actor takes the next job of a task it has a simulator for."""
+    pending, running, done = list(jobs), {}, {}
+    has: dict[Any, set[int]] = {a: set() for a in actors}
+
+    def submit(actor) -> None:
+        job = next((j for j in pending if j[0] in has[actor]), pending[0])
+        pending.remove(job)
+        has[actor].add(job[0])
+        ref = actor.run.remote(job, steps, conditions[job[2]], seed, record_video)
+        running[ref] = actor
+
+    with tqdm(total=len(jobs), desc=f"rollouts on {len(actors)} workers", unit="episode") as bar:
+        for actor in actors:
+            if pending:
+                submit(actor)
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            actor = running.pop(ref)
+            try:
+                job, episode, span = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
+                raise _cause(error) from error
+            done[job] = episode
+            if timings is not None:
+                timings.append(span)
+            bar.update(1)
+            if pending:
+                submit(actor)
+    return done
+
+
+def _cause(error: Exception) -> Exception:
+    """The worker's own exception (a VLAError keeps its type and message), else the Ray error."""
+    cause = getattr(error, "cause", None)
+    inner = getattr(cause, "error", None) if cause is not None else None
+    for candidate in (inner, cause):
+        if isinstance(candidate, Exception):
+            return candidate
+    return error
+
+
+def job_order(tasks: Iterable[int], episodes: int, conditions: Iterable[str]) -> list[Job]:
+    """Jobs in the order a serial run takes them."""
+    conditions = list(conditions)
+    return [(t, e, c) for t in tasks for e in range(episodes) for c in conditions]

@@ -1,0 +1,57 @@
+"""Run by test_eval_parallel inside a loopback-only network namespace: serial vs Ray rollouts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import nnsight_vla
+from nnsight_vla import Clamp, VLAError
+from nnsight_vla.eval import evaluate
+from nnsight_vla.eval.evaluate import _run_serial
+from nnsight_vla.eval.parallel import job_order, run_parallel
+
+out = Path(sys.argv[1])
+result = {}
+common = {"suite": "libero_spatial", "steps": 10, "seed": 7, "camera_size": 64, "record_video": False}
+
+# tiny-openvla on a local Ray that evaluate() starts and stops itself.
+model = nnsight_vla.load("tiny-openvla")
+args = {"steering": Clamp([(1, 3), (1, 17)], 8.0), "max_steps": 10, "camera_size": 64}
+serial = evaluate(model, "libero_spatial", [0], 1, **args).episodes
+parallel = evaluate(model, "libero_spatial", [0], 1, workers=2, **args).episodes
+result["tiny-openvla"] = {"serial": serial, "parallel": parallel}
+
+# A model edited in memory cannot be rebuilt by the workers: refused.
+with torch.no_grad():
+    model._module.language_model.model.layers[1].mlp.down_proj.weight[:, 3] += 1.0
+try:
+    evaluate(model, "libero_spatial", [0], 1, workers=2, **args)
+    result["edited"] = "no error"
+except VLAError as error:
+    result["edited"] = f"{type(error).__name__}: {error}"
+
+# tiny-pi0 on an existing cluster, reached by its address.
+subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--port=6390", "--num-cpus=2", "--include-dashboard=false",
+                "--disable-usage-stats"], check=True, capture_output=True)
+try:
+    model = nnsight_vla.load("tiny-pi0")
+    conditions = {"baseline": None, "steered": Clamp([(1, 3)], 4.0, tower="expert")}
+    jobs = job_order([0, 1], 1, conditions)
+    timings: list = []
+    serial = _run_serial(model, jobs, conditions, common["suite"], common["steps"], common["seed"],
+                         common["camera_size"], False)
+    parallel = run_parallel(model, jobs, conditions, workers=2, address="127.0.0.1:6390",
+                            timings=timings, **common)
+    result["tiny-pi0"] = {
+        "same": all(serial[j].metrics == parallel[j].metrics and np.array_equal(serial[j].path, parallel[j].path)
+                    and np.array_equal(serial[j].actions, parallel[j].actions) for j in jobs),
+        "steering_acted": not np.array_equal(serial[(0, 0, "baseline")].actions, serial[(0, 0, "steered")].actions),
+        "pids": sorted({pid for *_, pid in timings}),
+    }
+finally:
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+(out / "result.json").write_text(json.dumps(result))

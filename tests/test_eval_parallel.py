@@ -1,0 +1,32 @@
+"""Ray rollouts equal serial ones: a local Ray, an existing cluster by address, a refused edited model."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_two_workers_equal_serial(tmp_path):
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("Ray must run in a loopback-only network namespace: needs root and unshare")
+    proc = subprocess.run(
+        [ROOT / "scripts" / "loopback.sh", sys.executable, ROOT / "tests" / "ray_check.py", tmp_path],
+        capture_output=True, text=True, timeout=1200, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    openvla = result["tiny-openvla"]
+    assert [r["condition"] for r in openvla["parallel"]] == ["baseline", "steered", "random"]
+    assert openvla["parallel"] == openvla["serial"]  # every metric, path point and action
+    assert openvla["serial"][0]["actions"] != openvla["serial"][1]["actions"]  # the steering acted
+    assert "changed in memory" in result["edited"] and result["edited"].startswith("VLAError")
+    pi0 = result["tiny-pi0"]
+    assert pi0["same"] and pi0["steering_acted"]
+    assert len(pi0["pids"]) == 2 and os.getpid() not in pi0["pids"]  # two worker processes ran
