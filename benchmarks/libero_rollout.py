@@ -1,10 +1,12 @@
 """Closed-loop speed: steps per second of steered vs unsteered LIBERO rollouts, and where a step's time goes.
 
 For each model it pins the same init state, then runs rollouts of ``--steps`` control steps
-unsteered and steered (interleaved rounds, one simulator for all), timing the policy
+unsteered and steered (interleaved rounds, alternating which goes first; one simulator), timing the policy
 (``model.env_actions``) and the environment step separately; it then times the two camera
 renders and the physics of one control step directly. Prints steps/s, the ratio
-steered/unsteered (target >= 0.95) and the per-step split.
+steered/unsteered (target >= 0.95) and the per-step split. A third condition, "same-path",
+scales the steered neurons by 1.0: the steering's full cost with unchanged actions, since a
+steered arm takes another path, whose rendering can cost more or less.
 
 With ``--workers 1,2`` it then measures Ray rollouts: for each count N, N workers load the
 model and build their simulator (not timed), then run ``--episodes`` episodes each; the
@@ -24,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 import nnsight_vla  # noqa: E402
-from nnsight_vla import Clamp  # noqa: E402
+from nnsight_vla import Clamp, Scale  # noqa: E402
 from nnsight_vla.eval import libero  # noqa: E402
 
 STEERING = {
@@ -82,28 +84,33 @@ def scaling(name: str, counts: list[int], episodes: int, steps: int, camera_size
     print(f"  ({os.cpu_count()} CPUs; torch threads per worker 1; caller's torch threads {torch.get_num_threads()})")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny-openvla,tiny-pi0")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--camera-size", type=int, default=128)
-    parser.add_argument("--workers", default="", help="e.g. 1,2: also measure Ray workers' scaling")
-    parser.add_argument("--episodes", type=int, default=2, help="episodes per worker in the scaling run")
-    args = parser.parse_args()
+def compare(args) -> None:
+    """Unsteered vs steered vs same-path rollouts in one simulator, then the env.step split."""
     env = libero.make_env("libero_spatial", 0, args.camera_size)
     try:
         for name in args.models.split(","):
             model = nnsight_vla.load(name)
-            results = {"unsteered": [], "steered": []}
-            for _ in range(args.rounds):
-                for label, steering in (("unsteered", None), ("steered", STEERING[name])):
+            clamp = STEERING[name]
+            # Scale by 1.0 on the same neurons: all of the steering's work, the actions (and so the
+            # trajectory, whose rendering cost varies) unchanged.
+            same = Scale(clamp.cluster, 1.0, tower=clamp.tower)
+            conditions = [("unsteered", None), ("steered", clamp), ("same-path", same)]
+            results = {label: [] for label, _ in conditions}
+            for round_ in range(args.rounds):  # rotate which goes first, so order effects cancel
+                shift = round_ % len(conditions)
+                for label, steering in conditions[shift:] + conditions[:shift]:
                     results[label].append(run(model, env, args.steps, steering))
             med = {k: [statistics.median(x[i] for x in v) for i in range(3)] for k, v in results.items()}
             print(f"{name}: libero_spatial task 0, {args.steps} steps, {args.camera_size}px, median of {args.rounds}")
             for label, (total, policy, stepping) in med.items():
-                print(f"  {label:9s} {1 / total:6.2f} steps/s  (policy {policy * 1000:6.1f} ms, env.step {stepping * 1000:6.1f} ms)")
-            print(f"  ratio steered/unsteered steps/s = {med['unsteered'][0] / med['steered'][0]:.3f}   (target >= 0.95)")
+                print(f"  {label:10s}{1 / total:6.2f} steps/s  (policy {policy * 1000:6.1f} ms, env.step {stepping * 1000:6.1f} ms)")
+            # Each round runs all back to back: the median of per-round ratios cancels slow drift.
+            for label in ("steered", "same-path"):
+                pairs = list(zip(results["unsteered"], results[label]))
+                ratio = statistics.median(u[0] / s[0] for u, s in pairs)
+                policy = statistics.median(u[1] / s[1] for u, s in pairs)
+                print(f"  {label}/unsteered steps/s = {ratio:.3f} (target >= 0.95; median of per-round ratios), "
+                      f"policy time alone {policy:.3f}")
         sim = env.envs[0]._env.env.sim
         t0 = time.perf_counter()
         for _ in range(5):
@@ -119,6 +126,19 @@ def main() -> None:
               f"physics ({substeps} substeps) {physics * 1000:.1f} ms, the rest is the controller and wrappers")
     finally:
         env.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny-openvla,tiny-pi0")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5, help="0 skips the steered/unsteered comparison")
+    parser.add_argument("--camera-size", type=int, default=128)
+    parser.add_argument("--workers", default="", help="e.g. 1,2: also measure Ray workers' scaling")
+    parser.add_argument("--episodes", type=int, default=2, help="episodes per worker in the scaling run")
+    args = parser.parse_args()
+    if args.rounds:
+        compare(args)
     if args.workers:
         counts = [int(n) for n in args.workers.split(",")]
         for name in args.models.split(","):

@@ -23,6 +23,12 @@ find_python() {
   command -v "python$want" || { echo "error: Python $want not found (install it with pyenv)" >&2; exit 1; }
 }
 
+# OSMesa: MuJoCo's software-rendering fallback when EGL does not work (best effort, root + apt only).
+if ! ldconfig -p 2>/dev/null | grep -q libOSMesa && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get install -y -q libosmesa6 >/dev/null 2>&1 \
+    || echo "nnsight-vla: could not install libosmesa6; rendering needs EGL then" >&2
+fi
+
 hash=$(cat requirements.lock requirements-nodeps.txt .python-version | sha256sum | cut -c1-12)
 home=${NNSIGHT_VLA_HOME:-$HOME/.cache/nnsight-vla}
 venv="$home/venv-$hash"

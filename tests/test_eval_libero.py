@@ -50,3 +50,32 @@ def test_simulator_smoke_run():
         assert metrics.length == 3 and metrics.net_displacement["z"] > 0  # commanded upwards
     finally:
         env.close()
+
+
+def test_rendering_falls_back_to_osmesa_when_egl_fails(tmp_path):
+    """With EGL broken for real (no EGL vendor library found), LIBERO renders through OSMesa,
+    or, where OSMesa is not installed either, the error names the packages to install."""
+    import ctypes.util
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from nnsight_vla.eval import libero\n"
+        "try:\n"
+        "    print('backend', libero.choose_renderer())\n"
+        "except libero.SetupError as error:\n"
+        "    print('error', error); raise SystemExit(0)\n"
+        "env = libero.make_env('libero_spatial', 0, camera_size=32)\n"
+        "obs, _ = libero.reset_to(env, 0)\n"
+        "print('std', float(obs['pixels']['image'][0].std())); env.close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    env["__EGL_VENDOR_LIBRARY_FILENAMES"] = str(tmp_path / "none.json")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.split(" ", 1)[0] in ("backend", "error", "std"))
+    if ctypes.util.find_library("OSMesa"):
+        assert lines["backend"] == "osmesa" and float(lines["std"]) > 1.0  # a real rendered scene
+    else:
+        assert "libosmesa6" in lines["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ def ensure_libero(config_dir: str | Path | None = None) -> Path:
 
     Writes LIBERO's ``config.yaml`` (which it would otherwise ask for on stdin) under
     ``config_dir`` (default: ``<venv>/libero``, or ``$LIBERO_CONFIG_PATH`` when set), checks the
-    scene assets are in place, and defaults ``MUJOCO_GL`` to ``egl`` (headless rendering).
+    scene assets are in place, and picks headless rendering (`choose_renderer`: EGL, else OSMesa).
     Call it before the first ``import libero``.
     """
     package = _package_dir()
@@ -54,8 +55,35 @@ def ensure_libero(config_dir: str | Path | None = None) -> Path:
         }
         config.write_text(yaml.safe_dump({k: str(v) for k, v in paths.items()}))
     os.environ["LIBERO_CONFIG_PATH"] = str(folder)
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    choose_renderer()
     return folder
+
+
+def _renders(backend: str) -> bool:
+    """Whether MuJoCo can make an offscreen context with ``backend``, tried in a subprocess
+    (MuJoCo fixes its backend at the first import, so this process must not try)."""
+    code = f"from mujoco.{backend} import GLContext\nc = GLContext(8, 8)\nc.make_current()\nc.free()"
+    env = {**os.environ, "MUJOCO_GL": backend, "PYOPENGL_PLATFORM": backend}
+    try:
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def choose_renderer() -> str:
+    """The headless OpenGL backend for MuJoCo: ``$MUJOCO_GL`` when set, else EGL when it works
+    here, else OSMesa (software); `SetupError` when neither does. Sets ``MUJOCO_GL``."""
+    if os.environ.get("MUJOCO_GL"):
+        return os.environ["MUJOCO_GL"]
+    for backend in ("egl", "osmesa"):
+        if _renders(backend):
+            os.environ["MUJOCO_GL"] = os.environ["PYOPENGL_PLATFORM"] = backend
+            return backend
+    raise SetupError(
+        "MuJoCo cannot render offscreen: neither EGL nor OSMesa works here. Install one "
+        "(Debian/Ubuntu: apt-get install libegl1 libegl-mesa0, or apt-get install libosmesa6), "
+        "or set MUJOCO_GL to a backend that works."
+    )
 
 
 def check_task(suite: str, task: int) -> None:

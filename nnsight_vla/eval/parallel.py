@@ -45,7 +45,8 @@ class Worker:
     def __init__(self, suite: str, camera_size: int):
         self.suite, self.camera_size, self.envs, self.model = suite, camera_size, {}, None
 
-    def load(self, model_class: str, model_key: str, weights: list | None, threads: int) -> None:
+    def load(self, model_class: str, model_key: str, weights: list | None, threads: int,
+             device: str | None = None) -> None:
         """Rebuild the model (a method, not ``__init__``, so its errors reach the caller intact).
 
         ``threads``: torch's CPU thread count, the caller's by default, because a different
@@ -53,7 +54,7 @@ class Worker:
         torch.set_num_threads(threads)
         module, _, name = model_class.partition(":")
         cls = getattr(importlib.import_module(module), name)
-        self.model = cls._remoteable_from_model_key(model_key, dispatch=True)
+        self.model = cls._remoteable_from_model_key(model_key, dispatch=True, device=device)
         if weights is not None:
             differs = same_weights(weights, fingerprint(self.model._module))
             if differs:
@@ -74,9 +75,6 @@ class Worker:
         run = rollout(self.model, self.envs[task], episode, steps, steering=steering, seed=seed,
                       record_video=record_video)
         return job, run, (start, time.time(), os.getpid())
-
-    def tasks(self) -> list[int]:
-        return sorted(self.envs)
 
     def close(self) -> None:
         for env in self.envs.values():
@@ -106,8 +104,9 @@ def run_parallel(
     A local Ray is started when none is running and ``address`` is None; otherwise Ray
     connects to ``address`` (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``), whose nodes
     need nnsight-vla and LIBERO installed. ``worker_options`` go to ``actor.options`` (e.g.
-    ``{"num_gpus": 1}``). Workers use ``threads`` CPU threads for torch (default: as many as
-    the caller, which keeps results bit-identical to a serial run). When ``timings`` is a list, each episode's wall-clock
+    ``{"num_gpus": 1}``); workers put the model on the caller's device. Workers use
+    ``threads`` CPU threads for torch (default: as many as the caller, which keeps results
+    bit-identical to a serial run). When ``timings`` is a list, each episode's wall-clock
     ``(start, end, worker pid)`` is appended to it.
     """
     try:
@@ -132,7 +131,8 @@ def run_parallel(
         key = model._remoteable_model_key()
         actors = [remote.remote(suite, camera_size) for _ in range(min(workers, len(jobs)))]
         threads = threads or torch.get_num_threads()
-        loads = [a.load.remote(f"{cls.__module__}:{cls.__qualname__}", key, weights, threads) for a in actors]
+        path = f"{cls.__module__}:{cls.__qualname__}"
+        loads = [a.load.remote(path, key, weights, threads, model.target_device) for a in actors]
         try:
             ray.get(loads)
         except ray.exceptions.RayTaskError as error:

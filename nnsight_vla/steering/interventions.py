@@ -127,6 +127,9 @@ class Intervention:
 class NeuronIntervention(Intervention):
     """Changes chosen FFN neurons' activations: the input of each layer's ``mlp.down_proj``."""
 
+    #: A constant that every chosen activation becomes (Clamp), or None.
+    fill: float | None = None
+
     def __init__(self, cluster: NeuronCluster | Sequence[tuple[int, int]], **where: Any):
         super().__init__(**where)
         self.cluster = cluster if isinstance(cluster, NeuronCluster) else NeuronCluster(cluster)
@@ -162,6 +165,8 @@ class NeuronIntervention(Intervention):
                 return x
             positions = self.position_index(x.shape[-2], call)
             idx = neurons.to(x.device)
+            if positions is None and self.fill is not None:
+                return x.index_fill(-1, idx, self.fill)  # one op, out of place: Clamp's common case
             x = x.clone()
             if positions is None:
                 x[..., idx] = self.new_values(x[..., idx], layer, idx).to(x.dtype)
@@ -187,6 +192,10 @@ class Clamp(NeuronIntervention):
     def __init__(self, cluster, value: float, **where: Any):
         super().__init__(cluster, **where)
         self.value = float(value)
+
+    @property
+    def fill(self) -> float:
+        return self.value
 
     def new_values(self, selected, layer, neurons):
         return torch.full_like(selected, self.value)
