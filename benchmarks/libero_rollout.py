@@ -60,16 +60,16 @@ def scaling(name: str, counts: list[int], episodes: int, steps: int, camera_size
     import ray
     import torch
 
-    from nnsight_vla.eval.parallel import Worker
+    from nnsight_vla.eval.parallel import Worker, class_path
 
     model = nnsight_vla.load(name)
-    cls, key = type(model), model._remoteable_model_key()
+    key = model._remoteable_model_key()
     rates = {}
     for n in counts:
         ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False)
         try:
             actors = [ray.remote(Worker).options(num_cpus=1).remote("libero_spatial", camera_size) for _ in range(n)]
-            ray.get([a.load.remote(f"{cls.__module__}:{cls.__qualname__}", key, None, 1) for a in actors])
+            ray.get([a.load.remote(class_path(model), key, None, 1) for a in actors])
             ray.get([a.run.remote((0, 0, "baseline"), 1, None, 0, False) for a in actors])  # builds the simulator
             start = time.perf_counter()
             ray.get([a.run.remote((0, e % 10, "baseline"), steps, None, 0, False)

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from nnsight_vla import InputError
+from nnsight_vla.eval import evaluate
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,3 +33,14 @@ def test_two_workers_equal_serial(tmp_path):
     pi0 = result["tiny-pi0"]
     assert pi0["same"] and pi0["steering_acted"]
     assert len(pi0["pids"]) == 2 and os.getpid() not in pi0["pids"]  # two worker processes ran
+
+
+def test_unreachable_cluster_address_names_the_fix(tiny):
+    """Ray would retry an address where nothing listens for minutes; this fails at once."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(InputError, match="ray start --head"):
+        evaluate(tiny, "libero_spatial", [0], 1, ray_address=f"127.0.0.1:{port}")

@@ -49,6 +49,7 @@ def test_random_control_keeps_layers_and_size(tiny):
     "kwargs, message",
     [({"suite": "libero_100"}, "unknown LIBERO suite"), ({"tasks": [12]}, "tasks 0..9"),
      ({"controls": ("baseline", "shuffled")}, "unknown controls"), ({"episodes": 0}, "at least 1"),
+     ({"workers": 0}, "workers must be at least 1"),
      ({"steering": Clamp([(5, 0)], 1.0)}, "layer 5 is out of range")],
 )
 def test_bad_inputs(tiny, kwargs, message):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 import time
 from typing import Any, Iterable
 
@@ -99,7 +100,7 @@ def run_parallel(
     threads: int | None = None,
     timings: list | None = None,
 ) -> dict[Job, Episode]:
-    """Run ``jobs`` on ``workers`` Ray actors; returns the episodes by job, as a serial run would.
+    """Run ``jobs`` on ``workers`` (>= 1) Ray actors; returns the episodes by job, as a serial run would.
 
     A local Ray is started when none is running and ``address`` is None; otherwise Ray
     connects to ``address`` (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``), whose nodes
@@ -113,26 +114,23 @@ def run_parallel(
         import ray
     except ImportError as error:
         raise InputError("parallel rollouts need Ray; run `make env` (it installs ray).") from error
-    if workers < 1:
-        raise InputError(f"workers must be at least 1, got {workers}.")
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if address is None:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         else:
+            check_reachable(address)
             ray.init(address=address, log_to_driver=False)
     actors = []
     try:
         weights = fingerprint(model._module) if check_weights else None
-        cls = type(model)
         options = {"num_cpus": 1, **(worker_options or {})}
         remote = ray.remote(Worker).options(**options)
         key = model._remoteable_model_key()
         actors = [remote.remote(suite, camera_size) for _ in range(min(workers, len(jobs)))]
         threads = threads or torch.get_num_threads()
-        path = f"{cls.__module__}:{cls.__qualname__}"
-        loads = [a.load.remote(path, key, weights, threads, model.target_device) for a in actors]
+        loads = [a.load.remote(class_path(model), key, weights, threads, model.target_device) for a in actors]
         try:
             ray.get(loads)
         except ray.exceptions.RayTaskError as error:
@@ -184,11 +182,27 @@ def _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings)
 def _cause(error: Exception) -> Exception:
     """The worker's own exception (a VLAError keeps its type and message), else the Ray error."""
     cause = getattr(error, "cause", None)
-    inner = getattr(cause, "error", None) if cause is not None else None
-    for candidate in (inner, cause):
-        if isinstance(candidate, Exception):
-            return candidate
-    return error
+    return cause if isinstance(cause, Exception) else error
+
+
+def class_path(model: Any) -> str:
+    """``module:QualName`` of the model's class, which a worker imports to rebuild it."""
+    return f"{type(model).__module__}:{type(model).__qualname__}"
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Raise `InputError` when nothing listens at a ``[ray://]HOST:PORT`` address (Ray itself
+    would retry for minutes); ``"auto"`` and other forms are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise InputError(
+            f"no Ray cluster answers at {address!r} ({error.strerror or error}); start one with "
+            "`ray start --head` and pass its address, or leave ray_address out for a local Ray."
+        ) from error
 
 
 def job_order(tasks: Iterable[int], episodes: int, conditions: Iterable[str]) -> list[Job]:

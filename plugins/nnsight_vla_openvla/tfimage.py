@@ -1,4 +1,4 @@
-"""TensorFlow's JPEG round trip and antialiased Lanczos3 resize, reproduced without TensorFlow."""
+"""TensorFlow's JPEG round trip, antialiased Lanczos3 resize and centre crop, reproduced without TensorFlow."""
 
 from __future__ import annotations
 
