@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 import nnsight_vla  # noqa: E402
 from nnsight_vla.lens import project_value_vectors  # noqa: E402
-from nnsight_vla.lens.towers import down_proj_weight, get_tower, unembedding_matrix  # noqa: E402
+from nnsight_vla.towers import get_tower  # noqa: E402
 from nnsight_vla.lens.value_vectors import CHUNK_LOGITS  # noqa: E402
 
 TOP_K, REFERENCE_BATCH = 10, 2048
@@ -105,9 +105,9 @@ def main() -> None:
 
     model = nnsight_vla.load(args.model)
     tower = get_tower(model)
-    unembed = unembedding_matrix(tower)
+    unembed = tower.unembedding()
     n = len(tower.layers)
-    weights = [down_proj_weight(tower, i) for i in range(n)]
+    weights = [tower.value_vectors(i) for i in range(n)]
     modules = [tower.layers[i].mlp.down_proj._module for i in range(n)]
     batch = max(1, CHUNK_LOGITS // unembed.shape[0])
     all_vectors = torch.cat([w.T for w in weights])  # made before timing: the floor is matmuls only

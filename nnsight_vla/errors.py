@@ -25,3 +25,7 @@ class StandardNameError(VLAError, AttributeError):
 
 class LayerIndexError(VLAError, IndexError):
     """A layer index outside the model's range."""
+
+
+class SetupError(VLAError, RuntimeError):
+    """A missing package, asset or system library; the message says how to install it."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,40 +16,14 @@ from nnsight.modeling.mixins.remotable import Remotable
 from .checkpoint import dtype_name, parse_dtype
 from .envoys import InertEnvoy, InertOutputEnvoy, LayersEnvoy
 from .errors import InputError, StandardNameError
+from .layout import STANDARD_NAMES, Layout
 from .observation import Observation
 from .spec import ModelSpec
-
-#: Standard module names every family provides, through its `VLA.rename` map.
-STANDARD_NAMES = ("vision", "projector", "layers", "ln_final", "lm_head")
-
-
-@dataclass(frozen=True)
-class Tower:
-    """A stack of decoder layers that a vocabulary lens can read.
-
-    Attributes:
-        name: ``"vlm"`` (the language model), or a family's other tower (e.g. ``"expert"``).
-        layers: The envoy of its decoder-layer list (``layers[i].mlp.down_proj`` inside).
-        norm: Its final norm envoy (applied before unembedding when a lens asks for it).
-        unembed: The envoy of the Linear whose weight ``[vocab, d_model]`` maps the residual
-            stream to token logits, or None for a tower without a vocabulary.
-        runs: How many times the tower runs per prediction when that is fixed (Pi0's VLM: 1);
-            None when it runs on every forward of the prediction (OpenVLA's decoding steps,
-            Pi0's denoising steps).
-    """
-
-    name: str
-    layers: Any
-    norm: Any
-    unembed: Any
-    runs: int | None = None
-
+from .towers import Tower, module_of
 
 def _linear_shape(envoy: Any) -> tuple[int, int] | None:
-    module = getattr(envoy, "_module", None)
-    if isinstance(module, torch.nn.Linear):
-        return module.in_features, module.out_features
-    return None
+    module = module_of(envoy)
+    return (module.in_features, module.out_features) if isinstance(module, torch.nn.Linear) else None
 
 
 class VLA(Remotable):
@@ -60,8 +34,9 @@ class VLA(Remotable):
     (``vision``, ``projector``, ``layers[i].mlp.down_proj``, ``ln_final``,
     ``lm_head``) alias the family's own module paths, which keep working.
 
-    A family subclass sets `rename` and `layer_paths` and implements the hooks
-    `_configure`, `_build`, `_load_weights`, `_inputs`, `_predict_action`, `_save`.
+    A family subclass sets `layout` (its module paths as data: standard names, towers,
+    inert sites) and implements the hooks `_configure`, `_build`, `_load_weights`,
+    `_inputs`, `_predict_action` and `_save`; `action_calls` says which forwards emit actions.
 
     Example:
         >>> import nnsight_vla
@@ -70,12 +45,8 @@ class VLA(Remotable):
         ...     acts = model.layers[1].mlp.down_proj.input.save()
     """
 
-    #: Family module path -> standard name (an nnsight ``rename`` map).
-    rename: ClassVar[dict[str, str]] = {}
-    #: Module paths of decoder-layer lists (indexing them is range-checked).
-    layer_paths: ClassVar[tuple[str, ...]] = ()
-    #: Path of a module that runs once, first, in every prediction (steering counts calls from it).
-    run_start: ClassVar[str] = ""
+    #: The family's module paths (a class attribute, or set per instance in `_configure`).
+    layout: Layout
 
     spec: ModelSpec
 
@@ -85,31 +56,26 @@ class VLA(Remotable):
         self.target_device = None if device is None else str(device)
         self.options = options
         self._configure(self.name_or_path, **options)
+        # Envoy classes are chosen as nnsight wraps the module, after `_bind_layout` fills this.
+        self._envoy_map: dict[str, type[Envoy]] = {}
         super().__init__(
-            self.name_or_path,
-            dispatch=dispatch,
-            rename={k: v for k, v in self.rename.items() if k != v},
-            envoys=self._envoy_classes(),
+            self.name_or_path, dispatch=dispatch, rename=self.layout.rename(), envoys=self._envoy_map
         )
-        self._check_standard_names()
+        self._check_layout()
 
-    def _envoy_classes(self) -> dict[str, type[Envoy]]:
-        """Module path -> envoy class: range-checked layer lists, and the family's inert sites."""
-        inert, inert_output = self.inert_paths()
-        return {
-            **dict.fromkeys(self.layer_paths, LayersEnvoy),
-            **dict.fromkeys(inert, InertEnvoy),
-            **dict.fromkeys(inert_output, InertOutputEnvoy),
-        }
+    def _bind_layout(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Check the layout against the built module and choose the envoy classes:
+        range-checked layer lists and the family's inert sites."""
+        self.layout = self.layout.resolved(module, f"{type(self).__name__}.layout")
+        layout = self.layout
+        self._envoy_map.update({
+            **{t.layers: LayersEnvoy for t in layout.towers},
+            **dict.fromkeys(layout.inert, InertEnvoy),
+            **dict.fromkeys(layout.inert_output, InertOutputEnvoy),
+        })
+        return module
 
     # -- hooks a family implements ---------------------------------------------------
-
-    def inert_paths(self) -> tuple[list[str], list[str]]:
-        """Module paths that cannot change the actions: (whole modules, outputs only).
-
-        Accessing them in a trace warns with `InertSiteWarning`. None by default.
-        """
-        return [], []
 
     def _configure(self, source: str, **options: Any) -> None:
         """Read the config, tokenizer and processor; set `spec` and `tokenizer`."""
@@ -135,10 +101,11 @@ class VLA(Remotable):
         """Write config, weights and processor files in the family's official layout."""
         raise NotImplementedError
 
-    def env_actions(self, raw: dict, task: str, seed: int = 0) -> np.ndarray:
-        """The ``[k, action_dim]`` actions to execute in LIBERO for one raw environment
-        observation (``pixels``, ``robot_state``), the family's own recipe included."""
-        raise NotImplementedError(f"{type(self).__name__} has no LIBERO recipe yet.")
+    def action_calls(self, tower: str) -> range | None:
+        """The forward calls of ``tower`` in one prediction whose last position emits an
+        action (a token or a velocity), or None when none does. OpenVLA: the 7 decoding
+        forwards of the VLM; Pi0: the expert's denoising steps."""
+        return None
 
     # -- nnsight hooks --------------------------------------------------------------
 
@@ -147,10 +114,10 @@ class VLA(Remotable):
         # breaks constructors that compute with small CPU tensors (timm's drop-path rates);
         # a meta default device is enough to keep every parameter off memory.
         with MetaDevice.real(), torch.device("meta"):
-            return self._build()
+            return self._bind_layout(self._build())
 
     def _load(self, *args: Any, **kwargs: Any) -> torch.nn.Module:
-        return self._place(self._load_weights()).eval()
+        return self._bind_layout(self._place(self._load_weights()).eval())
 
     def _place(self, module: torch.nn.Module) -> torch.nn.Module:
         """Move loaded weights to the requested device and dtype (families with
@@ -226,11 +193,17 @@ class VLA(Remotable):
         return steer(self, interventions)
 
     def towers(self) -> dict[str, Tower]:
-        """The towers a vocabulary lens can project, by name; ``"vlm"`` comes first.
+        """The model's decoder stacks by name, from its layout; ``"vlm"`` comes first.
 
-        Families with a second tower (Pi0's action expert) or another unembedding override this.
+        Example:
+            >>> [(t.name, t.n_layers, t.d_mlp) for t in model.towers().values()]
+            [('vlm', 3, 128), ('expert', 3, 64)]
         """
-        return {"vlm": Tower("vlm", self.layers, self.ln_final, self.lm_head)}
+        out = {}
+        for t in self.layout.towers:
+            unembed = None if t.unembed is None else self.get(t.unembed)
+            out[t.name] = Tower(t.name, self.get(t.layers), self.get(t.norm), unembed, t)
+        return out
 
     def token_strings(self, token_ids) -> list[str]:
         """Readable labels for token ids (families label action tokens, e.g. ``[action: 0.25]``)."""
@@ -252,41 +225,34 @@ class VLA(Remotable):
 
     # -- load-time checks ---------------------------------------------------------
 
-    def _check_standard_names(self) -> None:
-        spec = self.spec
-        where = f"{type(self).__name__}.rename"
-
-        def alias(name: str) -> Any:
-            value = self.__dict__.get(name)
-            if not isinstance(value, Envoy):
+    def _check_layout(self) -> None:
+        """Every standard name is bound; the spec's sizes agree with the modules (sizes the
+        family left out are read from them)."""
+        where = f"{type(self).__name__}.layout"
+        for name in sorted(self.layout.standard_names() | set(STANDARD_NAMES)):
+            if not isinstance(self.__dict__.get(name), Envoy):
+                raise StandardNameError(f"standard name {name!r} is not bound; add its module path to {where}.")
+        towers = self.towers()
+        for tower in towers.values():
+            shapes = {_linear_shape(tower.layers[i].mlp.down_proj) for i in range(tower.n_layers)}
+            if len(shapes) != 1 or None in shapes:
                 raise StandardNameError(
-                    f"standard name {name!r} is not bound; add its module path to {where}."
+                    f"every layers[i].mlp.down_proj of tower {tower.name!r} should be one Linear "
+                    f"d_mlp->d_model, got {sorted(shapes, key=str)}; fix its paths in {where}."
                 )
-            return value
-
-        for name in STANDARD_NAMES:
-            alias(name)
-        layers = alias("layers")
-        if len(layers) != spec.n_layers:
+        vlm = towers["vlm"]
+        head = _linear_shape(self.lm_head)
+        if head is None or head[0] != vlm.d_model:
+            raise StandardNameError(f"lm_head should be a Linear from d_model={vlm.d_model}, got {head}; fix it in {where}.")
+        found = {"n_layers": vlm.n_layers, "d_model": vlm.d_model, "d_mlp": vlm.d_mlp, "vocab_size": head[1]}
+        stated = {k: getattr(self.spec, k) for k in found}
+        differ = {k: (stated[k], found[k]) for k in found if stated[k] is not None and stated[k] != found[k]}
+        if differ:
             raise StandardNameError(
-                f"{where} maps 'layers' to {layers.path} with {len(layers)} entries, but the "
-                f"spec says n_layers={spec.n_layers}; point it at the decoder-layer list."
+                f"the spec and the modules disagree on {differ} (spec, modules); fix the layout's paths in "
+                f"{where} or the spec."
             )
-        want = (spec.d_mlp, spec.d_model)
-        for i in range(len(layers)):
-            shape = _linear_shape(getattr(getattr(layers[i], "mlp", None), "down_proj", None))
-            if shape != want:
-                raise StandardNameError(
-                    f"layers[{i}].mlp.down_proj should be a Linear {want[0]}->{want[1]}, got "
-                    f"{shape}; rename the layer's FFN to 'mlp' and its output to 'down_proj' "
-                    f"in {where}."
-                )
-        head = _linear_shape(alias("lm_head"))
-        if head != (spec.d_model, spec.vocab_size):
-            raise StandardNameError(
-                f"lm_head should be a Linear {spec.d_model}->{spec.vocab_size}, got {head}; "
-                f"fix 'lm_head' in {where}."
-            )
+        self.spec = replace(self.spec, **{k: v for k, v in found.items() if stated[k] is None})
 
     # -- remote execution -----------------------------------------------------------
 

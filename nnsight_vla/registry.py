@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from .errors import CheckpointError, UnknownModelError
 
@@ -24,6 +25,8 @@ class Family:
         config_types: Values of ``config.json``'s ``model_type`` (or lerobot's ``type``)
             that this family loads.
         builtins: Offline names it builds without any files, e.g. ``("tiny-openvla",)``.
+        recipes: Environment recipes, ``{"libero": "module:function"}``: a function
+            ``(model, raw_observation, task, seed) -> [k, action_dim]`` actions to execute.
 
     Example:
         >>> Family("toy", "toy_plugin.model:Toy", ("toy",)).name
@@ -34,11 +37,33 @@ class Family:
     model_class: str
     config_types: tuple[str, ...]
     builtins: tuple[str, ...] = ()
+    recipes: Mapping[str, str] = field(default_factory=dict)
 
     def load_class(self) -> type:
         """Import and return the family's model class."""
-        module, _, cls = self.model_class.partition(":")
-        return getattr(importlib.import_module(module), cls)
+        return _import(self.model_class)
+
+    def recipe(self, env: str) -> Callable:
+        """The family's function for environment ``env`` (e.g. ``"libero"``)."""
+        if env not in self.recipes:
+            raise UnknownModelError(
+                f"family {self.name!r} has no {env!r} recipe (it has {sorted(self.recipes)}); "
+                f"add one to its Family(recipes={{{env!r}: 'module:function'}})."
+            )
+        return _import(self.recipes[env])
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def family_of(model: Any) -> Family:
+    """The registered family whose model class ``model`` is an instance of."""
+    for family in families().values():
+        if isinstance(model, family.load_class()):
+            return family
+    raise UnknownModelError(f"{type(model).__name__} belongs to no registered family.\n{_describe()}")
 
 
 _extra: dict[str, Family] = {}

@@ -267,7 +267,7 @@ def test_pi0_vlm_tower_and_its_expert_without_vocabulary():
     assert table.action_token_ids is None and table.info["tower"] == "vlm"
     with pytest.raises(InputError, match="tower 'expert' has no vocabulary"):
         project_value_vectors(model, tower="expert")
-    width = model.spec.expert.d_model
+    width = model.towers()["expert"].d_model
     with pytest.raises(InputError, match=f"has width {width}; pass unembed= a matrix with {width} col"):
         project_value_vectors(model, tower="expert", unembed=model.lm_head)
 

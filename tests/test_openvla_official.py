@@ -8,7 +8,7 @@ import torch
 import nnsight_vla
 from nnsight_vla import CheckpointError
 from nnsight_vla_openvla.config import OpenVLAConfig
-from nnsight_vla_openvla.model import to_checkpoint_key
+from nnsight_vla_openvla.checkpoint import to_checkpoint_key
 from nnsight_vla_openvla.modeling import OpenVLANet
 from nnsight_vla_openvla.tokenizer import build_tiny_tokenizer
 

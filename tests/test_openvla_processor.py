@@ -63,7 +63,9 @@ def test_libero_frame_rotates_then_round_trips_and_resizes():
 def test_env_actions_follow_openvla_recipe(tiny):
     image = np.random.default_rng(3).integers(0, 256, (2 * 28, 2 * 28, 3), dtype=np.uint8)
     raw = {"pixels": {"image": image[None]}}
-    action = tiny.env_actions(raw, "pick up the black bowl")
+    from nnsight_vla.eval.libero import env_actions
+
+    action = env_actions(tiny, raw, "pick up the black bowl")
     expected = np.asarray(tiny.predict_action(Observation(libero_frame(image, tiny.processor.image_size), "pick up the black bowl")))
     assert action.shape == (1, 7)
     np.testing.assert_array_equal(action[0, :6], expected[:6])

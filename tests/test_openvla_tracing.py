@@ -1,5 +1,7 @@
 """tiny-openvla under nnsight: standard names, batching, predict_action, steering, nnsight features."""
 
+from dataclasses import replace
+
 import nnsight
 import numpy as np
 import pytest
@@ -44,19 +46,28 @@ def test_layer_index_out_of_range(tiny):
         tiny.layers[-3]
 
 
-def test_rename_map_is_checked_at_load():
-    class Broken(OpenVLA):
-        rename = {k: v for k, v in OpenVLA.rename.items() if v != "lm_head"}
+def test_layout_is_checked_at_load():
+    vlm = OpenVLA.layout.towers[0]
 
-    with pytest.raises(StandardNameError, match="'lm_head' is not bound"):
+    class Broken(OpenVLA):
+        layout = replace(OpenVLA.layout, towers=(replace(vlm, unembed=None),))
+
+    with pytest.raises(StandardNameError, match=r"standard name\(s\) \['lm_head'\]"):
         Broken("tiny-openvla")
 
     class Misplaced(OpenVLA):
-        rename = {**OpenVLA.rename, "vision_backbone.featurizer.blocks": "layers"}
-        rename.pop("language_model.model.layers")
+        layout = replace(OpenVLA.layout, towers=(replace(vlm, layers="vision_backbone.featurizer.blocks"),))
 
-    with pytest.raises(StandardNameError, match="3 entries, but the spec says n_layers=2"):
+    with pytest.raises(StandardNameError, match="featurizer.blocks.0.input_layernorm"):
         Misplaced("tiny-openvla")
+
+    class Resized(OpenVLA):
+        def _configure(self, source, **options):
+            super()._configure(source, **options)
+            self.spec = replace(self.spec, n_layers=3)
+
+    with pytest.raises(StandardNameError, match=r"disagree on \{'n_layers': \(3, 2\)\}"):
+        Resized("tiny-openvla")
 
 
 def test_wrong_input_type(tiny):

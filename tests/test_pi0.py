@@ -44,7 +44,8 @@ def obs():
 def test_spec_describes_both_towers_and_inputs(pi0):
     spec = pi0.spec
     assert (spec.family, spec.n_layers, spec.d_model, spec.d_mlp) == ("pi0", 3, 64, 128)
-    assert (spec.expert.n_layers, spec.expert.d_model, spec.expert.d_mlp) == (3, 32, 64)
+    expert = pi0.towers()["expert"]
+    assert (expert.n_layers, expert.d_model, expert.d_mlp) == (3, 32, 64)
     assert spec.camera_names == ("image", "image2") and spec.state_dim == 8
     assert (spec.action_dim, spec.chunk_size, spec.action_token_ids) == (7, 10, None)
     assert spec.extra["num_inference_steps"] == 10

@@ -1,6 +1,7 @@
 """Closed-loop evaluation in LIBERO: paired conditions, episode metrics, statistics, plots."""
 
-from .evaluate import EvalResult, evaluate, random_control
+from ..steering import random_control
+from .evaluate import EvalResult, evaluate
 from .metrics import EpisodeMetrics, episode_metrics
 from .stats import PairedComparison, paired_comparison
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 from dataclasses import dataclass
@@ -13,13 +12,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..steering import bind, random_control
 from .libero import MAX_STEPS, check_task, make_env
+from .metrics import METRICS
 from .parallel import job_order, run_parallel
+from .plots import plot_metrics, plot_trajectories
 from .rollout import rollout
 from .stats import paired_comparison
-
-METRICS = ("success", "length", "path_length", "displacement_per_step", "mean_speed", "max_speed", "min_height")
-
 
 @dataclass
 class EvalResult:
@@ -29,30 +28,6 @@ class EvalResult:
     summary: dict
     statistics: dict
     out_dir: Path | None
-
-
-def random_control(steering: Any, seed: int, model: Any) -> list:
-    """The steering with every cluster replaced by a random one of the same size per layer
-    (and every added direction by a random one of the same norm)."""
-    from ..steering.interventions import Add, NeuronIntervention
-    from ..steering.runtime import as_list
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for intervention in as_list(steering):
-        control = copy.copy(intervention)
-        if isinstance(intervention, NeuronIntervention):
-            d_mlp = model.towers()[intervention.tower].layers[0].mlp.down_proj._module.in_features
-            control.cluster = intervention.cluster.random_like(seed, d_mlp=d_mlp)
-            if hasattr(control, "means"):
-                control.means = {}
-        elif isinstance(intervention, Add):
-            import torch
-
-            noise = torch.from_numpy(rng.standard_normal(intervention.direction.shape[0])).float()
-            control.direction = noise / noise.norm() * intervention.direction.norm()
-        out.append(control)
-    return out
 
 
 def evaluate(
@@ -98,8 +73,6 @@ def evaluate(
     if "baseline" in controls:
         conditions["baseline"] = None
     if steering is not None:
-        from ..steering.runtime import bind
-
         bind(model, steering)  # fail now, not mid-evaluation, when the steering does not fit
         conditions["steered"] = steering
         if "random" in controls:
@@ -173,8 +146,6 @@ def _write(folder: Path, rows, summary, statistics, runs, record_video) -> Path:
         writer.writerows(flat)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     (folder / "statistics.json").write_text(json.dumps(statistics, indent=2))
-    from .plots import plot_metrics, plot_trajectories
-
     plot_trajectories(rows, folder / "trajectories.png")
     plot_metrics(rows, folder / "metrics.png")
     if record_video:

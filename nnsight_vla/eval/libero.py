@@ -8,15 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, VLAError
+from ..errors import InputError, SetupError
+from ..registry import family_of
 
 #: Suites and their standard step limits (OpenVLA's LIBERO evaluation).
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
 TASKS_PER_SUITE = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
-
-
-class SetupError(VLAError, RuntimeError):
-    """The simulator's files or rendering are not set up; the message says how to fix it."""
 
 
 def _package_dir() -> Path:
@@ -117,3 +114,9 @@ def reset_to(env: Any, episode: int, seed: int = 7) -> tuple[dict, dict]:
     inner = env.envs[0]
     inner.init_state_id = episode
     return env.reset(seed=[seed])
+
+
+def env_actions(model: Any, raw: dict, task: str, seed: int = 0) -> Any:
+    """The ``[k, action_dim]`` actions the model's family executes for one raw LIBERO
+    observation (``pixels``, ``robot_state``), by its ``"libero"`` recipe."""
+    return family_of(model).recipe("libero")(model, raw, task, seed)

@@ -10,6 +10,9 @@ from ..errors import InputError
 
 AXES = ("x", "y", "z")
 
+#: Per-episode metrics summarised, compared and plotted by `evaluate`.
+METRICS = ("success", "length", "path_length", "displacement_per_step", "mean_speed", "max_speed", "min_height")
+
 
 @dataclass
 class EpisodeMetrics:

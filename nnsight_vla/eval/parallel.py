@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import torch
 from tqdm import tqdm
 
-from ..errors import InputError, VLAError
+from ..errors import InputError, SetupError, VLAError
 from .rollout import Episode
 
 #: (task, episode, condition)
@@ -113,7 +113,7 @@ def run_parallel(
     try:
         import ray
     except ImportError as error:
-        raise InputError("parallel rollouts need Ray; run `make env` (it installs ray).") from error
+        raise SetupError("parallel rollouts need Ray; run `make env` (it installs ray).") from error
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -6,22 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..plotting import figure, save_png
+from .metrics import METRICS
+
 COLORS = {"baseline": "tab:gray", "steered": "tab:red", "random": "tab:blue"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_trajectories(rows: list[dict], path: Path) -> Path:
     """Top (x-y) and side (x-z) views of every episode's end-effector path, by condition."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig = figure(10, 4.5)
+    axes = fig.subplots(1, 2)
     for row in rows:
         p = np.asarray(row["path"])
         color = COLORS.get(row["condition"], "tab:green")
@@ -33,20 +27,15 @@ def plot_trajectories(rows: list[dict], path: Path) -> Path:
         ax.set_ylabel(f"{b} (m)")
         ax.set_title(f"end effector, {a}-{b}")
     axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def plot_metrics(rows: list[dict], path: Path, seed: int = 0) -> Path:
     """Mean of each metric per condition, with 95% bootstrap intervals of the mean."""
-    plt = _pyplot()
-    from .evaluate import METRICS
-
     conditions = list(dict.fromkeys(r["condition"] for r in rows))
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(2.6 * len(METRICS), 3.2))
+    fig = figure(2.6 * len(METRICS), 3.2)
+    axes = fig.subplots(1, len(METRICS))
     for ax, metric in zip(axes, METRICS):
         for i, condition in enumerate(conditions):
             values = np.array([float(r[metric]) for r in rows if r["condition"] == condition])
@@ -56,7 +45,4 @@ def plot_metrics(rows: list[dict], path: Path, seed: int = 0) -> Path:
             ax.errorbar(i, values.mean(), yerr=[[values.mean() - low], [high - values.mean()]], color="black", capsize=3)
         ax.set_xticks(range(len(conditions)), conditions, rotation=30)
         ax.set_title(metric, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .libero import reset_to
+from .libero import env_actions, reset_to
 from .metrics import EpisodeMetrics, episode_metrics
 
 
@@ -47,7 +47,7 @@ def rollout(
             if record_video:
                 frames.append(np.asarray(obs["pixels"]["image"][0])[::-1, ::-1].copy())
             if not queue:
-                queue = list(model.env_actions(obs, task, seed=seed + step))
+                queue = list(env_actions(model, obs, task, seed=seed + step))
             action = np.asarray(queue.pop(0), dtype=np.float64)
             obs, _, terminated, truncated, info = env.step(action[None])
             path.append(obs["robot_state"]["eef"]["pos"][0].copy())

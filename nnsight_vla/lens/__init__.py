@@ -10,14 +10,14 @@ Example:
 """
 
 from .concepts import cluster, concept_similarity
-from .logit_lens import LogitLens, logit_lens
+from .logit_lens import LogitLensReading, logit_lens
 from .rewired import plot_rewired, rewired_fraction, rewired_mask
 from .table import ValueVectorTable
-from .towers import token_labels
+from .labels import token_labels
 from .value_vectors import project_value_vectors
 
 __all__ = [
-    "LogitLens",
+    "LogitLensReading",
     "ValueVectorTable",
     "cluster",
     "concept_similarity",

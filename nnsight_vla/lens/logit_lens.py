@@ -7,28 +7,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nnsight
 import numpy as np
 import torch
 
+from ..collect import collect
 from ..errors import InputError
 from ..observation import Observation
-from .plotting import figure, save_png
+from ..plotting import figure, save_png
+from ..sites import Site
+from ..towers import get_tower
+from .labels import ensure_dispatched, token_labels
 from .table import display
-from .towers import (
-    ensure_dispatched,
-    final_norm,
-    get_tower,
-    hidden,
-    layer_indices,
-    token_labels,
-    unembedding_matrix,
-)
 
 
 @dataclass(eq=False)
-class LogitLens:
-    """Logit-lens readings: ``logits[row, i]`` is layer ``layers[i]``'s residual at row ``rows[row]``.
+class LogitLensReading:
+    """What `logit_lens` read: ``logits[row, i]`` is layer ``layers[i]``'s residual at row ``rows[row]``.
 
     Rows are the positions that emit the action tokens (``"action 0"``, ...; one forward pass
     each) or the positions asked for (``"position -1"``, ...).
@@ -132,7 +126,7 @@ def logit_lens(
     *,
     layers: Iterable[int] | None = None,
     tower: str | None = None,
-) -> LogitLens:
+) -> LogitLensReading:
     """Project each layer's residual stream for one observation onto the vocabulary.
 
     Args:
@@ -155,49 +149,26 @@ def logit_lens(
         raise InputError(f"logit_lens reads one nnsight_vla.Observation, got {type(obs).__name__}.")
     ensure_dispatched(model)
     tw = get_tower(model, tower)
-    chosen = sorted(layer_indices(layers, len(tw.layers)))  # read in execution order
+    chosen = sorted(tw.layer_indices(layers))  # read in execution order
+    sites = [Site(layer, "resid", tw.name) for layer in chosen]
     if positions is None and model.spec.action_token_ids is not None:
-        states = _action_states(model, tw, chosen, obs)
+        acts = collect(model, obs, sites, calls="actions", positions="last")
+        states = torch.stack([acts[s][0, :, 0] for s in sites], dim=1)  # [calls, layers, d_model]
         rows = [f"action {i}" for i in range(len(states))]
     else:
         wanted = [-1] if positions is None else list(positions)
-        states = _position_states(model, tw, chosen, obs, wanted)
+        if not wanted or not all(isinstance(p, int) for p in wanted):
+            raise InputError(f"positions {wanted} must be ints, at least one.")
+        acts = collect(model, obs, sites, calls="prefill", positions=wanted)
+        states = torch.stack([acts[s][0, 0] for s in sites], dim=1)  # [positions, layers, d_model]
         rows = [f"position {p}" for p in wanted]
-    weight = unembedding_matrix(tw)
+    weight = tw.unembedding()
     with torch.no_grad():
         x = states.to(device=weight.device, dtype=weight.dtype)
         if norm:
-            x = final_norm(tw)(x)
+            x = tw.final_norm()(x)
         logits = (x @ weight.T).float().cpu()
     vocab = weight.shape[0]
     actions = model.spec.action_token_ids if vocab == model.spec.vocab_size else None
     info = {"model": getattr(model, "name_or_path", ""), "tower": tw.name, "norm": bool(norm)}
-    return LogitLens(logits, tuple(chosen), rows, token_labels(model, vocab), actions, info)
-
-
-def _action_states(model: Any, tw: Any, chosen: list[int], obs: Observation) -> torch.Tensor:
-    """``[steps, layers, d_model]``: the last position's residual in each action-emitting forward."""
-    steps = model.spec.action_dim
-    with model.predict_action(obs) as tracer:
-        states = nnsight.save([])
-        for step in tracer.iter[:steps]:
-            states.append(
-                torch.stack([hidden(tw.layers[i].output)[0, -1].detach().clone() for i in chosen])
-            )
-    return torch.stack(list(states))
-
-
-def _position_states(
-    model: Any, tw: Any, chosen: list[int], obs: Observation, positions: list[int]
-) -> torch.Tensor:
-    """``[positions, layers, d_model]`` from one forward pass."""
-    with model.trace(obs):
-        full = nnsight.save([hidden(tw.layers[i].output)[0].detach().clone() for i in chosen])
-    length = full[0].shape[0]
-    bad = [p for p in positions if not isinstance(p, int) or not -length <= p < length]
-    if bad or not positions:
-        raise InputError(
-            f"positions {bad or positions} are out of range: this observation's sequence has "
-            f"{length} positions (0..{length - 1}, or -1..-{length}); image patches count."
-        )
-    return torch.stack([torch.stack([h[p] for h in full]) for p in positions])
+    return LogitLensReading(logits, tuple(chosen), rows, token_labels(model, vocab), actions, info)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .plotting import figure, save_png
+from ..plotting import figure, save_png
 from .table import ValueVectorTable
 
 

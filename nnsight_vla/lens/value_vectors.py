@@ -9,16 +9,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..towers import get_tower
+from .labels import ensure_dispatched, token_labels
 from .table import ValueVectorTable
-from .towers import (
-    down_proj_weight,
-    ensure_dispatched,
-    final_norm,
-    get_tower,
-    layer_indices,
-    token_labels,
-    unembedding_matrix,
-)
 
 #: Logits computed per chunk when ``batch_size`` is not given (256 MiB in float32).
 CHUNK_LOGITS = 2**26
@@ -70,12 +63,12 @@ def project_value_vectors(
     """
     ensure_dispatched(model)
     tw = get_tower(model, tower)
-    weight_u = unembedding_matrix(tw, unembed)
+    weight_u = tw.unembedding(unembed)
     vocab, d_model = weight_u.shape
     if not isinstance(top_k, int) or not 1 <= top_k <= vocab:
         raise InputError(f"top_k={top_k!r} must be an int in 1..{vocab} (the vocabulary size).")
-    chosen = layer_indices(layers, len(tw.layers))
-    weights = [down_proj_weight(tw, i) for i in chosen]
+    chosen = tw.layer_indices(layers)
+    weights = [tw.value_vectors(i) for i in chosen]
     if weights[0].shape[0] != d_model:
         raise InputError(
             f"the unembedding is {tuple(weight_u.shape)} but tower {tw.name!r} has width "
@@ -89,7 +82,7 @@ def project_value_vectors(
     batch = batch_size or max(1, CHUNK_LOGITS // vocab)
     if not isinstance(batch, int) or batch < 1:
         raise InputError(f"batch_size={batch_size!r} must be a positive int.")
-    normalize = final_norm(tw) if norm else None
+    normalize = tw.final_norm() if norm else None
 
     total = len(chosen) * d_mlp
     ids = torch.empty(total, top_k, dtype=torch.int32)
@@ -119,7 +112,7 @@ def project_value_vectors(
         tuple(chosen),
         token_labels(model, vocab),
         action_token_ids=actions,
-        n_layers=len(tw.layers),
+        n_layers=tw.n_layers,
         info={
             "model": getattr(model, "name_or_path", type(model).__name__),
             "tower": tw.name,

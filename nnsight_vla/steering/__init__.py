@@ -1,10 +1,13 @@
-"""Steering: clamp, scale or ablate FFN neurons, add directions — in traces or around calls."""
+"""Steering: clamp, scale or ablate FFN neurons, add directions — in traces, around calls, on TransformerLens hooks."""
 
+from .controls import random_control
 from .directions import load_direction, mean_activations, mean_difference, residual, save_direction, unit
-from .interventions import Ablate, Add, Clamp, Edit, Intervention, Scale
-from .runtime import apply, bind, hook_points, steer
+from .edits import Edit, apply, bind
+from .interventions import Ablate, Add, Clamp, Intervention, Scale
+from .runtime import hook_points, steer
 
 __all__ = [
     "Ablate", "Add", "Clamp", "Edit", "Intervention", "Scale", "apply", "bind", "hook_points",
-    "load_direction", "mean_activations", "mean_difference", "residual", "save_direction", "steer", "unit",
+    "load_direction", "mean_activations", "mean_difference", "random_control", "residual",
+    "save_direction", "steer", "unit",
 ]

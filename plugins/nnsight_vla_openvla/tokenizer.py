@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerFast
 
-from nnsight_vla.wordpiece import build_word_tokenizer
+from nnsight_vla.testing.words import build_word_tokenizer
 
 N_RESERVED = 256  # the last pieces of the base vocabulary: OpenVLA's action tokens overwrite them
 

@@ -7,4 +7,5 @@ FAMILY = Family(
     model_class="nnsight_vla_pi0.model:Pi0",
     config_types=("pi0", "pi05"),
     builtins=("tiny-pi0", "tiny-pi05"),
+    recipes={"libero": "nnsight_vla_pi0.libero:env_actions"},
 )

@@ -11,13 +11,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from nnsight_vla import VLA, CheckpointError, InputError, ModelSpec, Observation, Tower
+from nnsight_vla import VLA, CheckpointError, InputError, ModelSpec, Observation
 from nnsight_vla.checkpoint import check_state_dict, load_module, local_folder, read_state_dict
-from nnsight_vla.spec import TowerSpec
 
 from . import tiny
 from .inputs import IMAGE_PREFIX, STATE_KEY, from_lerobot, from_libero, to_batch
-from .variants import EXPERT, VARIANTS, VLM
+from .variants import VARIANTS
 
 SIZES_FILE = "nnsight_vla.json"  # this project's extension: sizes of a resized (tiny) policy
 PALIGEMMA_TOKENIZER = "google/paligemma-3b-pt-224"
@@ -77,7 +76,6 @@ class Pi0(VLA):
     """
 
     _persistent_attributes = ("_tokenizer", "preprocessor", "postprocessor")
-    run_start = f"{VLM}.embed_tokens"  # the instruction's embedding: once per prediction
 
     # -- configuration -------------------------------------------------------------
 
@@ -101,7 +99,7 @@ class Pi0(VLA):
         config.device = self.target_device or "cpu"
         if self.torch_dtype is not None:
             config.dtype = str(self.torch_dtype).removeprefix("torch.")
-        self.rename = self.variant.names
+        self.layout = self.variant.layout
         self.preprocessor, self.postprocessor = self._processors()
         self.spec = self._spec()
 
@@ -135,50 +133,24 @@ class Pi0(VLA):
         )
 
     def _spec(self) -> ModelSpec:
-        sizes = self.sizes or {}
-        modeling = self.variant.modeling
-        vlm = sizes.get(self.policy_config.paligemma_variant) or vars(
-            modeling.get_gemma_config(self.policy_config.paligemma_variant)
-        )
-        expert = sizes.get(self.policy_config.action_expert_variant) or vars(
-            modeling.get_gemma_config(self.policy_config.action_expert_variant)
-        )
         state = self.policy_config.input_features.get(STATE_KEY)
-        return ModelSpec(
+        return ModelSpec(  # the sizes are read from the modules
             family=self.variant.type,
-            n_layers=vlm["depth"],
-            d_model=vlm["width"],
-            d_mlp=vlm["mlp_dim"],
-            vocab_size=257152,
+            n_layers=None,
+            d_model=None,
+            d_mlp=None,
+            vocab_size=None,
             action_token_ids=None,
             action_dim=self.policy_config.output_features["action"].shape[0],
             camera_names=self.cameras,
             state_dim=None if state is None else state.shape[0],
             chunk_size=self.policy_config.chunk_size,
-            expert=TowerSpec(expert["depth"], expert["width"], expert["mlp_dim"]),
             extra={"num_inference_steps": self.policy_config.num_inference_steps},
         )
 
-    @property
-    def layer_paths(self) -> tuple[str, ...]:
-        return (f"{VLM}.layers", f"{EXPERT}.layers")
-
-    def inert_paths(self) -> tuple[list[str], list[str]]:
-        last = f"{VLM}.layers.{self.spec.n_layers - 1}"
-        whole = [
-            f"{last}.mlp", f"{last}.mlp.gate_proj", f"{last}.mlp.up_proj", f"{last}.mlp.down_proj",
-            f"{last}.mlp.act_fn", f"{last}.post_attention_layernorm", f"{last}.self_attn.q_proj",
-            f"{last}.self_attn.o_proj", f"{VLM}.norm", "model.paligemma_with_expert.paligemma.lm_head",
-        ]
-        return whole, [last, f"{last}.self_attn"]
-
-    def towers(self) -> dict[str, Tower]:
-        """The VLM (runs once per prediction), unembedded by ``lm_head``, and the action
-        expert (runs every denoising step), which has no vocabulary of its own."""
-        return {
-            "vlm": Tower("vlm", self.layers, self.ln_final, self.lm_head, runs=1),
-            "expert": Tower("expert", self.expert.layers, self.expert.norm, None),
-        }
+    def action_calls(self, tower: str) -> range | None:
+        """The expert runs once per denoising step, and each step emits a velocity."""
+        return range(self.policy_config.num_inference_steps) if tower == "expert" else None
 
     # -- building and loading ----------------------------------------------------------
 
@@ -256,12 +228,6 @@ class Pi0(VLA):
             normalized = policy.predict_action_chunk(batch, **kwargs)
         actions = self.postprocessor(normalized).float().cpu().numpy()
         return actions[0] if size == 1 else actions
-
-    def env_actions(self, raw: dict, task: str, seed: int = 0) -> np.ndarray:
-        """lerobot's LIBERO recipe (its LIBERO observation step, then the policy's processors):
-        the first ``n_action_steps`` actions of the chunk."""
-        chunk = self.predict_action({**raw, "task": task}, seed=seed)
-        return np.asarray(chunk)[: self.policy_config.n_action_steps]
 
     # -- saving ----------------------------------------------------------------------
 

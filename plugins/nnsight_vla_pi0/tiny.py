@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
 
-from nnsight_vla.wordpiece import build_word_tokenizer
+from nnsight_vla.testing.words import build_word_tokenizer
 
 from .variants import Variant
 

@@ -1,4 +1,4 @@
-"""Small offline sentencepiece-style tokenizers whose pieces are ordinary English words."""
+"""Offline Unigram tokenizers in Llama's and Gemma's layouts whose pieces are ordinary English words (for tiny models)."""
 
 from __future__ import annotations
 

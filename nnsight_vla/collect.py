@@ -1,0 +1,177 @@
+"""`collect`: activations at sites over chosen forward calls and positions, one prediction per batch of observations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import InputError
+from .sites import Site, hooked
+
+CALLS = ("all", "prefill", "actions")
+POSITIONS = ("all", "last", "mean")
+
+
+class _Done(Exception):
+    """Raised by a hook once every wanted call was seen: the rest of the prediction is skipped."""
+
+
+def wanted_calls(model: Any, site: Site, calls: Any) -> list[int] | None:
+    """The forward calls of ``site`` that ``calls`` selects (None: all of them).
+
+    ``"prefill"`` is the first call; ``"actions"`` the calls whose last position emits an
+    action, as the family says (`VLA.action_calls`): OpenVLA's decoding forwards, Pi0's
+    denoising steps of the expert.
+    """
+    if isinstance(calls, str):
+        if calls not in CALLS:
+            raise InputError(f"calls={calls!r} is not one of {list(CALLS)} or a list of ints.")
+        if calls == "all":
+            return None
+        if calls == "prefill":
+            return [0]
+        found = model.action_calls(site.tower)
+        if found is None:
+            raise InputError(
+                f"no forward of tower {site.tower!r} emits actions in {type(model).__name__}; "
+                "choose calls='all', 'prefill' or a list of ints."
+            )
+        return list(found)
+    try:
+        chosen = sorted({int(c) for c in calls})
+    except (TypeError, ValueError) as err:
+        raise InputError(f"calls={calls!r} is not one of {list(CALLS)} or a list of ints.") from err
+    if not chosen or chosen[0] < 0:
+        raise InputError(f"calls={calls!r} must be non-negative call indices, at least one.")
+    return chosen
+
+
+def _check_positions(positions: Any, batch_size: int) -> Any:
+    if isinstance(positions, str):
+        if positions not in POSITIONS:
+            raise InputError(f"positions={positions!r} is not one of {list(POSITIONS)} or a list of ints.")
+        exact = positions == "last"
+    else:
+        try:
+            positions = [int(p) for p in positions]
+        except (TypeError, ValueError) as err:
+            raise InputError(f"positions={positions!r} is not one of {list(POSITIONS)} or a list of ints.") from err
+        if not positions:
+            raise InputError("positions is empty; give at least one index.")
+        exact = all(p < 0 for p in positions)
+    if batch_size > 1 and not exact:
+        raise InputError(
+            f"positions={positions!r} with batch_size={batch_size}: batched rows are padded, so only "
+            "positions counted from the end ('last' or negative indices) are exact; use batch_size=1."
+        )
+    return positions
+
+
+def _select(x: torch.Tensor, positions: Any, site: Site, call: int) -> torch.Tensor:
+    """``[batch, P, width]`` of a site's ``[batch, length, width]`` activation."""
+    if positions == "all":
+        return x
+    if positions == "last":
+        return x[:, -1:]
+    if positions == "mean":
+        return x.mean(dim=1, keepdim=True)
+    length = x.shape[1]
+    bad = [p for p in positions if not -length <= p < length]
+    if bad:
+        raise InputError(
+            f"positions {bad} are out of range: this observation's sequence has {length} positions "
+            f"at {site}, call {call} (0..{length - 1}, or -1..-{length}); image patches count."
+        )
+    return x[:, positions]
+
+
+def collect(
+    model: Any,
+    observations: Any,
+    sites: Site | Iterable[Site],
+    *,
+    calls: Any = "all",
+    positions: Any = "all",
+    batch_size: int = 1,
+    progress: bool = False,
+    **options: Any,
+) -> dict[Site, torch.Tensor]:
+    """Activations at ``sites`` during ``model.predict_action`` on each observation.
+
+    Args:
+        model: A loaded `nnsight_vla.VLA` (lazy ones are dispatched).
+        observations: One observation or a sequence of them.
+        sites: `Site` objects (``Site(20, "resid")``, ``Site(1, "neurons", "expert")``).
+        calls: Which forward calls of each site: ``"all"``, ``"prefill"`` (the first),
+            ``"actions"`` (those emitting actions, per the family) or call indices. A
+            prediction stops early once every wanted call was seen.
+        positions: ``"all"``, ``"last"``, ``"mean"`` (over the sequence) or indices.
+        batch_size: Observations per prediction (rows are padded: then only positions
+            counted from the end are allowed).
+        progress: Show a tqdm bar over batches.
+        **options: Passed to ``predict_action`` (e.g. ``seed=`` for Pi0).
+
+    Returns:
+        Per site, a float32 CPU tensor ``[observations, calls, positions, width]``.
+
+    Example:
+        >>> acts = collect(model, [obs1, obs2], [Site(1, "resid")], calls="actions", positions="last")
+        >>> acts[Site(1, "resid")].shape        # OpenVLA: one call per action dimension
+        torch.Size([2, 7, 1, 64])
+    """
+    items = list(observations) if isinstance(observations, Sequence) and not isinstance(observations, str) else [observations]
+    if not items:
+        raise InputError("observations is empty; give at least one observation.")
+    chosen = [sites] if isinstance(sites, Site) else list(sites)
+    if not chosen or not all(isinstance(s, Site) for s in chosen):
+        raise InputError(f"sites must be nnsight_vla.Site objects, at least one; got {sites!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size={batch_size!r} must be a positive int.")
+    positions = _check_positions(positions, batch_size)
+    chosen = list(dict.fromkeys(site.on(model) for site in chosen))
+    wanted = {site: wanted_calls(model, site, calls) for site in chosen}
+    finite = all(w is not None for w in wanted.values())
+    rows: dict[Site, list[torch.Tensor]] = {site: [] for site in chosen}
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    for batch in tqdm(batches, desc="collect", unit="batch", disable=not progress):
+        seen: dict[Site, dict[int, torch.Tensor]] = {site: {} for site in chosen}
+
+        def done() -> bool:
+            return finite and all(len(seen[s]) == len(wanted[s]) for s in chosen)
+
+        def record(x: torch.Tensor, call: int, site: Site) -> None:
+            want = wanted[site]
+            if want is None or call in want:
+                seen[site][call] = _select(x, positions, site, call).detach().float().cpu()
+                if done():
+                    raise _Done
+            return None
+
+        fns = {site: (lambda x, call, site=site: record(x, call, site)) for site in chosen}
+        try:
+            with hooked(model, fns):
+                model.predict_action(batch, **options)
+        except _Done:
+            pass
+        for site in chosen:
+            rows[site].append(_stack(site, seen[site], wanted[site]))
+    return {site: torch.cat(parts) for site, parts in rows.items()}
+
+
+def _stack(site: Site, seen: dict[int, torch.Tensor], want: list[int] | None) -> torch.Tensor:
+    missing = [c for c in want or [] if c not in seen]
+    if missing or not seen:
+        raise InputError(
+            f"{site}: calls {missing or want} never ran; a prediction ran it {len(seen)} time(s) "
+            f"(calls 0..{len(seen) - 1})."
+        )
+    parts = [seen[c] for c in (want or sorted(seen))]
+    if len({p.shape for p in parts}) > 1:
+        raise InputError(
+            f"{site}: the chosen calls have different lengths {sorted({p.shape[1] for p in parts})} "
+            "(a prefill and decoding steps); use positions='last', 'mean' or indices, or one call."
+        )
+    return torch.stack(parts, dim=1)

@@ -1,0 +1,39 @@
+"""Token labels for a lens: each id's text, the family's own labels (``[action: 0.25]``) first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def ensure_dispatched(model: Any) -> None:
+    """Load the weights of a model built lazily (``dispatch=False``)."""
+    if not getattr(model, "dispatched", True):
+        model.dispatch()
+
+
+def token_labels(model: Any, n: int | None = None) -> list[str]:
+    """Readable text of token ids ``0..n-1`` (default: the whole vocabulary).
+
+    Each token is decoded on its own (``" up"``); the family's own labels win where it has
+    them (OpenVLA's ``[action: 0.250]``); ids the tokenizer lacks (padding rows) read
+    ``<unused ID>``.
+
+    Example:
+        >>> token_labels(model)[model.tokenizer.convert_tokens_to_ids("▁up")]
+        'up'
+    """
+    n = model.spec.vocab_size if n is None else n
+    ids = list(range(n))
+    tokenizer = model.tokenizer
+    family = model.token_strings(ids)
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    texts = tokenizer.batch_decode([[i] for i in ids])
+    out = []
+    for i, label, piece, text in zip(ids, family, pieces, texts):
+        if label is not None and label != piece:
+            out.append(label)
+        elif piece is None:
+            out.append(f"<unused {i}>")
+        else:
+            out.append(text)
+    return out

@@ -1,0 +1,173 @@
+"""`Site`: where an activation lives (tower, layer, kind); read and written in traces and by torch hooks, with call counting."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+
+from .errors import InputError
+from .towers import Tower, get_tower, hidden, module_of, with_hidden
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of activation: which part of a decoder layer, its input or output, its width
+    and its TransformerLens hook name."""
+
+    component: str  # a `TowerLayout.block` key, or "" for the decoder layer itself
+    io: str  # "input" or "output"
+    width: str  # "d_mlp" or "d_model"
+    hook_name: str  # TransformerLens hook point, with {layer}
+
+
+KINDS: dict[str, Kind] = {
+    "neurons": Kind("mlp.out", "input", "d_mlp", "blocks.{layer}.mlp.hook_post"),
+    "resid": Kind("", "output", "d_model", "blocks.{layer}.hook_resid_post"),
+    "mlp_out": Kind("mlp", "output", "d_model", "blocks.{layer}.hook_mlp_out"),
+    "attn_out": Kind("attn", "output", "d_model", "blocks.{layer}.hook_attn_out"),
+}
+
+#: ``(activation, call) -> activation``: what a hook does on one forward of a site.
+SiteFn = Callable[[torch.Tensor, int], torch.Tensor | None]
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """An activation of a model: ``kind`` at ``layer`` of ``tower``.
+
+    Kinds: ``"neurons"`` (FFN activations: the input of ``mlp.down_proj``), ``"resid"``
+    (the residual stream after the layer), ``"mlp_out"`` and ``"attn_out"`` (the outputs
+    of the layer's MLP and attention).
+
+    Example:
+        >>> site = Site(20, "neurons")
+        >>> with model.trace(obs):
+        ...     acts = site.read(model).save()
+        >>> site.hook_name
+        'blocks.20.mlp.hook_post'
+    """
+
+    layer: int
+    kind: str = "resid"
+    tower: str = "vlm"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InputError(f"site kind {self.kind!r} is not one of {list(KINDS)}.")
+
+    def __str__(self) -> str:
+        return f"{self.tower}.{self.layer}.{self.kind}"
+
+    @classmethod
+    def parse(cls, text: str) -> Site:
+        """``"vlm.20.resid"`` (or ``"20.resid"``) -> ``Site(20, "resid", "vlm")``."""
+        parts = str(text).split(".")
+        if len(parts) == 2:
+            parts = ["vlm", *parts]
+        if len(parts) != 3 or not parts[1].lstrip("-").isdigit():
+            raise InputError(f"site {text!r} is not TOWER.LAYER.KIND, e.g. 'vlm.20.resid' or '20.neurons'.")
+        return cls(int(parts[1]), parts[2], parts[0])
+
+    # -- binding to a model --------------------------------------------------------
+
+    def tower_of(self, model: Any) -> Tower:
+        return get_tower(model, self.tower)
+
+    def on(self, model: Any) -> Site:
+        """This site checked against ``model``, its layer made non-negative."""
+        return Site(self.tower_of(model).layer(self.layer), self.kind, self.tower)
+
+    def width(self, model: Any) -> int:
+        return getattr(self.tower_of(model), KINDS[self.kind].width)
+
+    @property
+    def hook_name(self) -> str:
+        """The TransformerLens hook point of this site (for the language model)."""
+        return KINDS[self.kind].hook_name.format(layer=self.layer)
+
+    def envoy(self, model: Any) -> Any:
+        """The envoy whose input or output holds this activation."""
+        tower = self.tower_of(model)
+        envoy = tower.layers[tower.layer(self.layer)]
+        component = KINDS[self.kind].component
+        for part in tower.layout.block[component].split(".") if component else []:
+            envoy = getattr(envoy, part)
+        return envoy
+
+    def module(self, model: Any) -> torch.nn.Module:
+        return module_of(self.envoy(model))
+
+    def runs_at(self, model: Any, step: int) -> bool:
+        """Whether the site runs at a trace's ``step`` (Pi0's VLM runs at step 0 only)."""
+        runs = self.tower_of(model).runs
+        return runs is None or step < runs
+
+    # -- inside an nnsight trace ---------------------------------------------------
+
+    def read(self, model: Any) -> Any:
+        """The activation inside a trace: ``[batch, positions, width]``."""
+        envoy = self.envoy(model)
+        return envoy.input if KINDS[self.kind].io == "input" else hidden(envoy.output)
+
+    def write(self, model: Any, fn: Callable[[Any], Any]) -> None:
+        """Replace the activation inside a trace by ``fn(activation)``."""
+        envoy = self.envoy(model)
+        if KINDS[self.kind].io == "input":
+            envoy.input = fn(envoy.input)
+        else:
+            envoy.output = with_hidden(envoy.output, fn)
+
+    # -- torch hooks -----------------------------------------------------------------
+
+    def register(self, model: Any, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+        """A torch hook applying ``fn`` to the activation (None keeps it); returns its handle."""
+        module = self.module(model)
+        if KINDS[self.kind].io == "input":
+            def pre(mod, args):
+                out = fn(args[0])
+                return None if out is None else (out, *args[1:])
+
+            return module.register_forward_pre_hook(pre)
+
+        def post(mod, args, output):
+            x = hidden(output)
+            out = fn(x)
+            return None if out is None else with_hidden(output, lambda _: out)
+
+        return module.register_forward_hook(post)
+
+
+@contextlib.contextmanager
+def hooked(model: Any, fns: Mapping[Site, SiteFn]) -> Iterator[None]:
+    """Within the block, every forward of each site runs ``fn(activation, call)``, where
+    ``call`` counts that site's forwards from the start of each prediction (the layout's
+    ``run_start`` module); ``fn`` returns a replacement or None. Every hook is removed when
+    the block ends, exceptions included.
+
+    Example:
+        >>> with hooked(model, {Site(1, "neurons"): lambda x, call: x * 2}):
+        ...     action = model.predict_action(obs)
+    """
+    model.dispatch()
+    counts: dict[Site, int] = defaultdict(int)
+    handles = []
+    try:
+        start = model.layout.run_start
+        if start:
+            module = module_of(model).get_submodule(start)
+            handles.append(module.register_forward_pre_hook(lambda *args: counts.clear()))
+        for site, fn in fns.items():
+            def run(x: torch.Tensor, site: Site = site, fn: SiteFn = fn) -> torch.Tensor | None:
+                call = counts[site]
+                counts[site] += 1
+                return fn(x, call)
+
+            handles.append(site.register(model, run))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

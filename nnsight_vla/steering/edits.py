@@ -1,0 +1,78 @@
+"""Edits: interventions bound to sites of one model, composed per site, applied inside an nnsight trace."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..envoys import InertEnvoy
+from ..errors import InputError
+from ..sites import KINDS, Site
+
+#: ``(activation, call) -> activation``: one intervention's effect on one site.
+EditFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One intervention's effect on one site of one model."""
+
+    site: Site
+    fn: EditFn
+
+
+def as_list(interventions: Any) -> list:
+    """One intervention or a sequence of them, as a list (each must have ``edits``)."""
+    items = list(interventions) if isinstance(interventions, Sequence) else [interventions]
+    for item in items:
+        if not callable(getattr(item, "edits", None)):
+            raise InputError(
+                f"{item!r} is not an intervention; use nnsight_vla.Clamp, Scale, Ablate or Add (or a list)."
+            )
+    return items
+
+
+def bind(model: Any, interventions: Any) -> list[tuple[Site, EditFn]]:
+    """The interventions' edits composed per site (edits on one site keep list order),
+    sites in execution order: towers in `towers()` order, then layers, FFN activations
+    before the layer's output. Sites that cannot change the actions warn."""
+    order = {name: i for i, name in enumerate(model.towers())}
+    by_site: dict[Site, list[EditFn]] = defaultdict(list)
+    for intervention in as_list(interventions):
+        for edit in intervention.edits(model):
+            by_site[edit.site].append(edit.fn)
+    for site in by_site:
+        envoy = site.envoy(model)
+        if isinstance(envoy, InertEnvoy) and KINDS[site.kind].io in type(envoy).watched:
+            envoy._warn_inert()
+    ordered = sorted(by_site, key=lambda s: (order[s.tower], s.layer, s.kind != "neurons", s.kind))
+    return [(site, _compose(by_site[site])) for site in ordered]
+
+
+def _compose(fns: list[EditFn]) -> EditFn:
+    if len(fns) == 1:
+        return fns[0]
+
+    def run(x: torch.Tensor, call: int) -> torch.Tensor:
+        for fn in fns:
+            x = fn(x, call)
+        return x
+
+    return run
+
+
+def apply(model: Any, interventions: Any, step: int = 0) -> None:
+    """Apply ``interventions`` inside an nnsight trace, at the trace's current ``step``.
+
+    Example:
+        >>> with model.predict_action(obs) as tracer:
+        ...     for step in tracer.iter[:7]:
+        ...         apply(model, Clamp(cluster, 6.0), step)
+        ...     action = tracer.result.save()
+    """
+    for site, run in bind(model, interventions):
+        if site.runs_at(model, step):  # Pi0's VLM runs at step 0 only
+            site.write(model, lambda x, run=run: run(x, step))
