@@ -1,0 +1,219 @@
+"""The family contract: what every model family promises the core, checked on any model (`run_contract`)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import nnsight
+import numpy as np
+import torch
+
+from ..envoys import LayersEnvoy
+from ..errors import LayerIndexError, VLAError
+from ..layout import STANDARD_NAMES
+from ..observation import Observation
+from ..registry import load
+from ..sites import Site
+from ..steering import Clamp, apply
+from ..collect import collect
+
+
+class ContractError(VLAError, AssertionError):
+    """A family breaks the contract; the message names the check and what differed."""
+
+
+def example_observation(model: Any, seed: int = 0, instruction: str = "pick up the black bowl") -> Observation:
+    """A random observation with the cameras and state the model expects."""
+    rng = np.random.default_rng(seed)
+    images = {c: rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for c in model.spec.camera_names}
+    dim = model.spec.state_dim
+    state = None if dim is None else rng.uniform(-1, 1, dim).astype(np.float32)
+    return Observation(images, instruction, state)
+
+
+def prediction_steps(model: Any) -> int:
+    """Forwards of one prediction that a trace iterates over (the longest action-emitting run)."""
+    counts = [len(calls) for t in model.towers() if (calls := model.action_calls(t)) is not None]
+    return max(counts, default=1)
+
+
+def _fail(check: str, message: str) -> None:
+    raise ContractError(f"{check}: {message}")
+
+
+def check_standard_names(model: Any) -> None:
+    """Standard names are envoys; layer lists are range-checked; towers have sizes."""
+    for name in STANDARD_NAMES:
+        if not isinstance(getattr(model, name, None), nnsight.Envoy):
+            _fail("standard names", f"model.{name} is not bound to a module")
+    for tower in model.towers().values():
+        if not isinstance(tower.layers, LayersEnvoy):
+            _fail("standard names", f"tower {tower.name!r}'s layers are not a range-checked list")
+        try:
+            tower.layers[tower.n_layers]
+        except LayerIndexError:
+            pass
+        else:
+            _fail("standard names", f"tower {tower.name!r} accepts layer {tower.n_layers}")
+        if min(tower.n_layers, tower.d_model, tower.d_mlp) < 1:
+            _fail("standard names", f"tower {tower.name!r} has empty sizes {tower!r}")
+
+
+def check_plain_vs_traced(model: Any) -> None:
+    """``predict_action`` returns the same actions as a plain call and as a trace."""
+    obs = example_observation(model)
+    plain = np.asarray(model.predict_action(obs))
+    with model.predict_action(obs) as tracer:
+        traced = tracer.result.save()
+    if not np.array_equal(plain, np.asarray(traced)):
+        _fail("plain vs traced", f"max |difference| {np.abs(plain - np.asarray(traced)).max():.3g}")
+
+
+def check_batching(model: Any) -> None:
+    """A batch of observations predicts what each does alone."""
+    a, b = example_observation(model, 0), example_observation(model, 1, "open the top drawer")
+    both = np.asarray(model.predict_action([a, b]))
+    for row, obs in zip(both, (a, b)):
+        alone = np.asarray(model.predict_action(obs))
+        if row.shape != alone.shape or not np.allclose(row, alone, atol=1e-5):
+            _fail("batching", f"a batched row differs from its observation alone (shapes {row.shape}, {alone.shape})")
+
+
+def check_collect(model: Any) -> None:
+    """The collector's calls and values equal an nnsight trace's, step by step, for every tower."""
+    obs = example_observation(model)
+    steps = prediction_steps(model)
+    sites = [Site(0, "resid", name) for name in model.towers()]
+    with model.predict_action(obs) as tracer:
+        seen = nnsight.save({site: [] for site in sites})
+        for step in tracer.iter[:steps]:
+            for site in sites:
+                if site.runs_at(model, step):
+                    seen[site].append(site.read(model)[:, -1].clone())
+    acts = collect(model, obs, sites, calls="all", positions="last")
+    for site in sites:
+        want = torch.stack([x.float() for x in seen[site]], dim=1)
+        got = acts[site][:, : want.shape[1], 0]
+        if got.shape != want.shape or not torch.equal(got, want.cpu()):
+            _fail("collect", f"{site}: the collector's {tuple(got.shape)} differ from the trace's {tuple(want.shape)}")
+        calls = model.action_calls(site.tower)
+        if calls is not None and acts[site].shape[1] < len(calls):
+            _fail("collect", f"{site} ran {acts[site].shape[1]} times, fewer than action_calls {calls}")
+
+
+def _clamp_hook(module: torch.nn.Module, calls: str):
+    """The reference: a raw torch pre-hook clamping neurons 0 and 1 to 5.0 (all calls, or the first)."""
+    seen = [0]
+
+    def hook(mod, args):
+        seen[0] += 1
+        if calls == "prefill" and seen[0] > 1:
+            return None
+        return (args[0].index_fill(-1, torch.tensor([0, 1], device=args[0].device), 5.0), *args[1:])
+
+    return module.register_forward_pre_hook(hook)
+
+
+def _with_hook(module: torch.nn.Module, calls: str, run: Callable[[], Any]) -> Any:
+    handle = _clamp_hook(module, calls)
+    try:
+        return run()
+    finally:
+        handle.remove()
+
+
+def check_steering(model: Any) -> None:
+    """A clamp in a trace, through ``model.steer`` and as a raw torch hook gives equal actions
+    and equal per-call residuals after the layer, on every call and on the prefill only (which
+    checks the layout's ``run_start``); the block leaves no hook behind."""
+    obs = example_observation(model)
+    base = np.asarray(model.predict_action(obs))
+    for name in model.towers():
+        resid, module = Site(0, "resid", name), Site(0, "neurons", name).module(model)
+        clean = collect(model, obs, resid, positions="last")[resid]
+        for calls in ("all", "prefill") if name == "vlm" else ("all",):
+            clamp = Clamp([(0, 0), (0, 1)], 5.0, tower=name, calls=calls)
+            where = f"(tower {name!r}, calls={calls!r})"
+            with model.predict_action(obs) as tracer:
+                for step in tracer.iter[: prediction_steps(model)]:
+                    apply(model, clamp, step)
+                traced = tracer.result.save()
+            with model.steer(clamp):
+                steered = np.asarray(model.predict_action(obs))
+            with model.steer(clamp):
+                steered_resid = collect(model, obs, resid, positions="last")[resid]
+            hooked = np.asarray(_with_hook(module, calls, lambda: model.predict_action(obs)))
+            hooked_resid = _with_hook(module, calls, lambda: collect(model, obs, resid, positions="last")[resid])
+            for label, value in (("nnsight", np.asarray(traced)), ("model.steer", steered)):
+                if not np.array_equal(value, hooked):
+                    _fail("steering", f"{label} clamp {where} gives other actions than a torch hook")
+            if not torch.equal(steered_resid, hooked_resid):
+                _fail("steering", f"model.steer clamp {where} changes other calls than a torch hook")
+            if torch.equal(hooked_resid, clean):
+                _fail("steering", f"the clamp {where} did not change layer 0's output")
+    if not np.array_equal(np.asarray(model.predict_action(obs)), base):
+        _fail("steering", "a hook survived its block: plain predictions changed")
+
+
+def check_save_load(model: Any, folder: Path) -> None:
+    """``save_pretrained`` writes a checkpoint that loads back with equal weights and actions."""
+    obs = example_observation(model)
+    loaded = load(model.save_pretrained(folder / "checkpoint"))
+    ours, theirs = model._module.state_dict(), loaded._module.state_dict()
+    if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
+        _fail("save/load", "the reloaded weights differ")
+    if not np.allclose(model.predict_action(obs), loaded.predict_action(obs), atol=1e-6):
+        _fail("save/load", "the reloaded model predicts other actions")
+
+
+def check_model_key(model: Any) -> None:
+    """The remote model key rebuilds an equal model (what NDIF and the Ray workers do)."""
+    key = model._remoteable_model_key()
+    twin = type(model)._remoteable_from_model_key(key, dispatch=True)
+    if twin._remoteable_model_key() != key:
+        _fail("model key", f"the key does not round-trip: {key} vs {twin._remoteable_model_key()}")
+    obs = example_observation(model)
+    if not np.array_equal(np.asarray(model.predict_action(obs)), np.asarray(twin.predict_action(obs))):
+        _fail("model key", "the rebuilt model predicts other actions")
+
+
+CHECKS: dict[str, Callable[..., None]] = {
+    "standard names": check_standard_names,
+    "plain vs traced": check_plain_vs_traced,
+    "batching": check_batching,
+    "collect": check_collect,
+    "steering": check_steering,
+    "model key": check_model_key,
+    "save/load": check_save_load,
+}
+
+
+def run_contract(model: Any, folder: str | Path | None = None, skip: tuple[str, ...] = ()) -> list[str]:
+    """Run every contract check on ``model`` (a loaded VLA, or ``(class, source)`` to also
+    check that it loads); returns the names of the checks that ran.
+
+    Example:
+        >>> run_contract(nnsight_vla.load("tiny-openvla"))
+        ['load', 'standard names', 'plain vs traced', ...]
+    """
+    ran = []
+    if isinstance(model, tuple):
+        cls, source = model
+        try:
+            model = cls(source, dispatch=True)
+        except VLAError as err:
+            raise ContractError(f"load: {type(err).__name__}: {err}") from err
+        ran.append("load")
+    model.dispatch()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, check in CHECKS.items():
+            if name in skip:
+                continue
+            if name == "save/load":
+                check(model, Path(folder or tmp))
+            else:
+                check(model)
+            ran.append(name)
+    return ran
