@@ -6,7 +6,7 @@ env:
 	@bash scripts/env.sh
 
 demo:
-	@$(ENV) $$venv/bin/python -m nnsight_vla.cli demo $(ARGS)
+	@$(ENV) $$venv/bin/python examples/demo.py $(ARGS)
 
 test:
 	@$(ENV) $$venv/bin/python -m pytest -n 2 $(ARGS)

@@ -60,7 +60,8 @@ def scaling(name: str, counts: list[int], episodes: int, steps: int, camera_size
     import ray
     import torch
 
-    from nnsight_vla.eval.parallel import Worker, class_path
+    from nnsight_vla.eval.parallel import Worker
+    from nnsight_vla.remote import class_path
 
     model = nnsight_vla.load(name)
     key = model._remoteable_model_key()

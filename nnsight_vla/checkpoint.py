@@ -31,22 +31,6 @@ def dtype_name(dtype: torch.dtype | None) -> str | None:
     return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
-def local_folder(source: str | Path, allow_patterns: list[str] | None = None) -> Path:
-    """A checkpoint folder on disk: ``source`` itself, or a Hub snapshot of it."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(source), allow_patterns=allow_patterns))
-    except Exception as err:
-        raise CheckpointError(
-            f"cannot get {source!r} from the Hugging Face Hub ({type(err).__name__}: {err}); "
-            "download it where the Hub is reachable and pass the folder."
-        ) from err
-
-
 def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint folder (``model.safetensors`` or shards plus their index)."""
     from safetensors.torch import load_file

@@ -94,20 +94,8 @@ def eval_command(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nnsight-vla", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="load, trace, predict and steer a model (tiny by default)")
-    demo.add_argument("--model", default="tiny-openvla", help="built-in name or checkpoint folder")
-    demo.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>)")
-    demo.add_argument("--value", type=float, default=8.0, help="clamp value for the steered neurons")
-    demo.add_argument(
-        "--lens-model", default="smol-openvla", help="model of the lens step ('none' skips it)"
-    )
-    demo.add_argument(
-        "--pi0-model", default="tiny-pi0", help="model of the Pi0 step ('none' skips it)"
-    )
-    demo.add_argument("--no-rollout", action="store_true", help="skip the closed-loop LIBERO rollout")
-
     lens = commands.add_parser("lens", help="project FFN value vectors onto the vocabulary")
-    lens.add_argument("model", help="built-in name (e.g. smol-openvla) or checkpoint folder")
+    lens.add_argument("model", help="a built-in name, checkpoint folder or Hub id")
     lens.add_argument("--top-k", type=int, default=10, help="tokens kept per value vector")
     lens.add_argument(
         "--norm",
@@ -142,14 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
-            from .demo import run
-
-            lens_model = None if args.lens_model == "none" else args.lens_model
-            pi0_model = None if args.pi0_model == "none" else args.pi0_model
-            run(args.model, args.out, args.value, lens_model=lens_model, pi0_model=pi0_model,
-                rollout=not args.no_rollout)
-        elif args.command == "lens":
+        if args.command == "lens":
             lens_command(args)
         elif args.command == "clusters":
             clusters_command(args)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,11 +12,12 @@ from nnsight.intervention.envoy import Envoy, traceable
 from nnsight.modeling.mixins.meta import MetaDevice
 from nnsight.modeling.mixins.remotable import Remotable
 
-from .checkpoint import dtype_name, parse_dtype
+from .checkpoint import parse_dtype
 from .envoys import InertEnvoy, InertOutputEnvoy, LayersEnvoy
 from .errors import InputError, StandardNameError
 from .layout import STANDARD_NAMES, Layout
 from .observation import Observation
+from .remote import from_model_key, model_key
 from .spec import ModelSpec
 from .towers import Tower, module_of
 
@@ -50,8 +50,10 @@ class VLA(Remotable):
 
     spec: ModelSpec
 
-    def __init__(self, source: str, *, dtype=None, device=None, dispatch: bool = False, **options):
+    def __init__(self, source: str, *, dtype=None, device=None, dispatch: bool = False,
+                 revision: str | None = None, **options):
         self.name_or_path = str(source)
+        self.revision = revision  # a family's `_configure` pins a Hub source to its commit
         self.torch_dtype = parse_dtype(dtype)
         self.target_device = None if device is None else str(device)
         self.options = options
@@ -261,18 +263,11 @@ class VLA(Remotable):
         return dict(self.options)
 
     def _remoteable_model_key(self) -> str:
-        key = {"source": self.name_or_path, "dtype": dtype_name(self.torch_dtype), **self._key_options()}
-        return json.dumps(key, sort_keys=True)
+        return model_key(self)
 
     @classmethod
-    def _remoteable_from_model_key(cls, model_key: str, **kwargs: Any) -> "VLA":
-        key = json.loads(model_key)
-        device_map = kwargs.pop("device_map", None)
-        kwargs.pop("max_memory", None)
-        if device_map is not None and "device" not in kwargs and isinstance(device_map, str):
-            kwargs["device"] = None if device_map in ("auto", "balanced") else device_map
-        key.update({k: v for k, v in kwargs.items() if k in ("dtype", "device", "dispatch")})
-        return cls(key.pop("source"), **key)
+    def _remoteable_from_model_key(cls, key: str, **kwargs: Any) -> "VLA":
+        return from_model_key(cls, key, **kwargs)
 
     #: Non-module attributes that a server already holds (referenced, not shipped).
     _persistent_attributes: ClassVar[tuple[str, ...]] = ("_tokenizer",)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import CheckpointError, UnknownModelError
+from .remote import is_hub_id
 
 ENTRY_POINT_GROUP = "nnsight_vla.models"
 
@@ -109,11 +110,11 @@ def _config_type(config_file: Path) -> str | None:
     return config.get("model_type") or config.get("type")
 
 
-def _hub_config(repo_id: str) -> Path:
+def _hub_config(repo_id: str, revision: str | None = None) -> Path:
     try:
-        from huggingface_hub import hf_hub_download
+        import huggingface_hub
 
-        return Path(hf_hub_download(repo_id, "config.json"))
+        return Path(huggingface_hub.hf_hub_download(repo_id, "config.json", revision=revision))
     except Exception as err:  # offline, unknown repo, gated repo...
         raise UnknownModelError(
             f"{repo_id!r} is neither a built-in name nor a local folder, and the Hugging Face Hub "
@@ -122,7 +123,7 @@ def _hub_config(repo_id: str) -> Path:
         ) from err
 
 
-def resolve(source: str | Path) -> Family:
+def resolve(source: str | Path, revision: str | None = None) -> Family:
     """The family that loads ``source`` (a built-in name, a checkpoint folder or a Hub id).
 
     Example:
@@ -141,8 +142,8 @@ def resolve(source: str | Path) -> Family:
                 "with the weights (save it with `model.save_pretrained(path)`)."
             )
         config_file = path / "config.json"
-    elif source.count("/") == 1 and not path.exists() and not source.startswith((".", "/")):
-        config_file = _hub_config(source)
+    elif is_hub_id(source):
+        config_file = _hub_config(source, revision)
     else:
         raise UnknownModelError(f"{source!r} is not a built-in name or a folder.\n{_describe()}")
     kind = _config_type(config_file)
@@ -154,7 +155,7 @@ def resolve(source: str | Path) -> Family:
     )
 
 
-def load(source: str | Path, *, dtype=None, device=None, dispatch: bool = True, **kwargs):
+def load(source: str | Path, *, dtype=None, device=None, dispatch: bool = True, revision: str | None = None, **kwargs):
     """Load a VLA as a traceable nnsight model.
 
     Args:
@@ -162,7 +163,9 @@ def load(source: str | Path, *, dtype=None, device=None, dispatch: bool = True, 
         dtype: ``"float32"``, ``"bfloat16"`` or a torch dtype; default: the checkpoint's.
         device: Where to put the weights, e.g. ``"cpu"`` or ``"cuda"``.
         dispatch: Load weights now (default). ``False`` builds on the meta device only,
-            as nnsight does, for ``scan`` or remote execution.
+            as nnsight does, for ``scan`` or remote execution: a Hub checkpoint's weight
+            files are then not downloaded until the model is dispatched.
+        revision: A Hub branch, tag or commit (the model key pins the commit).
         **kwargs: Family options, e.g. ``unnorm_key=`` for OpenVLA.
 
     Example:
@@ -170,6 +173,6 @@ def load(source: str | Path, *, dtype=None, device=None, dispatch: bool = True, 
         >>> model.spec.n_layers
         2
     """
-    family = resolve(source)
+    family = resolve(source, revision)
     cls = family.load_class()
-    return cls(str(source), dtype=dtype, device=device, dispatch=dispatch, **kwargs)
+    return cls(str(source), dtype=dtype, device=device, dispatch=dispatch, revision=revision, **kwargs)

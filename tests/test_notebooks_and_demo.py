@@ -24,10 +24,17 @@ def test_there_are_the_quickstart_and_lens_notebooks():
     assert {"01_quickstart.ipynb", "02_lenses.ipynb"} <= {p.name for p in NOTEBOOKS}
 
 
-def test_demo_writes_its_results(tmp_path, capsys):
-    from nnsight_vla.cli import main
+def _demo():
+    import importlib.util
 
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "examples" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_writes_its_results(tmp_path, capsys):
+    assert _demo().main(["--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "demo.json").read_text())
     assert result["model"] == "tiny-openvla"
     assert len(result["action_baseline"]) == 7
@@ -53,8 +60,10 @@ def test_demo_writes_its_results(tmp_path, capsys):
     assert f"wrote {tmp_path / 'demo.json'}" in capsys.readouterr().out
 
 
-def test_cli_reports_project_errors(capsys):
+def test_demo_and_cli_report_project_errors(capsys):
     from nnsight_vla.cli import main
 
-    assert main(["demo", "--model", "no-such-model", "--out", "/tmp/never"]) == 2
+    assert _demo().main(["--model", "no-such-model", "--out", "/tmp/never"]) == 2
+    assert "registered families" in capsys.readouterr().err
+    assert main(["lens", "no-such-model", "--out", "/tmp/never"]) == 2
     assert "registered families" in capsys.readouterr().err

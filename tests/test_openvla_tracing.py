@@ -188,7 +188,7 @@ def test_edit_session_cache_source_scan_remote(tiny, obs):
     with tiny.trace(obs):
         local = tiny.lm_head.output.save()
     torch.testing.assert_close(remote, local)
-    assert tiny.to_model_key() == 'nnsight_vla_openvla.model.OpenVLA:{"dtype": null, "source": "tiny-openvla"}'
+    assert tiny.to_model_key() == 'nnsight_vla_openvla.model.OpenVLA:{"dtype": null, "revision": null, "source": "tiny-openvla"}'
 
 
 def test_model_key_round_trip(tiny, obs):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import time
@@ -12,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import InputError, SetupError, VLAError
+from ..remote import class_path, model_key, rebuild
 from .rollout import Episode
 
 #: (task, episode, condition)
@@ -46,16 +46,14 @@ class Worker:
     def __init__(self, suite: str, camera_size: int):
         self.suite, self.camera_size, self.envs, self.model = suite, camera_size, {}, None
 
-    def load(self, model_class: str, model_key: str, weights: list | None, threads: int,
+    def load(self, model_class: str, key: str, weights: list | None, threads: int,
              device: str | None = None) -> None:
         """Rebuild the model (a method, not ``__init__``, so its errors reach the caller intact).
 
         ``threads``: torch's CPU thread count, the caller's by default, because a different
         count changes float sums in the last bit and so the actions."""
         torch.set_num_threads(threads)
-        module, _, name = model_class.partition(":")
-        cls = getattr(importlib.import_module(module), name)
-        self.model = cls._remoteable_from_model_key(model_key, dispatch=True, device=device)
+        self.model = rebuild(model_class, key, dispatch=True, device=device)
         if weights is not None:
             differs = same_weights(weights, fingerprint(self.model._module))
             if differs:
@@ -127,7 +125,7 @@ def run_parallel(
         weights = fingerprint(model._module) if check_weights else None
         options = {"num_cpus": 1, **(worker_options or {})}
         remote = ray.remote(Worker).options(**options)
-        key = model._remoteable_model_key()
+        key = model_key(model)
         actors = [remote.remote(suite, camera_size) for _ in range(min(workers, len(jobs)))]
         threads = threads or torch.get_num_threads()
         loads = [a.load.remote(class_path(model), key, weights, threads, model.target_device) for a in actors]
@@ -183,11 +181,6 @@ def _cause(error: Exception) -> Exception:
     """The worker's own exception (a VLAError keeps its type and message), else the Ray error."""
     cause = getattr(error, "cause", None)
     return cause if isinstance(cause, Exception) else error
-
-
-def class_path(model: Any) -> str:
-    """``module:QualName`` of the model's class, which a worker imports to rebuild it."""
-    return f"{type(model).__module__}:{type(model).__qualname__}"
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

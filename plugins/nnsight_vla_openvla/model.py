@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from nnsight_vla import VLA, CheckpointError, Layout, ModelSpec, TowerLayout
-from nnsight_vla.checkpoint import load_module, local_folder, read_state_dict
+from nnsight_vla.checkpoint import load_module, read_state_dict
+from nnsight_vla.remote import config_folder, weights_folder
 
 from . import SMOL, TINY, smol, tiny
 from .actions import ActionTokenizer, select_stats, unnormalize
@@ -16,9 +17,6 @@ from .checkpoint import EMBED, LM_HEAD, from_checkpoint_key, read_tokenizer, sav
 from .config import OpenVLAConfig
 from .modeling import OpenVLANet
 from .processor import OpenVLAProcessor
-
-HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
-
 
 def _action_dim(norm_stats: dict, unnorm_key: str | None) -> int:
     """Action size from the statistics: the chosen dataset's, or the one all datasets share."""
@@ -73,7 +71,7 @@ class OpenVLA(VLA):
             self._tokenizer, self._gguf_tensors = smol.read_gguf(self.config)
             self.processor = OpenVLAProcessor(self._tokenizer, center_crop=center_crop)
         else:
-            self.folder = local_folder(source, allow_patterns=HUB_FILES)
+            self.folder, self.revision = config_folder(source, self.revision)
             self.config = OpenVLAConfig.from_folder(self.folder)
             self._tokenizer = read_tokenizer(self.folder)
             self.processor = OpenVLAProcessor.from_folder(self.folder, self._tokenizer, center_crop)
@@ -106,7 +104,8 @@ class OpenVLA(VLA):
             tensors = {**smol.random_parts(self.config), **language}
             where = f"{SMOL} ({smol.GGUF_FILE})"
         else:
-            tensors = {from_checkpoint_key(k): v for k, v in read_state_dict(self.folder).items()}
+            weights = read_state_dict(weights_folder(self.name_or_path, self.revision))
+            tensors = {from_checkpoint_key(k): v for k, v in weights.items()}
             where = str(self.folder)
         tied = self.config.llama.tie_word_embeddings
         if tied and EMBED in tensors:

@@ -1,16 +1,22 @@
-"""The end-to-end demo: load, trace, read activations, predict an action, steer neurons, lenses."""
+"""The `make demo` walk-through: load, trace, read activations, predict, steer neurons, lenses, Pi0, a LIBERO rollout.
+
+Run ``python examples/demo.py --help`` (inside the project's environment) for its options.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .observation import Observation
-from .registry import load
+from nnsight_vla import Clamp, InertSiteWarning, Observation, VLAError, lens, load
+from nnsight_vla.eval import evaluate
 
 
 def demo_observation(seed: int = 0) -> Observation:
@@ -42,8 +48,6 @@ LENS_CONCEPTS, LENS_LAYERS = ("up", "down", "left", "fast"), range(-10, 0)
 
 def lens_step(model_name: str, folder: Path) -> dict:
     """Project a real language model's value vectors, print concept clusters, run a logit lens."""
-    from . import lens
-
     print(f"lens: loading {model_name} ...")
     model = load(model_name)
     layers = [model.spec.n_layers + i for i in LENS_LAYERS]
@@ -88,8 +92,6 @@ def steer_step(model, cluster, value: float, concept: str = "up", seed: int = 0)
     """Clamp a lens cluster with ``model.steer`` and compare, with the baseline and a random
     control of the same size per layer: the next-token probability of the concept word, and
     the predicted action."""
-    from .steering import Clamp
-
     obs = demo_observation()
     control = cluster.random_like(seed, d_mlp=model.spec.d_mlp)
     rows = {}
@@ -109,9 +111,6 @@ def steer_step(model, cluster, value: float, concept: str = "up", seed: int = 0)
 
 def rollout_step(model, cluster, value: float, folder: Path) -> dict:
     """A few closed-loop LIBERO steps, baseline vs the clamped cluster vs its random control."""
-    from .eval import evaluate
-    from .steering import Clamp
-
     print("rollout: libero_spatial task 0, 20 steps per condition (building the simulator takes a while)")
     result = evaluate(model, "libero_spatial", [0], episodes=1, steering=Clamp(cluster, value),
                       max_steps=20, camera_size=128, record_video=True, out_dir=folder)
@@ -126,11 +125,6 @@ def rollout_step(model, cluster, value: float, folder: Path) -> dict:
 def pi0_step(model_name: str) -> dict:
     """Pi0: predict a chunk, steer an action-expert layer on chosen denoising steps, and show
     that the last VLM layer cannot change the actions."""
-    import warnings
-
-    from .envoys import InertSiteWarning
-    from .steering import Clamp
-
     print(f"loading {model_name} ...")
     model = load(model_name)
     spec = model.spec
@@ -200,8 +194,6 @@ def run(
     print(f"action (baseline): {baseline}")
     print(f"action (clamp layer {layer} neurons {neurons} to {value}): {steered}")
     print(f"change: {steered - baseline}")
-    from . import lens
-
     up = lens.cluster(lens.project_value_vectors(model, progress=False), "up", size=8)
     cluster_steering = steer_step(model, up, value)
 
@@ -232,3 +224,27 @@ def run(
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="tiny-openvla", help="built-in name or checkpoint folder")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/demo-<time>)")
+    parser.add_argument("--value", type=float, default=8.0, help="clamp value for the steered neurons")
+    parser.add_argument("--lens-model", default="smol-openvla", help="model of the lens step ('none' skips it)")
+    parser.add_argument("--pi0-model", default="tiny-pi0", help="model of the Pi0 step ('none' skips it)")
+    parser.add_argument("--no-rollout", action="store_true", help="skip the closed-loop LIBERO rollout")
+    args = parser.parse_args(argv)
+    try:
+        run(args.model, args.out, args.value,
+            lens_model=None if args.lens_model == "none" else args.lens_model,
+            pi0_model=None if args.pi0_model == "none" else args.pi0_model,
+            rollout=not args.no_rollout)
+    except VLAError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""One model identity: a Hub checkpoint configures without its weights, dispatches with them, and its key pins the revision."""
+
+import fnmatch
+import shutil
+
+import numpy as np
+import pytest
+
+import nnsight_vla
+from nnsight_vla.remote import WEIGHT_FILES, rebuild
+
+from conftest import random_image
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub:
+    """Stands in for huggingface_hub's download functions: serves saved folders as repositories
+    (one commit each) into a cache laid out as the Hub's, and records every file it hands out."""
+
+    def __init__(self, cache, repos):
+        self.cache, self.repos, self.fetched, self.revisions = cache, repos, [], []
+
+    def _snapshot(self, repo_id):
+        return self.cache / repo_id.replace("/", "--") / "snapshots" / COMMIT
+
+    def _give(self, repo_id, name):
+        target = self._snapshot(repo_id) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            shutil.copy(self.repos[repo_id] / name, target)
+            self.fetched.append(name)
+
+    def snapshot_download(self, repo_id, revision=None, allow_patterns=None, ignore_patterns=None, **kwargs):
+        self.revisions.append(revision)
+        for path in sorted(self.repos[repo_id].iterdir()):
+            name = path.name
+            if allow_patterns is not None and not any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                continue
+            if ignore_patterns is not None and any(fnmatch.fnmatch(name, p) for p in ignore_patterns):
+                continue
+            self._give(repo_id, name)
+        return str(self._snapshot(repo_id))
+
+    def hf_hub_download(self, repo_id, filename, revision=None, **kwargs):
+        self.revisions.append(revision)
+        self._give(repo_id, filename)
+        return str(self._snapshot(repo_id) / filename)
+
+
+def is_weight(name):
+    return any(fnmatch.fnmatch(name, p) for p in WEIGHT_FILES)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path, saved_tiny):
+    import huggingface_hub
+
+    fake = FakeHub(tmp_path / "cache", {"org/tiny-openvla": saved_tiny})
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
+    return fake
+
+
+def test_lazy_load_fetches_no_weight_file_until_dispatch(hub, tiny, obs):
+    assert any(is_weight(p.name) for p in hub.repos["org/tiny-openvla"].iterdir())
+    model = nnsight_vla.load("org/tiny-openvla", dispatch=False, revision="main")
+    assert hub.fetched and not [f for f in hub.fetched if is_weight(f)]
+    assert {"config.json", "preprocessor_config.json", "tokenizer.json"} <= set(hub.fetched)
+    assert not model.dispatched and model.spec == tiny.spec
+    model.dispatch()
+    assert sorted(f for f in hub.fetched if is_weight(f)) == sorted(
+        p.name for p in hub.repos["org/tiny-openvla"].iterdir() if is_weight(p.name)
+    )
+    np.testing.assert_array_equal(model.predict_action(obs), tiny.predict_action(obs))
+
+
+def test_model_key_pins_the_commit_and_round_trips(hub, tiny, obs):
+    model = nnsight_vla.load("org/tiny-openvla", dispatch=False, revision="main")
+    key = model._remoteable_model_key()
+    assert f'"revision": "{COMMIT}"' in key and '"source": "org/tiny-openvla"' in key
+    hub.revisions.clear()
+    twin = rebuild("nnsight_vla_openvla.model:OpenVLA", key, dispatch=True, dtype="float32", device_map="cpu")
+    assert set(hub.revisions) == {COMMIT} and twin._remoteable_model_key() == key.replace('"dtype": null', '"dtype": "float32"')
+    np.testing.assert_array_equal(twin.predict_action(obs), tiny.predict_action(obs))
+
+
+def test_an_unreachable_hub_names_the_fix(monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("the Hub is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(nnsight_vla.UnknownModelError, match="could not provide it"):
+        nnsight_vla.load("org/not-here")
