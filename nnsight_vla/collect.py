@@ -138,12 +138,14 @@ def collect(
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     for batch in tqdm(batches, desc="collect", unit="batch", disable=not progress):
         seen: dict[Site, dict[int, torch.Tensor]] = {site: {} for site in chosen}
+        ran = dict.fromkeys(chosen, 0)
 
         def done() -> bool:
             return finite and all(len(seen[s]) == len(wanted[s]) for s in chosen)
 
         def record(x: torch.Tensor, call: int, site: Site) -> None:
             want = wanted[site]
+            ran[site] = call + 1
             if want is None or call in want:
                 seen[site][call] = _select(x, positions, site, call).detach().float().cpu()
                 if done():
@@ -157,16 +159,16 @@ def collect(
         except _Done:
             pass
         for site in chosen:
-            rows[site].append(_stack(site, seen[site], wanted[site]))
+            rows[site].append(_stack(site, seen[site], wanted[site], ran[site]))
     return {site: torch.cat(parts) for site, parts in rows.items()}
 
 
-def _stack(site: Site, seen: dict[int, torch.Tensor], want: list[int] | None) -> torch.Tensor:
+def _stack(site: Site, seen: dict[int, torch.Tensor], want: list[int] | None, ran: int) -> torch.Tensor:
     missing = [c for c in want or [] if c not in seen]
     if missing or not seen:
         raise InputError(
-            f"{site}: calls {missing or want} never ran; a prediction ran it {len(seen)} time(s) "
-            f"(calls 0..{len(seen) - 1})."
+            f"{site}: calls {missing or want} never ran; a prediction ran it {ran} time(s)"
+            + (f" (calls 0..{ran - 1})." if ran else ": it does not run in a prediction.")
         )
     parts = [seen[c] for c in (want or sorted(seen))]
     if len({p.shape for p in parts}) > 1:

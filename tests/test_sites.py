@@ -1,0 +1,97 @@
+"""Sites and the activation collector on tiny-openvla, against nnsight traces and call counts."""
+
+import nnsight
+import pytest
+import torch
+
+from nnsight_vla import InputError, LayerIndexError, Site, collect
+from nnsight_vla.sites import hooked
+
+
+def test_names_and_hook_names(tiny):
+    assert Site.parse("vlm.1.neurons") == Site(1, "neurons") == Site.parse("1.neurons")
+    assert [Site(1, k).hook_name for k in ("neurons", "resid", "mlp_out", "attn_out")] == [
+        "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post", "blocks.1.hook_mlp_out", "blocks.1.hook_attn_out"]
+    assert Site(-1, "neurons").on(tiny) == Site(1, "neurons")
+    assert (Site(1, "neurons").width(tiny), Site(1, "resid").width(tiny)) == (256, 64)
+    assert Site(1, "neurons").module(tiny) is tiny._module.language_model.model.layers[1].mlp.down_proj
+    with pytest.raises(LayerIndexError, match="layer 2 is out of range: tower 'vlm' has 2 layers"):
+        Site(2, "resid").on(tiny)
+    with pytest.raises(InputError, match="kind 'hidden' is not one of"):
+        Site(0, "hidden")
+    with pytest.raises(InputError, match="no tower 'expert'"):
+        Site(0, "resid", "expert").on(tiny)
+    with pytest.raises(InputError, match="TOWER.LAYER.KIND"):
+        Site.parse("resid")
+
+
+@pytest.mark.parametrize("kind", ["neurons", "resid", "mlp_out", "attn_out"])
+def test_collect_equals_the_trace_on_every_decoding_call(tiny, obs, kind):
+    site = Site(1, kind)
+    with tiny.predict_action(obs) as tracer:
+        seen = nnsight.save([])
+        for step in tracer.iter[:7]:
+            seen.append(site.read(tiny)[:, -1].clone())
+    acts = collect(tiny, obs, site, calls="actions", positions="last")[site]
+    assert acts.shape == (1, 7, 1, site.width(tiny))
+    torch.testing.assert_close(acts[:, :, 0], torch.stack(list(seen), dim=1), rtol=0, atol=0)
+
+
+def test_positions_and_batches(tiny, obs, obs_long):
+    site = Site(0, "resid")
+    with tiny.trace(obs):
+        full = site.read(tiny).save()
+    got = collect(tiny, obs, site, calls="prefill")[site]
+    torch.testing.assert_close(got[0, 0], full[0], rtol=0, atol=0)
+    torch.testing.assert_close(collect(tiny, obs, site, calls="prefill", positions="mean")[site][0, 0, 0], full[0].mean(0))
+    torch.testing.assert_close(collect(tiny, obs, site, calls=[0], positions=[2, -1])[site][0, 0], full[0, [2, -1]])
+    both = collect(tiny, [obs, obs_long], site, calls="actions", positions="last", batch_size=2)[site]
+    alone = collect(tiny, [obs, obs_long], site, calls="actions", positions="last")[site]
+    torch.testing.assert_close(both, alone, atol=1e-5, rtol=0)
+
+
+def test_a_prediction_stops_once_every_wanted_call_was_seen(tiny, obs):
+    forwards = []
+    handle = tiny._module.language_model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        collect(tiny, obs, Site(0, "resid"), calls=[1], positions="last")
+        assert len(forwards) == 2  # the prefill and the first decoding step, not all seven
+        forwards.clear()
+        collect(tiny, obs, Site(0, "resid"), positions="last")
+        assert len(forwards) == 7
+    finally:
+        handle.remove()
+
+
+def test_hooked_counts_calls_per_prediction_and_removes_its_hooks(tiny, obs):
+    calls = []
+    module = Site(1, "neurons").module(tiny)
+    with hooked(tiny, {Site(1, "neurons"): lambda x, call: calls.append(call)}):
+        tiny.predict_action(obs)
+        tiny.predict_action(obs)
+    assert calls == [0, 1, 2, 3, 4, 5, 6] * 2
+    assert not module._forward_pre_hooks
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(calls=[99]), r"calls \[99\] never ran; a prediction ran it 7 time"),
+        (dict(calls="sometimes"), "calls='sometimes' is not one of"),
+        (dict(positions="first"), "positions='first' is not one of"),
+        (dict(positions=[500], calls="prefill"), "positions \\[500\\] are out of range"),
+        (dict(positions="all", batch_size=2), "only positions counted from the end"),
+        (dict(batch_size=0), "batch_size=0 must be a positive int"),
+        (dict(positions="all"), "different lengths"),
+    ],
+)
+def test_bad_collections(tiny, obs, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        collect(tiny, [obs, obs], Site(0, "resid"), **kwargs)
+
+
+def test_bad_sites_and_observations(tiny, obs):
+    with pytest.raises(InputError, match="must be nnsight_vla.Site objects"):
+        collect(tiny, obs, ["vlm.0.resid"])
+    with pytest.raises(InputError, match="observations is empty"):
+        collect(tiny, [], Site(0, "resid"))
