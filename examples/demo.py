@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnsight_vla import Clamp, InertSiteWarning, Observation, VLAError, lens, load
+from nnsight_vla import Clamp, InertSiteWarning, Observation, lens, load
+from nnsight_vla.cli import exit_code
 from nnsight_vla.eval import evaluate
 
 
@@ -235,15 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pi0-model", default="tiny-pi0", help="model of the Pi0 step ('none' skips it)")
     parser.add_argument("--no-rollout", action="store_true", help="skip the closed-loop LIBERO rollout")
     args = parser.parse_args(argv)
-    try:
-        run(args.model, args.out, args.value,
-            lens_model=None if args.lens_model == "none" else args.lens_model,
-            pi0_model=None if args.pi0_model == "none" else args.pi0_model,
-            rollout=not args.no_rollout)
-    except VLAError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(
+        args.model, args.out, args.value,
+        lens_model=None if args.lens_model == "none" else args.lens_model,
+        pi0_model=None if args.pi0_model == "none" else args.pi0_model,
+        rollout=not args.no_rollout,
+    ))
 
 
 if __name__ == "__main__":

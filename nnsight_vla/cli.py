@@ -129,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     evaluation.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local Ray)")
 
     args = parser.parse_args(argv)
+    commands = {"lens": lens_command, "clusters": clusters_command, "eval": eval_command}
+    return exit_code(lambda: commands[args.command](args))
+
+
+def exit_code(run) -> int:
+    """Run ``run()``; a project error prints ``error: ...`` on stderr and gives 2, else 0."""
     try:
-        if args.command == "lens":
-            lens_command(args)
-        elif args.command == "clusters":
-            clusters_command(args)
-        elif args.command == "eval":
-            eval_command(args)
+        run()
     except VLAError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
