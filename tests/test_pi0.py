@@ -13,8 +13,8 @@ import torch
 
 import nnsight_vla
 from nnsight_vla import CheckpointError, InertSiteWarning, InputError, Observation
-from nnsight_vla_pi0 import tiny
-from nnsight_vla_pi0.variants import VARIANTS
+from nnsight_vla_lerobot import sizing
+from nnsight_vla_lerobot.pi0 import KINDS as VARIANTS, TINY_SIZES
 
 from conftest import random_image
 
@@ -271,7 +271,7 @@ def test_sizes_do_not_leak_into_lerobot():
     variant = VARIANTS["pi0"]
     original = variant.modeling.get_gemma_config, variant.modeling.PaliGemmaForConditionalGenerationWithPiGemma
     with pytest.raises(RuntimeError):
-        with tiny.sized(variant, tiny.TINY_SIZES):
+        with sizing.sized(variant, TINY_SIZES):
             assert variant.modeling.get_gemma_config("gemma_2b").width == 64
             raise RuntimeError("boom")
     assert (variant.modeling.get_gemma_config, variant.modeling.PaliGemmaForConditionalGenerationWithPiGemma) == original

@@ -1,4 +1,4 @@
-"""lerobot's LIBERO recipe: its LIBERO observation step, the policy's processors, the first actions of each chunk."""
+"""The LIBERO recipe of every lerobot policy: lerobot's LIBERO observation step, the policy's processors, the first actions of each chunk."""
 
 from __future__ import annotations
 

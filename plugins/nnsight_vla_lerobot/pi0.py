@@ -1,9 +1,9 @@
-"""What differs between lerobot's Pi0 and Pi0.5, as data."""
+"""Pi0 and Pi0.5 (lerobot's ``pi0`` and ``pi05`` policy types) as data, and their model class `Pi0`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from types import ModuleType
+from typing import Any, Mapping
 
 from lerobot.policies.pi0 import PI0Config, PI0Policy, make_pi0_pre_post_processors
 from lerobot.policies.pi0 import modeling_pi0, processor_pi0
@@ -11,6 +11,9 @@ from lerobot.policies.pi05 import PI05Config, PI05Policy, make_pi05_pre_post_pro
 from lerobot.policies.pi05 import modeling_pi05, processor_pi05
 
 from nnsight_vla import Layout, TowerLayout
+
+from .kind import PolicyKind
+from .policy import LeRobotVLA
 
 PWE = "model.paligemma_with_expert"
 VLM = f"{PWE}.paligemma.model.language_model"
@@ -21,7 +24,7 @@ TOWERS = (
                 embed=f"{VLM}.embed_tokens", root=VLM, runs=1),
     TowerLayout("expert", f"{EXPERT}.layers", f"{EXPERT}.norm", root=EXPERT),
 )
-#: Family module path -> standard name, shared by both variants (besides the towers').
+#: Family module path -> standard name, shared by both types (besides the towers').
 COMMON_NAMES = {
     f"{PWE}.paligemma.model.vision_tower": "vision",
     f"{PWE}.paligemma.model.multi_modal_projector": "projector",
@@ -38,36 +41,91 @@ INERT = (
 )
 INERT_OUTPUT = (LAST, f"{LAST}.self_attn")
 
+#: Widths for lerobot's two Gemma variant names and the SigLIP tower. lerobot hard-codes
+#: 8 attention heads in its training forward, and the expert reads the VLM's keys/values
+#: layer by layer, so heads, KV heads, head_dim and depth must agree between the two.
+TINY_SIZES = {
+    "gemma_2b": dict(width=64, depth=3, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16),
+    "gemma_300m": dict(width=32, depth=3, mlp_dim=64, num_heads=8, num_kv_heads=1, head_dim=16),
+    "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=16),
+}
+
 
 def _layout(names: dict[str, str]) -> Layout:
     return Layout(TOWERS, {**COMMON_NAMES, **names}, run_start=f"{VLM}.embed_tokens",
                   inert=INERT, inert_output=INERT_OUTPUT)
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One lerobot policy type and where its parts live."""
-
-    type: str
-    config_class: type
-    policy_class: type
-    make_processors: Callable
-    modeling: object  # the lerobot module whose sizes tiny models patch
-    processing: object  # the lerobot module that builds its processors
-    layout: Layout
+def _expert_steps(config: Any, tower: str) -> range | None:
+    """The expert runs once per denoising step, and each step emits a velocity."""
+    return range(config.num_inference_steps) if tower == "expert" else None
 
 
-VARIANTS = {
-    "pi0": Variant(
-        "pi0", PI0Config, PI0Policy, make_pi0_pre_post_processors, modeling_pi0, processor_pi0,
-        _layout({
-            "model.action_time_mlp_in": "time_mlp_in",
-            "model.action_time_mlp_out": "time_mlp_out",
-            "model.state_proj": "state_proj",
-        }),
-    ),
-    "pi05": Variant(
-        "pi05", PI05Config, PI05Policy, make_pi05_pre_post_processors, modeling_pi05, processor_pi05,
-        _layout({"model.time_mlp_in": "time_mlp_in", "model.time_mlp_out": "time_mlp_out"}),
-    ),
-}
+def _openpi_keys(policy: Any, state_dict: dict) -> dict:
+    """lerobot's loading: openpi's key fixes, then a ``model.`` prefix on every key."""
+    fixed = policy._fix_pytorch_state_dict_keys(state_dict, policy.config)
+    return {k if k.startswith("model.") else f"model.{k}": v for k, v in fixed.items()}
+
+
+def _resize(modeling: ModuleType, sizes: Mapping) -> dict[str, Any]:
+    """lerobot reads the Gemma widths from ``get_gemma_config`` and hard-codes SigLIP's
+    inside its PaliGemma class: both give way to ``sizes``."""
+    paligemma = modeling.PaliGemmaForConditionalGenerationWithPiGemma
+
+    def sized_paligemma(config):
+        for key, value in sizes["vision"].items():
+            setattr(config.vision_config, key, value)
+        config.vision_config.projection_dim = config.text_config.hidden_size
+        return paligemma(config=config)
+
+    return {
+        "get_gemma_config": lambda name: modeling.GemmaConfig(**sizes[name]),
+        "PaliGemmaForConditionalGenerationWithPiGemma": sized_paligemma,
+    }
+
+
+def _kind(type_: str, classes: tuple, names: dict[str, str]) -> PolicyKind:
+    return PolicyKind(
+        type_, *classes, layout=_layout(names),
+        tokenizer_name="google/paligemma-3b-pt-224", tokenizer_label="PaliGemma",
+        action_calls=_expert_steps, spec_extra=("num_inference_steps",),
+        # the expert never decodes tokens: no lerobot forward reads its head
+        unused_weights=(f"{PWE}.gemma_expert.lm_head.weight",),
+        remap_keys=_openpi_keys, tiny_sizes=TINY_SIZES, resize=_resize,
+        tiny_options={"image_resolution": (64, 64)},
+    )
+
+
+PI0 = _kind(
+    "pi0", (PI0Config, PI0Policy, make_pi0_pre_post_processors, modeling_pi0, processor_pi0),
+    {"model.action_time_mlp_in": "time_mlp_in", "model.action_time_mlp_out": "time_mlp_out",
+     "model.state_proj": "state_proj"},
+)
+PI05 = _kind(
+    "pi05", (PI05Config, PI05Policy, make_pi05_pre_post_processors, modeling_pi05, processor_pi05),
+    {"model.time_mlp_in": "time_mlp_in", "model.time_mlp_out": "time_mlp_out"},
+)
+KINDS = {kind.type: kind for kind in (PI0, PI05)}
+
+
+class Pi0(LeRobotVLA):
+    """Pi0 / Pi0.5 (Physical Intelligence, as ported by lerobot 0.6.1).
+
+    The VLM (PaliGemma: SigLIP + Gemma) reads the cameras and the instruction once; the
+    action expert (a smaller Gemma) then denoises an action chunk over
+    ``num_inference_steps`` flow-matching steps, attending to the VLM's per-layer keys and
+    values. Standard names: ``vision``, ``projector``, ``layers`` (VLM), ``ln_final``,
+    ``lm_head``, ``expert`` (``expert.layers[i].mlp.down_proj``), ``action_in_proj``,
+    ``action_out_proj`` (its output is each step's velocity), ``time_mlp_in/out`` and, for
+    Pi0, ``state_proj``. The last VLM layer's MLP, ``ln_final`` and ``lm_head`` cannot
+    change the actions; touching them in a trace warns.
+
+    Example:
+        >>> model = nnsight_vla.load("tiny-pi0")
+        >>> chunk = model.predict_action(obs, seed=0)          # (chunk_size, action_dim)
+        >>> with model.predict_action(obs) as tracer:
+        ...     for step in tracer.iter[:10]:                  # the denoising steps
+        ...         v = model.action_out_proj.output.save()
+    """
+
+    kinds = KINDS

@@ -1,4 +1,4 @@
-"""`Pi0`: lerobot's Pi0 and Pi0.5 policies, with their processors, as an nnsight model."""
+"""`LeRobotVLA`: any lerobot policy, with its processors, as an nnsight model."""
 
 from __future__ import annotations
 
@@ -6,22 +6,21 @@ import copy
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
 
 from nnsight_vla import VLA, CheckpointError, InputError, ModelSpec, Observation
-from nnsight_vla.checkpoint import check_state_dict, load_module, local_folder, read_state_dict
+from nnsight_vla.checkpoint import check_state_dict, load_module, read_state_dict
+from nnsight_vla.remote import config_folder, weights_folder
 
-from . import tiny
+from . import sizing, tiny
 from .inputs import IMAGE_PREFIX, STATE_KEY, from_lerobot, from_libero, to_batch
-from .variants import VARIANTS
+from .kind import PolicyKind
 
 SIZES_FILE = "nnsight_vla.json"  # this project's extension: sizes of a resized (tiny) policy
-PALIGEMMA_TOKENIZER = "google/paligemma-3b-pt-224"
-#: Weights no lerobot forward reads (the expert never decodes tokens); zero-filled if absent.
-UNUSED_WEIGHTS = ("model.paligemma_with_expert.gemma_expert.lm_head.weight",)
+TOKENS_KEY = "observation.language.tokens"  # lerobot's tokenized instruction, batch first
 
 
 def _read_config(folder: Path):
@@ -33,13 +32,14 @@ def _read_config(folder: Path):
         raise CheckpointError(f"{folder}/config.json is not a lerobot policy config ({err}).") from err
 
 
-def _tokenizer(folder: Path) -> Any:
-    """The checkpoint's own tokenizer files, else the PaliGemma tokenizer from the Hub."""
-    from transformers import AutoTokenizer, GemmaConfig
+def _tokenizer(folder: Path, kind: PolicyKind) -> Any:
+    """The checkpoint's own tokenizer files, else ``kind``'s tokenizer from the Hub."""
+    from transformers import AutoTokenizer, PretrainedConfig
 
     if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
-        return AutoTokenizer.from_pretrained(folder, config=GemmaConfig())
-    name = PALIGEMMA_TOKENIZER
+        # config.json is lerobot's, not a transformers config: the tokenizer files say it all
+        return AutoTokenizer.from_pretrained(folder, config=PretrainedConfig())
+    name = kind.tokenizer_name
     spec = folder / "policy_preprocessor.json"
     if spec.is_file():
         for step in json.loads(spec.read_text()).get("steps", []):
@@ -49,65 +49,62 @@ def _tokenizer(folder: Path) -> Any:
     except Exception as err:
         raise CheckpointError(
             f"{folder} has no tokenizer files and {name!r} could not be fetched from the Hugging "
-            f"Face Hub ({type(err).__name__}). Save the PaliGemma tokenizer into the checkpoint "
-            f"where the Hub is reachable: AutoTokenizer.from_pretrained({name!r})"
+            f"Face Hub ({type(err).__name__}). Save the {kind.tokenizer_label} tokenizer into the "
+            f"checkpoint where the Hub is reachable: AutoTokenizer.from_pretrained({name!r})"
             f".save_pretrained('{folder}')."
         ) from err
 
 
-class Pi0(VLA):
-    """Pi0 / Pi0.5 (Physical Intelligence, as ported by lerobot 0.6.1).
+class LeRobotVLA(VLA):
+    """A lerobot policy and its pre/post processors, for every type in `kinds`.
 
-    The VLM (PaliGemma: SigLIP + Gemma) reads the cameras and the instruction once; the
-    action expert (a smaller Gemma) then denoises an action chunk over
-    ``num_inference_steps`` flow-matching steps, attending to the VLM's per-layer keys and
-    values. Standard names: ``vision``, ``projector``, ``layers`` (VLM), ``ln_final``,
-    ``lm_head``, ``expert`` (``expert.layers[i].mlp.down_proj``), ``action_in_proj``,
-    ``action_out_proj`` (its output is each step's velocity), ``time_mlp_in/out`` and, for
-    Pi0, ``state_proj``. The last VLM layer's MLP, ``ln_final`` and ``lm_head`` cannot
-    change the actions; touching them in a trace warns.
+    Loads the built-in ``tiny-<type>`` or a lerobot checkpoint folder (strictly), batches
+    observations through lerobot's preprocessor, predicts a seeded action chunk and
+    un-normalises it with lerobot's postprocessor. A subclass only sets `kinds`.
 
     Example:
-        >>> model = nnsight_vla.load("tiny-pi0")
-        >>> chunk = model.predict_action(obs, seed=0)          # (chunk_size, action_dim)
-        >>> with model.predict_action(obs) as tracer:
-        ...     for step in tracer.iter[:10]:                  # the denoising steps
-        ...         v = model.action_out_proj.output.save()
+        >>> class SmolVLA(LeRobotVLA):
+        ...     kinds = {"smolvla": SMOLVLA}             # a PolicyKind
+        >>> SmolVLA("tiny-smolvla").predict_action(obs, seed=0)
     """
+
+    #: lerobot ``config.type`` -> what this class knows about it.
+    kinds: ClassVar[Mapping[str, PolicyKind]] = {}
 
     _persistent_attributes = ("_tokenizer", "preprocessor", "postprocessor")
 
     # -- configuration -------------------------------------------------------------
 
     def _configure(self, source: str) -> None:
-        if source in ("tiny-pi0", "tiny-pi05"):
-            self.variant = VARIANTS[source.removeprefix("tiny-")]
-            self.folder, self.sizes = None, tiny.TINY_SIZES
-            self.policy_config = tiny.tiny_config(self.variant)
+        builtin = source.removeprefix("tiny-")
+        if source.startswith("tiny-") and builtin in self.kinds:
+            self.kind = self.kinds[builtin]
+            self.folder, self.sizes = None, self.kind.tiny_sizes
+            self.policy_config = tiny.tiny_config(self.kind)
             self._tokenizer = tiny.build_tiny_tokenizer()
         else:
-            self.folder = local_folder(source)
+            self.folder, self.revision = config_folder(source, self.revision)
             self.policy_config = _read_config(self.folder)
             kind = self.policy_config.type
-            if kind not in VARIANTS:
-                raise CheckpointError(f"{self.folder}: policy type {kind!r} is not one of {sorted(VARIANTS)}.")
-            self.variant = VARIANTS[kind]
+            if kind not in self.kinds:
+                raise CheckpointError(f"{self.folder}: policy type {kind!r} is not one of {sorted(self.kinds)}.")
+            self.kind = self.kinds[kind]
             sizes_file = self.folder / SIZES_FILE
             self.sizes = json.loads(sizes_file.read_text())["sizes"] if sizes_file.is_file() else None
-            self._tokenizer = _tokenizer(self.folder)
+            self._tokenizer = _tokenizer(self.folder, self.kind)
         config = self.policy_config
         config.device = self.target_device or "cpu"
         if self.torch_dtype is not None:
             config.dtype = str(self.torch_dtype).removeprefix("torch.")
-        self.layout = self.variant.layout
+        self.layout = self.kind.layout
         self.preprocessor, self.postprocessor = self._processors()
         self.spec = self._spec()
 
     def _processors(self):
         config = self.policy_config
         if self.folder is None:
-            with tiny.local_tokenizer(self.variant, self._tokenizer):
-                return self.variant.make_processors(config, dataset_stats=tiny.TINY_STATS)
+            with sizing.local_tokenizer(self.kind, self._tokenizer):
+                return self.kind.make_processors(config, dataset_stats=tiny.TINY_STATS)
         from lerobot.policies.factory import make_pre_post_processors
 
         try:
@@ -128,37 +125,36 @@ class Pi0(VLA):
 
     @property
     def cameras(self) -> tuple[str, ...]:
-        return tuple(
-            k.removeprefix(IMAGE_PREFIX) for k in self.policy_config.image_features
-        )
+        """The policy's camera names, e.g. ``("image", "image2")``."""
+        return tuple(k.removeprefix(IMAGE_PREFIX) for k in self.policy_config.image_features)
 
     def _spec(self) -> ModelSpec:
-        state = self.policy_config.input_features.get(STATE_KEY)
+        config = self.policy_config
+        state = config.input_features.get(STATE_KEY)
         return ModelSpec(  # the sizes are read from the modules
-            family=self.variant.type,
+            family=self.kind.type,
             n_layers=None,
             d_model=None,
             d_mlp=None,
             vocab_size=None,
             action_token_ids=None,
-            action_dim=self.policy_config.output_features["action"].shape[0],
+            action_dim=config.output_features["action"].shape[0],
             camera_names=self.cameras,
             state_dim=None if state is None else state.shape[0],
-            chunk_size=self.policy_config.chunk_size,
-            extra={"num_inference_steps": self.policy_config.num_inference_steps},
+            chunk_size=config.chunk_size,
+            extra={name: getattr(config, name) for name in self.kind.spec_extra},
         )
 
     def action_calls(self, tower: str) -> range | None:
-        """The expert runs once per denoising step, and each step emits a velocity."""
-        return range(self.policy_config.num_inference_steps) if tower == "expert" else None
+        return self.kind.action_calls(self.policy_config, tower)
 
     # -- building and loading ----------------------------------------------------------
 
     def _policy(self, device: str) -> torch.nn.Module:
         config = copy.copy(self.policy_config)
         config.device = device
-        with tiny.sized(self.variant, self.sizes):
-            return self.variant.policy_class(config)
+        with sizing.sized(self.kind, self.sizes):
+            return self.kind.policy_class(config)
 
     def _build(self) -> torch.nn.Module:
         if self.folder is not None:
@@ -172,11 +168,11 @@ class Pi0(VLA):
             return self._build()
         with torch.device("meta"):
             policy = self._policy("meta")
-        raw = read_state_dict(self.folder)
-        fixed = policy._fix_pytorch_state_dict_keys(raw, policy.config)
-        tensors = {k if k.startswith("model.") else f"model.{k}": v for k, v in fixed.items()}
+        tensors = read_state_dict(weights_folder(self.name_or_path, self.revision))
+        if self.kind.remap_keys is not None:
+            tensors = self.kind.remap_keys(policy, tensors)
         expected = policy.state_dict()
-        for key in UNUSED_WEIGHTS:
+        for key in self.kind.unused_weights:
             if key not in tensors and key in expected:
                 warnings.warn(f"{self.folder}: {key} is absent; it is never used and is set to zeros.")
                 tensors[key] = torch.zeros(expected[key].shape, dtype=expected[key].dtype)
@@ -184,7 +180,7 @@ class Pi0(VLA):
         return load_module(lambda: policy, tensors, str(self.folder), match_dtypes=True)
 
     def _place(self, module: torch.nn.Module) -> torch.nn.Module:
-        # lerobot keeps SigLIP and the norms in float32 under bfloat16 on purpose: move only.
+        # lerobot keeps some parts in float32 under bfloat16 on purpose: move only.
         module.config.device = self.target_device or "cpu"
         return module.to(self.target_device or "cpu")
 
@@ -220,12 +216,12 @@ class Pi0(VLA):
         if not isinstance(seed, (int, type(None))):
             raise InputError(f"seed must be an int or None, got {seed!r}.")
         policy = self._module
-        size = batch["observation.language.tokens"].shape[0]
+        size = batch[TOKENS_KEY].shape[0]
         noise = self.noise(size, seed)
         device = next(policy.parameters()).device
         kwargs = {"noise": None if noise is None else noise.to(device), "num_steps": num_steps}
-        with torch.no_grad():
-            normalized = policy.predict_action_chunk(batch, **kwargs)
+        with torch.no_grad():  # lerobot's own defaults stand in for what is not given
+            normalized = policy.predict_action_chunk(batch, **{k: v for k, v in kwargs.items() if v is not None})
         actions = self.postprocessor(normalized).float().cpu().numpy()
         return actions[0] if size == 1 else actions
 

@@ -1,0 +1,65 @@
+"""Scoped, locked replacement of lerobot module attributes while a resized (tiny) policy is built."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from types import ModuleType
+from typing import Any, Iterator, Mapping
+
+from nnsight_vla import CheckpointError
+
+from .kind import PolicyKind
+
+_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def replaced(module: ModuleType, replacements: Mapping[str, Any]) -> Iterator[None]:
+    """Within the block, ``module.<name>`` is ``replacements[name]``; the originals come
+    back after it, exceptions included. One block runs at a time in the process.
+
+    Example:
+        >>> with replaced(math, {"pi": 3.0}):
+        ...     math.pi
+        3.0
+    """
+    with _lock:
+        originals = {name: getattr(module, name) for name in replacements}
+        for name, value in replacements.items():
+            setattr(module, name, value)
+        try:
+            yield
+        finally:
+            for name, value in originals.items():
+                setattr(module, name, value)
+
+
+@contextlib.contextmanager
+def sized(kind: PolicyKind, sizes: Mapping | None) -> Iterator[None]:
+    """Within the block, lerobot builds ``kind`` at ``sizes`` (None: at its own sizes).
+
+    The kind's `resize` rule says which attributes of its modeling module change; other
+    code in the process keeps lerobot's sizes before and after the block.
+    """
+    if sizes is None:
+        yield
+        return
+    if kind.resize is None:
+        raise CheckpointError(
+            f"sizes were given for lerobot policy type {kind.type!r}, which has no resize rule; "
+            "remove the checkpoint's nnsight_vla.json or give its PolicyKind a `resize`."
+        )
+    with _lock, replaced(kind.modeling, kind.resize(kind.modeling, sizes)):
+        yield
+
+
+@contextlib.contextmanager
+def local_tokenizer(kind: PolicyKind, tokenizer: Any) -> Iterator[None]:
+    """Within the block, ``kind``'s processor factory uses ``tokenizer`` instead of
+    fetching its tokenizer by name from the Hub."""
+    with _lock:
+        step = functools.partial(kind.processing.TokenizerProcessorStep, tokenizer=tokenizer)
+        with replaced(kind.processing, {"TokenizerProcessorStep": step}):
+            yield
