@@ -2,7 +2,7 @@
 
 For each model it pins the same init state, then runs rollouts of ``--steps`` control steps
 unsteered and steered (interleaved rounds, alternating which goes first; one simulator), timing the policy
-(``model.env_actions``) and the environment step separately; it then times the two camera
+(the family's LIBERO recipe, ``eval.libero.env_actions``) and the environment step separately; it then times the two camera
 renders and the physics of one control step directly. Prints steps/s, the ratio
 steered/unsteered (target >= 0.95) and the per-step split. A third condition, "same-path",
 scales the steered neurons by 1.0: the steering's full cost with unchanged actions, since a
@@ -46,7 +46,7 @@ def run(model, env, steps: int, steering) -> tuple[float, float, float]:
         for step in range(steps):
             t0 = time.perf_counter()
             if not queue:
-                queue = list(model.env_actions(obs, task, seed=step))
+                queue = list(libero.env_actions(model, obs, task, seed=step))
             action = queue.pop(0)
             t1 = time.perf_counter()
             obs, *_ = env.step(np.asarray(action)[None])
