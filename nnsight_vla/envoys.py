@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from nnsight.intervention.envoy import Envoy
 
-from .errors import LayerIndexError
+from .towers import check_layer
 
 
 class InertSiteWarning(UserWarning):
@@ -18,12 +18,8 @@ class LayersEnvoy(Envoy):
     """The envoy of a decoder-layer list: indexing out of range raises `LayerIndexError`."""
 
     def __getitem__(self, key: Any) -> Envoy:
-        n = len(self)
-        if isinstance(key, int) and not -n <= key < n:
-            raise LayerIndexError(
-                f"layer {key} is out of range: {self.path} has {n} layers "
-                f"(0..{n - 1}, or -1..-{n} from the end)."
-            )
+        if isinstance(key, int):
+            check_layer(key, len(self), self.path)
         return super().__getitem__(key)
 
 

@@ -30,6 +30,17 @@ def with_hidden(output: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return fn(output)
 
 
+def check_layer(index: Any, n: int, what: str) -> int:
+    """``index`` as a layer of a stack of ``n`` (negative counts from the end): the one range check."""
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise InputError(f"a layer must be an int, got {index!r}.")
+    if not -n <= index < n:
+        raise LayerIndexError(
+            f"layer {index} is out of range: {what} has {n} layers (0..{n - 1}, or -1..-{n} from the end)."
+        )
+    return index % n
+
+
 @dataclass(frozen=True, repr=False)
 class Tower:
     """A stack of decoder layers of a loaded model, as `VLA.towers` gives it.
@@ -81,16 +92,8 @@ class Tower:
         return None if self.unembed is None else module_of(self.unembed).weight.shape[0]
 
     def layer(self, index: Any) -> int:
-        """``index`` as a layer of this tower (negative counts from the end); the one range check."""
-        n = self.n_layers
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise InputError(f"a layer must be an int, got {index!r}.")
-        if not -n <= index < n:
-            raise LayerIndexError(
-                f"layer {index} is out of range: tower {self.name!r} has {n} layers "
-                f"(0..{n - 1}, or -1..-{n} from the end)."
-            )
-        return index % n
+        """``index`` as a layer of this tower (negative counts from the end)."""
+        return check_layer(index, self.n_layers, f"tower {self.name!r}")
 
     def layer_indices(self, layers: Iterable[int] | int | None) -> list[int]:
         """Distinct layers in the given order (default: all)."""

@@ -75,6 +75,24 @@ def test_lazy_load_fetches_no_weight_file_until_dispatch(hub, tiny, obs):
     np.testing.assert_array_equal(model.predict_action(obs), tiny.predict_action(obs))
 
 
+def test_lerobot_policy_configures_without_weights(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    pi0 = nnsight_vla.load("tiny-pi0")
+    saved = pi0.save_pretrained(tmp_path / "tiny-pi0")
+    fake = FakeHub(tmp_path / "cache", {"org/tiny-pi0": saved})
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake.hf_hub_download)
+    model = nnsight_vla.load("org/tiny-pi0", dispatch=False)
+    assert "policy_preprocessor.json" in fake.fetched and "model.safetensors" not in fake.fetched
+    assert f'"revision": "{COMMIT}"' in model._remoteable_model_key()
+    model.dispatch()
+    assert "model.safetensors" in fake.fetched
+    obs = nnsight_vla.Observation({c: random_image(i, 64) for i, c in enumerate(pi0.spec.camera_names)},
+                                  "pick up the bowl", state=[0.1] * 8)
+    np.testing.assert_allclose(model.predict_action(obs), pi0.predict_action(obs), atol=1e-6)
+
+
 def test_model_key_pins_the_commit_and_round_trips(hub, tiny, obs):
     model = nnsight_vla.load("org/tiny-openvla", dispatch=False, revision="main")
     key = model._remoteable_model_key()

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ..errors import InputError, SetupError, VLAError
 from ..remote import class_path, model_key, rebuild
+from ..towers import module_of
 from .rollout import Episode
 
 #: (task, episode, condition)
@@ -55,7 +56,7 @@ class Worker:
         torch.set_num_threads(threads)
         self.model = rebuild(model_class, key, dispatch=True, device=device)
         if weights is not None:
-            differs = same_weights(weights, fingerprint(self.model._module))
+            differs = same_weights(weights, fingerprint(module_of(self.model)))
             if differs:
                 raise VLAError(
                     f"the worker's copy of the model, loaded from {self.model.name_or_path!r}, has "
@@ -122,7 +123,7 @@ def run_parallel(
             ray.init(address=address, log_to_driver=False)
     actors = []
     try:
-        weights = fingerprint(model._module) if check_weights else None
+        weights = fingerprint(module_of(model)) if check_weights else None
         options = {"num_cpus": 1, **(worker_options or {})}
         remote = ray.remote(Worker).options(**options)
         key = model_key(model)

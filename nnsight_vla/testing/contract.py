@@ -17,6 +17,7 @@ from ..observation import Observation
 from ..registry import load
 from ..sites import Site
 from ..steering import Clamp, apply
+from ..towers import module_of
 from ..collect import collect
 
 
@@ -161,7 +162,7 @@ def check_save_load(model: Any, folder: Path) -> None:
     """``save_pretrained`` writes a checkpoint that loads back with equal weights and actions."""
     obs = example_observation(model)
     loaded = load(model.save_pretrained(folder / "checkpoint"))
-    ours, theirs = model._module.state_dict(), loaded._module.state_dict()
+    ours, theirs = module_of(model).state_dict(), module_of(loaded).state_dict()
     if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
         _fail("save/load", "the reloaded weights differ")
     if not np.allclose(model.predict_action(obs), loaded.predict_action(obs), atol=1e-6):
