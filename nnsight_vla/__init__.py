@@ -1,51 +1,82 @@
-"""nnsight-vla: vision-language-action policies as traceable nnsight models."""
+"""nnsight-vla: vision-language-action policies as traceable nnsight models.
 
-from .collect import collect
-from .envoys import InertSiteWarning
-from .errors import (
-    CheckpointError,
-    InputError,
-    LayerIndexError,
-    SetupError,
-    StandardNameError,
-    UnknownModelError,
-    VLAError,
-)
-from .layout import Layout, TowerLayout
-from .model import VLA
-from .neurons import NeuronCluster
-from .observation import Observation
-from .registry import Family, families, load, register
-from .sites import Site
-from .spec import ModelSpec
-from .steering import Ablate, Add, Clamp, Scale
-from .towers import Tower
+Public names are imported on first use (PEP 562), so ``import nnsight_vla`` and the
+``nnsight-vla`` command's ``--help`` stay fast: torch, transformers and nnsight load only
+when a model, a lens or steering is first touched.
+"""
 
-__all__ = [
-    "Ablate",
-    "Add",
-    "CheckpointError",
-    "Clamp",
-    "Family",
-    "InertSiteWarning",
-    "InputError",
-    "LayerIndexError",
-    "Layout",
-    "ModelSpec",
-    "NeuronCluster",
-    "Observation",
-    "Scale",
-    "SetupError",
-    "Site",
-    "StandardNameError",
-    "Tower",
-    "TowerLayout",
-    "UnknownModelError",
-    "VLA",
-    "VLAError",
-    "collect",
-    "families",
-    "load",
-    "register",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "collect": "collect",
+    "InertSiteWarning": "envoys",
+    "CheckpointError": "errors",
+    "InputError": "errors",
+    "LayerIndexError": "errors",
+    "SetupError": "errors",
+    "StandardNameError": "errors",
+    "UnknownModelError": "errors",
+    "VLAError": "errors",
+    "Layout": "layout",
+    "TowerLayout": "layout",
+    "VLA": "model",
+    "NeuronCluster": "neurons",
+    "Observation": "observation",
+    "Family": "registry",
+    "families": "registry",
+    "load": "registry",
+    "register": "registry",
+    "Site": "sites",
+    "ModelSpec": "spec",
+    "Ablate": "steering",
+    "Add": "steering",
+    "Clamp": "steering",
+    "Scale": "steering",
+    "Tower": "towers",
+}
+
+__all__ = sorted(_EXPORTS, key=lambda name: (name[0].islower(), name))
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
+    from .collect import collect
+    from .envoys import InertSiteWarning
+    from .errors import (
+        CheckpointError,
+        InputError,
+        LayerIndexError,
+        SetupError,
+        StandardNameError,
+        UnknownModelError,
+        VLAError,
+    )
+    from .layout import Layout, TowerLayout
+    from .model import VLA
+    from .neurons import NeuronCluster
+    from .observation import Observation
+    from .registry import Family, families, load, register
+    from .sites import Site
+    from .spec import ModelSpec
+    from .steering import Ablate, Add, Clamp, Scale
+    from .towers import Tower
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:  # submodules: nnsight_vla.lens, nnsight_vla.eval, ...
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
