@@ -42,7 +42,7 @@ def run(model, env, steps: int, steering) -> tuple[float, float, float]:
     policy = stepping = 0.0
     queue: list = []
     start = time.perf_counter()
-    with model.steer(steering or []):
+    with model.steer(steering):  # None: the unsteered baseline
         for step in range(steps):
             t0 = time.perf_counter()
             if not queue:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from nnsight.intervention.envoy import Envoy
 
+from .errors import InputError
 from .towers import check_layer
 
 
@@ -18,7 +19,7 @@ class LayersEnvoy(Envoy):
     """The envoy of a decoder-layer list: indexing out of range raises `LayerIndexError`."""
 
     def __getitem__(self, key: Any) -> Envoy:
-        if isinstance(key, int):
+        if not isinstance(key, slice):
             check_layer(key, len(self), self.path)
         return super().__getitem__(key)
 
@@ -56,3 +57,24 @@ class InertOutputEnvoy(InertEnvoy):
     """A module whose output cannot change the actions, though its inputs feed modules that can."""
 
     watched = frozenset({"output"})
+
+
+class IdleEnvoy(Envoy):
+    """A module that never runs in a prediction (Pi0's ``lm_head``): reading or writing its
+    values in a trace raises `InputError` instead of nnsight's out-of-order error."""
+
+    def _refuse(self, name: str) -> None:
+        raise InputError(
+            f"{self.path} never runs in this model's predictions, so its .{name} never exists; "
+            "read a module that runs (see the family's docs: what fires per prediction)."
+        )
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in InertEnvoy.watched:
+            Envoy.__getattribute__(self, "_refuse")(name)
+        return super().__getattribute__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in InertEnvoy.watched:
+            self._refuse(name)
+        super().__setattr__(name, value)

@@ -82,6 +82,7 @@ class Layout:
         inert: Modules that cannot change the actions (touching them warns); a path part
             ``-1`` means the last entry of a layer list, e.g. ``"model.layers.-1.mlp"``.
         inert_output: Modules whose output alone cannot change the actions.
+        idle: Modules that never run in a prediction (reading them in a trace is an error).
 
     Example:
         >>> Layout((TowerLayout("vlm", "lm.model.layers", "lm.model.norm", "lm.lm_head"),),
@@ -93,6 +94,7 @@ class Layout:
     run_start: str = ""
     inert: tuple[str, ...] = ()
     inert_output: tuple[str, ...] = ()
+    idle: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.towers]
@@ -138,6 +140,7 @@ class Layout:
         return Layout(
             tuple(towers), dict(self.modules), check(self.run_start) if self.run_start else "",
             tuple(check(p) for p in self.inert), tuple(check(p) for p in self.inert_output),
+            tuple(check(p) for p in self.idle),
         )
 
 

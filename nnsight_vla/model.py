@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,13 +13,15 @@ from nnsight.intervention.envoy import Envoy, traceable
 from nnsight.modeling.mixins.meta import MetaDevice
 from nnsight.modeling.mixins.remotable import Remotable
 
-from .checkpoint import parse_dtype
-from .envoys import InertEnvoy, InertOutputEnvoy, LayersEnvoy
+from .checkpoint import parse_device, parse_dtype
+from .envoys import IdleEnvoy, InertEnvoy, InertOutputEnvoy, LayersEnvoy
 from .errors import InputError, StandardNameError
 from .layout import STANDARD_NAMES, Layout
 from .observation import Observation
+from .paths import writable_folder, writing
 from .remote import from_model_key, model_key
 from .spec import ModelSpec
+from .steering.runtime import steer
 from .towers import Tower, module_of
 
 def _linear_shape(envoy: Any) -> tuple[int, int] | None:
@@ -55,7 +58,8 @@ class VLA(Remotable):
         self.name_or_path = str(source)
         self.revision = revision  # a family's `_configure` pins a Hub source to its commit
         self.torch_dtype = parse_dtype(dtype)
-        self.target_device = None if device is None else str(device)
+        self.target_device = parse_device(device)  # checked before any file is read
+        self._check_options(options)
         self.options = options
         self._configure(self.name_or_path, **options)
         # Envoy classes are chosen as nnsight wraps the module, after `_bind_layout` fills this.
@@ -64,6 +68,24 @@ class VLA(Remotable):
             self.name_or_path, dispatch=dispatch, rename=self.layout.rename(), envoys=self._envoy_map
         )
         self._check_layout()
+
+    def _check_options(self, options: dict) -> None:
+        """Refuse keyword arguments that the family's `_configure` does not take, naming those it does."""
+        params = list(inspect.signature(self._configure).parameters.values())[1:]  # after `source`
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return
+        known = sorted(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            import difflib
+
+            close = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
+            hints = "".join(f" Did you mean {c[0]}= for {u}=?" for u, c in close.items() if c)
+            raise InputError(
+                f"{type(self).__name__} has no option {', '.join(f'{u}=' for u in unknown)}; its options "
+                f"are {', '.join(f'{k}=' for k in known) or 'none'} (besides dtype=, device=, dispatch= "
+                f"and revision=).{hints}"
+            )
 
     def _bind_layout(self, module: torch.nn.Module) -> torch.nn.Module:
         """Check the layout against the built module and choose the envoy classes:
@@ -74,10 +96,19 @@ class VLA(Remotable):
             **{t.layers: LayersEnvoy for t in layout.towers},
             **dict.fromkeys(layout.inert, InertEnvoy),
             **dict.fromkeys(layout.inert_output, InertOutputEnvoy),
+            **dict.fromkeys(layout.idle, IdleEnvoy),
         })
         return module
 
     # -- hooks a family implements ---------------------------------------------------
+
+    def calls_per_prediction(self, tower: str) -> int | None:
+        """How many forwards ``tower`` makes in one prediction with default options (None: it varies)."""
+        runs = self.layout.tower(tower).runs
+        if runs is not None:
+            return runs
+        calls = self.action_calls(tower)
+        return None if calls is None else len(calls)
 
     def _configure(self, source: str, **options: Any) -> None:
         """Read the config, tokenizer and processor; set `spec` and `tokenizer`."""
@@ -183,15 +214,14 @@ class VLA(Remotable):
 
     def steer(self, interventions: Any):
         """A context manager applying interventions (`nnsight_vla.Clamp`, `Scale`, `Ablate`,
-        `Add`, or a list of them, in order) to every prediction inside it, as torch hooks
-        that are removed when it ends, exceptions included.
+        `Add`, or a list of them, in order) to every prediction made inside it in this thread
+        (or asyncio task), as torch hooks that are removed when it ends, exceptions included.
+        ``None`` steers nothing.
 
         Example:
             >>> with model.steer(nnsight_vla.Clamp(cluster, 6.0)):
             ...     action = model.predict_action(obs)
         """
-        from .steering import steer
-
         return steer(self, interventions)
 
     def towers(self) -> dict[str, Tower]:
@@ -216,10 +246,11 @@ class VLA(Remotable):
 
         ``options`` go to the family's writer (e.g. ``max_shard_bytes=`` for OpenVLA).
         """
+        folder = writable_folder(path, "save_pretrained folder")  # before loading any weight
         self.dispatch()
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        self._save(folder, **options)
+        with writing(folder, "checkpoint folder"):
+            folder.mkdir(parents=True, exist_ok=True)
+            self._save(folder, **options)
         return folder
 
     def __repr__(self) -> str:

@@ -53,6 +53,8 @@ def to_hwc_uint8(image: Any, name: str = DEFAULT_CAMERA) -> np.ndarray:
                 f"{where}: an image tensor must be float in [0, 1], got {image.dtype}; "
                 "use `x.float() / 255` or pass an (H, W, 3) uint8 numpy array."
             )
+        if not bool(torch.isfinite(image).all()):
+            raise InputError(f"{where}: the image tensor holds NaN or infinite values; pass a valid frame.")
         lo, hi = float(image.min()), float(image.max())
         if lo < 0.0 or hi > 1.0:
             raise InputError(
@@ -101,6 +103,8 @@ class Observation:
             state = np.asarray(self.state, dtype=np.float32)
             if state.ndim != 1:
                 raise InputError(f"state must be a 1-D vector, got shape {state.shape}.")
+            if not np.isfinite(state).all():
+                raise InputError(f"state holds NaN or infinite values ({state}); pass the robot's measured state.")
             self.state = state
 
     def image(self, name: str | None = None) -> np.ndarray:

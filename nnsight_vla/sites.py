@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
@@ -33,6 +34,10 @@ KINDS: dict[str, Kind] = {
 
 #: ``(activation, call) -> activation``: what a hook does on one forward of a site.
 SiteFn = Callable[[torch.Tensor, int], torch.Tensor | None]
+
+#: The `hooked` blocks open in the current context (thread or task): a block's hooks act
+#: only on forwards run where the block was opened.
+_open_blocks: contextvars.ContextVar[frozenset] = contextvars.ContextVar("nnsight_vla_hooked", default=frozenset())
 
 
 @dataclass(frozen=True, order=True)
@@ -145,8 +150,10 @@ class Site:
 def hooked(model: Any, fns: Mapping[Site, SiteFn]) -> Iterator[None]:
     """Within the block, every forward of each site runs ``fn(activation, call)``, where
     ``call`` counts that site's forwards from the start of each prediction (the layout's
-    ``run_start`` module); ``fn`` returns a replacement or None. Every hook is removed when
-    the block ends, exceptions included.
+    ``run_start`` module); ``fn`` returns a replacement or None. The hooks act only on
+    forwards run in the context that opened the block (its thread or asyncio task), so one
+    model can serve other threads' predictions meanwhile; every hook is removed when the
+    block ends, exceptions included.
 
     Example:
         >>> with hooked(model, {Site(1, "neurons"): lambda x, call: x * 2}):
@@ -154,14 +161,25 @@ def hooked(model: Any, fns: Mapping[Site, SiteFn]) -> Iterator[None]:
     """
     model.dispatch()
     counts: dict[Site, int] = defaultdict(int)
+    block = object()
+
+    def here() -> bool:
+        return block in _open_blocks.get()
+
+    def restart(*args: Any) -> None:
+        if here():
+            counts.clear()
+
     handles = []
+    token = _open_blocks.set(_open_blocks.get() | {block})
     try:
         start = model.layout.run_start
         if start:
-            module = module_of(model).get_submodule(start)
-            handles.append(module.register_forward_pre_hook(lambda *args: counts.clear()))
+            handles.append(module_of(model).get_submodule(start).register_forward_pre_hook(restart))
         for site, fn in fns.items():
             def run(x: torch.Tensor, site: Site = site, fn: SiteFn = fn) -> torch.Tensor | None:
+                if not here():
+                    return None
                 call = counts[site]
                 counts[site] += 1
                 return fn(x, call)
@@ -171,3 +189,4 @@ def hooked(model: Any, fns: Mapping[Site, SiteFn]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+        _open_blocks.reset(token)

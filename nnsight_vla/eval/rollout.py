@@ -42,7 +42,7 @@ def rollout(
     path, actions, frames = [obs["robot_state"]["eef"]["pos"][0].copy()], [], []
     queue: list[np.ndarray] = []
     success = False
-    with model.steer(steering or []):
+    with model.steer(steering):  # None: the unsteered baseline
         for step in range(max_steps):
             if record_video:
                 frames.append(np.asarray(obs["pixels"]["image"][0])[::-1, ::-1].copy())

@@ -26,7 +26,13 @@ class Edit:
 
 def as_list(interventions: Any) -> list:
     """One intervention or a sequence of them, as a list (each must have ``edits``)."""
+    if isinstance(interventions, (str, bytes)):
+        raise InputError(
+            f"{interventions!r} is not an intervention; use nnsight_vla.Clamp, Scale, Ablate or Add (or a list)."
+        )
     items = list(interventions) if isinstance(interventions, Sequence) else [interventions]
+    if not items:
+        raise InputError("no interventions given; pass Clamp, Scale, Ablate or Add (or a list of them).")
     for item in items:
         if not callable(getattr(item, "edits", None)):
             raise InputError(
@@ -73,6 +79,11 @@ def apply(model: Any, interventions: Any, step: int = 0) -> None:
         ...         apply(model, Clamp(cluster, 6.0), step)
         ...     action = tracer.result.save()
     """
+    if not model.interleaver.interleaving:
+        raise InputError(
+            "apply() works inside an nnsight trace (with model.predict_action(obs) as tracer: ...); "
+            "around plain calls use `with model.steer(interventions):`."
+        )
     for site, run in bind(model, interventions):
         if site.runs_at(model, step):  # Pi0's VLM runs at step 0 only
             site.write(model, lambda x, run=run: run(x, step))

@@ -19,18 +19,33 @@ POSITIONS = ("all", "prefix", "last")
 CALLS = ("all", "prefill")
 
 
-def _choice(value: Any, allowed: Sequence[str], what: str) -> Any:
+def number(value: Any, what: str) -> float:
+    """``value`` as a finite float; strings, booleans, NaN and infinities are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(f"{what} must be a number, got {value!r} ({type(value).__name__}).")
+    if not np.isfinite(value):
+        raise InputError(f"{what} must be finite, got {value!r}.")
+    return float(value)
+
+
+def _choice(value: Any, allowed: Sequence[str], what: str, negative: bool = False) -> Any:
+    """One of ``allowed``, or a non-empty tuple of ints (negative ones only if ``negative``)."""
+    wrong = InputError(f"{what}={value!r} is not one of {list(allowed)} or a list of ints.")
     if isinstance(value, str):
         if value not in allowed:
-            raise InputError(f"{what}={value!r} is not one of {list(allowed)} or a list of ints.")
+            raise wrong
         return value
     try:
-        items = tuple(int(v) for v in value)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{what}={value!r} is not one of {list(allowed)} or a list of ints.") from err
+        items = tuple(value)
+    except TypeError as err:
+        raise wrong from err
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items):
+        raise wrong
     if not items:
         raise InputError(f"{what}={value!r} is empty; give at least one index or {list(allowed)}.")
-    return items
+    if not negative and min(items) < 0:
+        raise InputError(f"{what}={value!r}: indices count from 0 (the first forward of a prediction).")
+    return tuple(int(v) for v in items)
 
 
 class Intervention:
@@ -46,7 +61,7 @@ class Intervention:
     """
 
     def __init__(self, *, positions: Any = "all", calls: Any = "all", steps: Any = "all", tower: str = "vlm"):
-        self.positions = _choice(positions, POSITIONS, "positions")
+        self.positions = _choice(positions, POSITIONS, "positions", negative=True)
         self.calls = _choice(calls, CALLS, "calls")
         self.steps = _choice(steps, ("all",), "steps")
         self.tower = str(tower)
@@ -77,6 +92,14 @@ class Intervention:
                 f"tower {self.tower!r} reads no observation prefix and has no prefill call; "
                 "use positions='all'/'last'/indices and steps=."
             )
+        runs = model.calls_per_prediction(tower.name)
+        for what, chosen in (("calls", self.calls), ("steps", self.steps)):
+            late = [c for c in chosen if runs is not None and c >= runs] if isinstance(chosen, tuple) else []
+            if late:
+                raise InputError(
+                    f"{what}={list(chosen)}: tower {tower.name!r} runs {runs} time(s) per prediction "
+                    f"(0..{runs - 1}), so {late} would never be steered."
+                )
         return tower
 
     # -- when and where -----------------------------------------------------------------
@@ -177,7 +200,7 @@ class Clamp(NeuronIntervention):
 
     def __init__(self, cluster, value: float, **where: Any):
         super().__init__(cluster, **where)
-        self.value = float(value)
+        self.value = number(value, "the clamp value")
 
     @property
     def fill(self) -> float:
@@ -192,7 +215,7 @@ class Scale(NeuronIntervention):
 
     def __init__(self, cluster, factor: float, **where: Any):
         super().__init__(cluster, **where)
-        self.factor = float(factor)
+        self.factor = number(factor, "the scale factor")
 
     def new_values(self, selected, layer, neurons):
         return selected * self.factor
@@ -236,7 +259,9 @@ class Add(Intervention):
         direction = torch.as_tensor(direction, dtype=torch.float32)
         if direction.ndim != 1:
             raise InputError(f"direction must be a vector [d_model], got shape {tuple(direction.shape)}.")
-        self.direction, self.layer, self.alpha = direction, layer, float(alpha)
+        if not torch.isfinite(direction).all():
+            raise InputError("the direction holds NaN or infinite values; compute it from finite activations.")
+        self.direction, self.layer, self.alpha = direction, layer, number(alpha, "alpha")
 
     def edits(self, model: Any) -> list[Edit]:
         tower = self._tower(model)

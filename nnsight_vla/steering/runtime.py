@@ -15,12 +15,17 @@ def steer(model: Any, interventions: Any) -> Iterator[Any]:
 
     Each site counts its forward calls from the start of every prediction (the layout's
     ``run_start`` module), so ``calls``/``steps`` select the same forwards as in a trace.
-    Every hook is removed when the block ends, exceptions included.
+    Every hook is removed when the block ends, exceptions included. Only predictions made in
+    the context that opened the block (its thread or asyncio task) are steered. ``None``
+    steers nothing (a baseline); an empty list is refused.
 
     Example:
         >>> with model.steer([Clamp(up, 6.0)]):
         ...     action = model.predict_action(obs)
     """
+    if interventions is None:
+        yield model
+        return
     with hooked(model, dict(bind(model, interventions))):
         yield model
 

@@ -33,12 +33,13 @@ COMMON_NAMES = {
 }
 LAST = f"{VLM}.layers.-1"
 #: The expert reads only the VLM's per-layer keys and values: what the last VLM layer
-#: computes after them, the final norm and the head never reach the actions.
+#: computes after them and the final norm never reach the actions; the head never runs.
 INERT = (
     f"{LAST}.mlp", f"{LAST}.mlp.gate_proj", f"{LAST}.mlp.up_proj", f"{LAST}.mlp.down_proj",
     f"{LAST}.mlp.act_fn", f"{LAST}.post_attention_layernorm", f"{LAST}.self_attn.q_proj",
-    f"{LAST}.self_attn.o_proj", f"{VLM}.norm", f"{PWE}.paligemma.lm_head",
+    f"{LAST}.self_attn.o_proj", f"{VLM}.norm",
 )
+IDLE = (f"{PWE}.paligemma.lm_head",)
 INERT_OUTPUT = (LAST, f"{LAST}.self_attn")
 
 #: Widths for lerobot's two Gemma variant names and the SigLIP tower. lerobot hard-codes
@@ -53,7 +54,7 @@ TINY_SIZES = {
 
 def _layout(names: dict[str, str]) -> Layout:
     return Layout(TOWERS, {**COMMON_NAMES, **names}, run_start=f"{VLM}.embed_tokens",
-                  inert=INERT, inert_output=INERT_OUTPUT)
+                  inert=INERT, inert_output=INERT_OUTPUT, idle=IDLE)
 
 
 def _expert_steps(config: Any, tower: str) -> range | None:

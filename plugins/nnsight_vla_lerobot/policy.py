@@ -213,8 +213,11 @@ class LeRobotVLA(VLA):
         return row.expand(batch_size, -1, -1).contiguous()
 
     def _predict_action(self, seed: int | None = 0, num_steps: int | None = None, **batch: Any) -> np.ndarray:
-        if not isinstance(seed, (int, type(None))):
-            raise InputError(f"seed must be an int or None, got {seed!r}.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise InputError(f"seed must be an int (the same seed, the same noise) or None (fresh noise), got {seed!r}.")
+        if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer))
+                                      or num_steps < 1):
+            raise InputError(f"num_steps must be a positive int (denoising steps), got {num_steps!r}.")
         policy = self._module
         size = batch[TOKENS_KEY].shape[0]
         noise = self.noise(size, seed)
