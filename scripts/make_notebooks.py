@@ -211,9 +211,12 @@ STEERING = [
     new_markdown_cell("A contrastive direction added to the residual stream:"),
     new_code_cell(
         "other = Observation(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), \"open the top drawer\")\n"
-        "direction = unit(mean_difference(model, [obs], [other], layer=0))\n"
+        "direction = unit(mean_difference(model, obs, other, layer=0))   # toward obs, away from other\n"
+        "plain = model.predict_action(other)\n"
         "with model.steer(Add(direction, layer=0, alpha=4.0, positions=\"last\")):\n"
-        "    print(model.predict_action(other) - model.predict_action(other))"
+        "    pushed = model.predict_action(other)\n"
+        "print(\"pushed - plain:\", np.round(pushed - plain, 3))\n"
+        "assert not np.array_equal(pushed, plain)"
     ),
     new_markdown_cell(
         "Pi0: steer the action expert on chosen denoising steps. The last VLM layer cannot change "
