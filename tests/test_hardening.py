@@ -131,3 +131,10 @@ def test_pi0_options_and_sites(pi0):
         pi0.predict_action({"observation.images.image": torch.full((3, 64, 64), float("nan")),
                             "observation.images.image2": torch.zeros(3, 64, 64),
                             "observation.state": torch.zeros(8), "task": "go"})
+
+
+def test_mean_difference_takes_single_observations_as_in_the_readme(tiny, obs, obs_long):
+    from nnsight_vla.steering import mean_difference
+
+    torch.testing.assert_close(mean_difference(tiny, obs, obs_long, layer=0),
+                               mean_difference(tiny, [obs], [obs_long], layer=0), rtol=0, atol=0)
