@@ -1,4 +1,5 @@
-# Each target first creates or reuses the virtual environment (scripts/env.sh prints its path).
+# Each target first creates or reuses the environment: scripts/env.sh prints the path of this
+# checkout's venv (.venv: this checkout's code, editable, over the shared heavy venv).
 ENV = venv=$$(bash scripts/env.sh) && export HF_HUB_OFFLINE=1 &&
 
 .PHONY: env demo test bench notebooks

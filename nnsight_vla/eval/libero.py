@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +15,27 @@ from ..registry import family_of
 #: Suites and their standard step limits (OpenVLA's LIBERO evaluation).
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
 TASKS_PER_SUITE = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
+
+
+class _MacroAdvice(logging.Filter):
+    """Drops robosuite's import-time advice to write a private macro file. That file
+    (``robosuite/macros_private.py``) only overrides the defaults in ``robosuite/macros.py``,
+    which are the settings LIBERO is written for, so the three lines are harmless noise here."""
+
+    ADVICE = ("No private macro file found", "It is recommended to use a private macro file", "To setup, run: python ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.ADVICE)
+
+
+def _quiet_robosuite() -> None:
+    """Set up robosuite's logger before robosuite is imported (it keeps filters and flags)."""
+    logger = logging.getLogger("robosuite_logs")
+    # robosuite prints its records through its own console handler; importing lerobot gives the
+    # root logger a handler too (a module-level `logging.debug` call), which printed each one twice.
+    logger.propagate = False
+    if not any(isinstance(f, _MacroAdvice) for f in logger.filters):
+        logger.addFilter(_MacroAdvice())
 
 
 def _package_dir() -> Path:
@@ -52,6 +74,7 @@ def ensure_libero(config_dir: str | Path | None = None) -> Path:
         }
         config.write_text(yaml.safe_dump({k: str(v) for k, v in paths.items()}))
     os.environ["LIBERO_CONFIG_PATH"] = str(folder)
+    _quiet_robosuite()
     choose_renderer()
     return folder
 
