@@ -96,7 +96,7 @@ def steer_step(model, cluster, value: float, concept: str = "up", seed: int = 0)
     obs = demo_observation()
     control = cluster.random_like(seed, d_mlp=model.spec.d_mlp)
     rows = {}
-    for label, interventions in (("baseline", []), ("steered", Clamp(cluster, value)), ("control", Clamp(control, value))):
+    for label, interventions in (("baseline", None), ("steered", Clamp(cluster, value)), ("control", Clamp(control, value))):
         with model.steer(interventions):
             rows[label] = (concept_probability(model, obs, concept), model.predict_action(obs))
     print(f"steer: clamp cluster {cluster.name!r} ({len(cluster)} neurons) to {value} on every forward")
@@ -195,7 +195,8 @@ def run(
     print(f"action (baseline): {baseline}")
     print(f"action (clamp layer {layer} neurons {neurons} to {value}): {steered}")
     print(f"change: {steered - baseline}")
-    up = lens.cluster(lens.project_value_vectors(model, progress=False), "up", size=8)
+    # random weights: no neuron lists "up" among its top tokens; take the nearest vectors anyway
+    up = lens.cluster(lens.project_value_vectors(model, progress=False), "up", size=8, allow_unmatched=True)
     cluster_steering = steer_step(model, up, value)
 
     result = {
