@@ -31,10 +31,68 @@ def dtype_name(dtype: torch.dtype | None) -> str | None:
     return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
-def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder (``model.safetensors`` or shards plus their index)."""
+def parse_device(device: str | int | torch.device | None) -> str | None:
+    """``"cuda"`` / ``torch.device("cuda", 0)`` / ``0`` → a device string this machine has;
+    None stays None. Checked before anything is read, so a typo costs no loading time.
+
+    Example:
+        >>> parse_device("cpu")
+        'cpu'
+    """
+    if device is None:
+        return None
+    hint = "use 'cpu', 'cuda', 'cuda:0' (or 'mps' on Apple silicon)"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise InputError(f"device={device!r} is not a device name; {hint}.") from err
+    if parsed.type == "meta":
+        raise InputError(
+            "device='meta' holds no weights; pass dispatch=False to build on the meta device "
+            "without loading weights (model.dispatch() loads them later)."
+        )
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"device={device!r}: CUDA is not available on this machine (torch "
+                f"{torch.__version__}, CUDA build {torch.version.cuda}); use device='cpu'."
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise InputError(
+                f"device={device!r}: this machine has {count} CUDA device(s) "
+                f"(cuda:0..cuda:{count - 1}); pick one of them."
+            )
+    elif parsed.type != "cpu":
+        try:  # mps, xpu, ...: an empty tensor is the cheapest honest probe
+            torch.empty(0, device=parsed)
+        except Exception as err:  # noqa: BLE001 - backends raise RuntimeError, AssertionError, ...
+            raise InputError(
+                f"device={device!r} is not usable here ({type(err).__name__}: {err}); {hint}."
+            ) from err
+    return str(parsed)
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    """One safetensors file, or `CheckpointError` naming it when it is truncated or corrupt."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        size = path.stat().st_size if path.exists() else 0
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({size} bytes: {err}); it is truncated "
+            "or corrupt. Download that file again (or re-save the model with "
+            "`model.save_pretrained(path)`)."
+        ) from err
+
+
+def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder (``model.safetensors`` or shards plus their index).
+
+    A truncated or corrupt file raises `CheckpointError` naming it."""
     folder = Path(folder)
     index = folder / INDEX
     if index.is_file():
@@ -51,7 +109,7 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
             )
         tensors: dict[str, torch.Tensor] = {}
         for shard in shards:
-            part = load_file(folder / shard)
+            part = _load_file(folder / shard)
             twice = sorted(set(part) & set(tensors))
             if twice:
                 raise CheckpointError(
@@ -67,7 +125,7 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
             )
         return tensors
     if (folder / SINGLE).is_file():
-        return load_file(folder / SINGLE)
+        return _load_file(folder / SINGLE)
     shards = sorted(p.name for p in folder.glob("model-*.safetensors"))
     hint = f"found shards {shards} but no {INDEX}" if shards else "found no weights"
     raise CheckpointError(

@@ -1,4 +1,8 @@
-"""The ``nnsight-vla`` command line."""
+"""The ``nnsight-vla`` command line.
+
+Importing this module loads nothing heavy (argparse and the error types): torch,
+transformers and nnsight are imported by the commands themselves, so ``--help`` is instant.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,54 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import VLAError
+from .errors import InputError, VLAError
+
+DESCRIPTION = """\
+Robot vision-language-action policies as nnsight models: project FFN value vectors
+onto the vocabulary (lens), build concept clusters from a saved table (clusters), and
+run closed-loop LIBERO evaluations with and without steering (eval)."""
+EPILOG = """examples:
+  nnsight-vla lens tiny-openvla --out runs/lens
+  nnsight-vla clusters runs/lens --concept up --size 10 --out runs/clusters.yaml
+  nnsight-vla eval tiny-openvla --suite libero_spatial --steer runs/clusters.yaml#up_10:4.0 --out runs/eval
+
+Run "nnsight-vla COMMAND --help" for a command's options."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except None (the help says what None means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class _TopFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The top level keeps the line breaks of its description and examples."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every sub-command's parser shows defaults too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _positive(value: int | None, option: str) -> None:
+    if value is not None and value < 1:
+        raise InputError(f"{option} {value} must be a positive integer.")
 
 
 def lens_command(args: argparse.Namespace) -> None:
     """Project a model's value vectors; write the table, its text file and the rewired plot."""
+    from .paths import writable_folder
+
+    _positive(args.top_k, "--top-k")
+    _positive(args.batch_size, "--batch-size")
+    out = writable_folder(args.out, "--out folder")  # before loading the model
+
     from . import lens
     from .registry import load
 
@@ -24,9 +71,9 @@ def lens_command(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         tower=args.tower,
     )
-    out = table.save(args.out)
+    out = table.save(out)
     print(f"wrote {out / lens.table.ARRAYS} and {out / lens.table.META}")
-    print(f"wrote {table.write_text(out / lens.table.TEXT)} (one line per neuron)")
+    print(f"wrote {table.write_text(out / lens.table.TEXT)} (one line per neuron; ▁ marks a leading space)")
     if table.action_token_ids is not None:
         k = min(10, table.top_k)
         fraction = lens.rewired_mask(table, k).mean()
@@ -37,12 +84,17 @@ def lens_command(args: argparse.Namespace) -> None:
 
 def clusters_command(args: argparse.Namespace) -> None:
     """The paper's concept cluster from a saved table, appended to a YAML dictionary file."""
+    from .paths import writable_file
+
+    _positive(args.size, "--size")
+    out = writable_file(args.out, "--out file")  # before reading the table
+
     from .lens import ValueVectorTable, cluster
 
     table = ValueVectorTable.load(args.table)
-    found = cluster(table, args.concept, size=args.size)
-    path = found.to_yaml(args.out)
-    print(found.describe())
+    found = cluster(table, args.concept, size=args.size, allow_unmatched=args.allow_unmatched)
+    path = found.to_yaml(out)
+    print(found.describe())  # first line: which tokens matched, and how many neurons list them
     print(f"wrote {found.name!r} ({len(found)} neurons) to {path}")
 
 
@@ -92,24 +144,35 @@ def eval_command(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nnsight-vla", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    lens = commands.add_parser("lens", help="project FFN value vectors onto the vocabulary")
+    parser = _Parser(prog="nnsight-vla", description=DESCRIPTION, epilog=EPILOG, formatter_class=_TopFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    lens = commands.add_parser(
+        "lens", help="project FFN value vectors onto the vocabulary",
+        description="Project every FFN value vector of a model onto its vocabulary; write the table "
+        "(value_vectors.npz/.json), top_tokens.txt (one line per neuron, ▁ marking a leading space) "
+        "and rewired.png.",
+    )
     lens.add_argument("model", help="a built-in name, checkpoint folder or Hub id")
     lens.add_argument("--top-k", type=int, default=10, help="tokens kept per value vector")
     lens.add_argument(
         "--norm",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="apply the final norm first (default: no, the paper's rule)",
+        help="apply the final norm first (nnterp's rule); off is the paper's rule",
     )
-    lens.add_argument("--layers", type=int, nargs="+", default=None, help="layers (default: all)")
-    lens.add_argument("--tower", default=None, help="which tower (default: vlm)")
-    lens.add_argument("--batch-size", type=int, default=None, help="value vectors per chunk")
+    lens.add_argument("--layers", type=int, nargs="+", default=None, help="layer indices (omit for all)")
+    lens.add_argument("--tower", default=None, help="which tower (omit for the VLM)")
+    lens.add_argument("--batch-size", type=int, default=None,
+                      help="value vectors per chunk (omit for 256 MiB of logits)")
     lens.add_argument("--out", required=True, type=Path, help="folder for table, text file, plot")
 
-    clusters = commands.add_parser("clusters", help="a concept cluster from a saved table, as YAML")
-    clusters.add_argument("table", type=Path, help="folder written by `nnsight-vla lens`")
+    clusters = commands.add_parser(
+        "clusters", help="a concept cluster from a saved table, as YAML",
+        description="The paper's concept cluster (value vectors nearest to a word) from a table "
+        "written by the lens command, added to a YAML dictionary file. Refused when no neuron "
+        "lists the word among its top tokens, unless --allow-unmatched.",
+    )
+    clusters.add_argument("table", type=Path, help="folder written by the lens command")
     clusters.add_argument("--concept", required=True, help="the concept word, e.g. up")
     clusters.add_argument("--size", type=int, default=10, help="cluster size (paper: 10, 20, 40)")
     clusters.add_argument("--out", required=True, type=Path, help="YAML file (created or extended)")
@@ -120,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluation.add_argument("--tasks", default="0", help="comma-separated task ids, e.g. 0,1")
     evaluation.add_argument("--episodes", type=int, default=1, help="episodes (init states) per task")
     evaluation.add_argument("--steer", default=None, help="CLUSTERS.yaml[#NAME]:VALUE — clamp a cluster")
-    evaluation.add_argument("--seed", type=int, default=7)
+    evaluation.add_argument("--seed", type=int, default=7, help="seed of the resets, of the policy (seed + step) and of the random control")
     evaluation.add_argument("--max-steps", type=int, default=None, help="default: the suite's limit")
-    evaluation.add_argument("--camera-size", type=int, default=256)
+    evaluation.add_argument("--camera-size", type=int, default=256, help="side of the rendered camera images, in pixels")
     evaluation.add_argument("--video", action="store_true", help="write an MP4 per episode")
     evaluation.add_argument("--out", required=True, type=Path, help="output folder")
     evaluation.add_argument("--workers", type=int, default=1, help="Ray worker processes (1: serial, no Ray)")
@@ -145,3 +208,7 @@ def exit_code(run) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    clusters.add_argument(
+        "--allow-unmatched", action="store_true",
+        help="take the nearest vectors even when no neuron lists the word among its top tokens",
+    )

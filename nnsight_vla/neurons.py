@@ -7,6 +7,28 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import InputError
+from .paths import writable_file, writing
+
+#: How a token's leading spaces are shown in text (SentencePiece's word-start marker).
+SPACE_MARK = "▁"
+
+
+def display(label: str) -> str:
+    """A token label for one line of text, telling ``" up"`` from ``"up"``.
+
+    Leading spaces (a word-initial token) show as ``▁`` (``"▁up"``, as Llama's pieces are
+    written); labels with other whitespace, unprintable characters or a literal ``▁`` show
+    as Python literals (``'up '``). Words passed to `ValueVectorTable.find` and `lens.cluster`
+    are compared without the spaces, so ``"up"`` still finds both.
+
+    Example:
+        >>> [display(t) for t in (" up", "up", "up ", "[action: 0.5]")]
+        ['▁up', 'up', "'up '", '[action: 0.5]']
+    """
+    text = label.lstrip(" ")
+    shown = SPACE_MARK * (len(label) - len(text)) + text
+    plain = text == text.strip() and text.isprintable() and SPACE_MARK not in text
+    return shown if shown and plain else repr(label)
 
 
 class NeuronCluster:
@@ -21,6 +43,8 @@ class NeuronCluster:
         name: The cluster's name (its key in a YAML dictionary file).
         tokens: One token list per pair (or None).
         d_mlp: FFN width of the model, needed for flat indices.
+        description: How the cluster was found (`lens.cluster` says what matched); the first
+            line of `describe`. Not part of equality or of the YAML file.
 
     Example:
         >>> c = NeuronCluster([(21, 6514), (27, 3)], name="up_2", d_mlp=11008)
@@ -37,6 +61,7 @@ class NeuronCluster:
         name: str = "cluster",
         tokens: Iterable[Iterable[str]] | None = None,
         d_mlp: int | None = None,
+        description: str | None = None,
     ):
         self.pairs = tuple((_index(p, 0, "layer"), _index(p, 1, "neuron")) for p in pairs)
         twice = sorted(p for p, n in Counter(self.pairs).items() if n > 1)
@@ -57,6 +82,7 @@ class NeuronCluster:
             bad = [p for p in self.pairs if p[1] >= d_mlp][:5]
             raise InputError(f"neurons {bad} are out of range for d_mlp={d_mlp} (0..{d_mlp - 1}).")
         self.d_mlp = d_mlp
+        self.description = description
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -112,12 +138,14 @@ class NeuronCluster:
         return [layer * d_mlp + neuron for layer, neuron in self.pairs]
 
     def describe(self) -> str:
-        """One line per neuron: ``[layer.neuron] token, token, ...``."""
+        """The `description` (when set), then one line per neuron: ``[layer.neuron] ▁up, Up, ...``
+        (tokens as `display` shows them)."""
         rows = self.tokens or [()] * len(self)
-        return "\n".join(
-            f"[{layer}.{neuron}] {', '.join(t.strip() or repr(t) for t in row)}".rstrip()
+        lines = [
+            f"[{layer}.{neuron}] {', '.join(display(t) for t in row)}".rstrip()
             for (layer, neuron), row in zip(self.pairs, rows)
-        )
+        ]
+        return "\n".join(([self.description] if self.description else []) + lines)
 
     def _d_mlp(self, d_mlp: int | None) -> int:
         d_mlp = d_mlp or self.d_mlp
@@ -138,7 +166,7 @@ class NeuronCluster:
         import yaml
 
         d_mlp = self._d_mlp(d_mlp)
-        path = Path(path)
+        path = writable_file(path, "cluster file")
         entries = _read_yaml(path) if path.exists() else {}
         rows = self.tokens or [None] * len(self)
         flat = self.flat_indices(d_mlp)
@@ -146,8 +174,10 @@ class NeuronCluster:
             entries[self.name] = flat
         else:
             entries[self.name] = {index: list(row) for index, row in zip(flat, rows)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(entries, allow_unicode=True, sort_keys=False, width=1000))
+        text = yaml.safe_dump(entries, allow_unicode=True, sort_keys=False, width=1000)
+        with writing(path, "cluster file"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
         return path
 
     @classmethod
@@ -212,6 +242,8 @@ def _read_yaml(path: Path) -> dict:
         ) from err
     except yaml.YAMLError as err:
         raise InputError(f"{path} is not valid YAML ({err}).") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read {path} as a YAML cluster file ({err}); pass the .yaml file.") from err
     if entries is None:
         return {}
     if not isinstance(entries, dict):

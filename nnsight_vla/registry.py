@@ -161,12 +161,14 @@ def load(source: str | Path, *, dtype=None, device=None, dispatch: bool = True, 
     Args:
         source: A built-in name (``"tiny-openvla"``), a checkpoint folder, or a Hub id.
         dtype: ``"float32"``, ``"bfloat16"`` or a torch dtype; default: the checkpoint's.
-        device: Where to put the weights, e.g. ``"cpu"`` or ``"cuda"``.
+        device: Where to put the weights, e.g. ``"cpu"`` or ``"cuda"``; one this machine does
+            not have raises `InputError` before anything is read.
         dispatch: Load weights now (default). ``False`` builds on the meta device only,
             as nnsight does, for ``scan`` or remote execution: a Hub checkpoint's weight
             files are then not downloaded until the model is dispatched.
         revision: A Hub branch, tag or commit (the model key pins the commit).
-        **kwargs: Family options, e.g. ``unnorm_key=`` for OpenVLA.
+        **kwargs: Family options, e.g. ``unnorm_key=`` for OpenVLA; one the family does not
+            take raises `InputError` listing those it does.
 
     Example:
         >>> model = load("tiny-openvla")

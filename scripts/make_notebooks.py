@@ -179,7 +179,7 @@ STEERING = [
         "rng = np.random.default_rng(0)\n"
         "obs = Observation(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), \"pick up the black bowl\")\n"
         "table = lens.project_value_vectors(model, progress=False)\n"
-        "up = lens.cluster(table, \"up\", size=8)\n"
+        "up = lens.cluster(table, \"up\", size=8, allow_unmatched=True)  # random weights: nothing lists \"up\"\n"
         "control = up.random_like(seed=0)\n"
         "print(up.describe())"
     ),
@@ -250,7 +250,7 @@ EVALUATION = [
         "from nnsight_vla import Clamp, lens\n"
         "from nnsight_vla.eval import evaluate\n\n"
         "model = nnsight_vla.load(\"tiny-openvla\")\n"
-        "up = lens.cluster(lens.project_value_vectors(model, progress=False), \"up\", size=8)\n"
+        "up = lens.cluster(lens.project_value_vectors(model, progress=False), \"up\", size=8, allow_unmatched=True)\n"
         "result = evaluate(model, \"libero_spatial\", [0], episodes=1, steering=Clamp(up, 8.0),\n"
         "                  max_steps=15, camera_size=64, record_video=True, out_dir=\"runs/notebook-eval\")\n"
         "for condition, means in result.summary.items():\n"

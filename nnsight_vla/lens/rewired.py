@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..paths import writable_file, writing
 from ..plotting import figure, save_png
 from .table import ValueVectorTable
 
@@ -45,6 +46,7 @@ def plot_rewired(
     table: ValueVectorTable, path: str | Path, k: int = 10, threshold: float = 0.5
 ) -> Path:
     """Bar chart of `rewired_fraction` per layer, written as a PNG; returns its path."""
+    path = writable_file(path, "plot file")
     fraction = rewired_fraction(table, k, threshold)
     overall = float(rewired_mask(table, k, threshold).mean())
     fig = figure(max(6, 0.25 * len(fraction)), 3.5)
@@ -59,4 +61,5 @@ def plot_rewired(
         fontsize=9,
     )
     ax.tick_params(axis="x", labelsize=7)
-    return save_png(fig, path)
+    with writing(path, "plot file"):
+        return save_png(fig, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, LayerIndexError
-from ..neurons import NeuronCluster
+from ..neurons import NeuronCluster, display
+from ..paths import writable_file, writable_folder, writing
 
 FORMAT = 1
 ARRAYS, META, TEXT = "value_vectors.npz", "value_vectors.json", "top_tokens.txt"
@@ -21,12 +23,6 @@ MATCH_RULES = {
     "nocase": lambda word, text: text.casefold() == word.casefold(),
     "substring": lambda word, text: word in text,
 }
-
-
-def display(label: str) -> str:
-    """A token label for one line of text: surrounding whitespace dropped, escapes made visible."""
-    text = label.strip()
-    return text if text.isprintable() and text else repr(label)
 
 
 @dataclass(eq=False)
@@ -184,7 +180,8 @@ class ValueVectorTable:
     # -- text ---------------------------------------------------------------------------
 
     def lines(self) -> Iterator[str]:
-        """One line per neuron: ``[layer.neuron] token, token, ...``."""
+        """One line per neuron: ``[layer.neuron] ▁up, up, Up, [action: 0.25], ...`` (tokens as
+        `display` shows them: ``▁`` marks a leading space)."""
         labels = [display(label) for label in self.vocab]
         for row, layer in enumerate(self.layers):
             for neuron, ids in enumerate(self.ids[row].tolist()):
@@ -192,23 +189,24 @@ class ValueVectorTable:
 
     def write_text(self, path: str | Path) -> Path:
         """Write `lines` to a text file; returns its path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as f:
-            for line in self.lines():
-                f.write(line + "\n")
+        path = writable_file(path, "text file")
+        with writing(path, "text file"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("w", encoding="utf-8") as f:
+                for line in self.lines():
+                    f.write(line + "\n")
         return path
 
     # -- files --------------------------------------------------------------------------
 
     def save(self, folder: str | Path) -> Path:
         """Write ``value_vectors.npz`` (arrays) and ``value_vectors.json`` (the rest) into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = writable_folder(folder, "table folder")
+        for name in (ARRAYS, META):
+            writable_file(folder / name, "table file")
         arrays = {"ids": self.ids, "scores": self.scores}
         if self.embeddings is not None:
             arrays["embeddings"] = self.embeddings
-        np.savez(folder / ARRAYS, **arrays)
         ids = self.action_token_ids
         meta = {
             "format": FORMAT,
@@ -218,27 +216,53 @@ class ValueVectorTable:
             "info": self.info,
             "vocab": self.vocab,
         }
-        (folder / META).write_text(json.dumps(meta, ensure_ascii=False))
+        with writing(folder, "table folder"):
+            folder.mkdir(parents=True, exist_ok=True)
+            np.savez(folder / ARRAYS, **arrays)
+            (folder / META).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
         return folder
 
     @classmethod
     def load(cls, path: str | Path) -> ValueVectorTable:
-        """Read a table written by `save` (the folder, or either of its two files)."""
-        path = Path(path)
+        """Read a table written by `save` (the folder, or one of the files `nnsight-vla lens` writes).
+
+        Anything else (a missing path, another folder, a damaged or foreign file) raises
+        `InputError` saying what was found and how to write a table.
+        """
+        path = Path(path).expanduser()
+        remedy = "write one with table.save(folder) or `nnsight-vla lens MODEL --out folder`"
+        if not path.exists():
+            raise InputError(f"{path} does not exist; pass the folder of a saved value-vector table ({remedy}).")
+        if path.is_file() and path.name not in (ARRAYS, META, TEXT):
+            raise InputError(
+                f"{path} is not a value-vector table file; pass the folder that holds {ARRAYS} and {META}."
+            )
         folder = path if path.is_dir() else path.parent
         missing = [name for name in (ARRAYS, META) if not (folder / name).is_file()]
         if missing:
+            raise InputError(f"{folder} is not a saved value-vector table (missing {missing}); {remedy}.")
+        try:
+            meta = json.loads((folder / META).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"{folder / META} is damaged (not JSON: {err}); {remedy} again.") from err
+        if not isinstance(meta, dict) or "format" not in meta:
             raise InputError(
-                f"{path} is not a saved value-vector table (missing {missing}); write one with "
-                "table.save(folder) or `nnsight-vla lens MODEL --out folder`."
+                f"{folder / META} is not a value-vector table's metadata (no 'format' field); {remedy}."
             )
-        meta = json.loads((folder / META).read_text())
-        if meta.get("format") != FORMAT:
+        if meta["format"] != FORMAT:
             raise InputError(
-                f"{folder / META} has format {meta.get('format')!r}; this version reads {FORMAT}."
+                f"{folder / META} has table format {meta['format']!r}; this version reads format "
+                f"{FORMAT}: project the table again with this version."
             )
-        with np.load(folder / ARRAYS) as arrays:
-            data = {k: arrays[k] for k in arrays.files}
+        absent = [k for k in ("layers", "n_layers", "action_token_ids", "info", "vocab") if k not in meta]
+        try:
+            with np.load(folder / ARRAYS) as arrays:
+                data = {k: arrays[k] for k in arrays.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise InputError(f"{folder / ARRAYS} is damaged ({err}); {remedy} again.") from err
+        absent += [k for k in ("ids", "scores") if k not in data]
+        if absent:
+            raise InputError(f"{folder} is an incomplete value-vector table (no {absent}); {remedy} again.")
         ids = meta["action_token_ids"]
         return cls(
             data["ids"],

@@ -61,6 +61,13 @@ def project_value_vectors(
         >>> table = project_value_vectors(nnsight_vla.load("smol-openvla"), top_k=10)
         >>> table.find("up", k=3)
     """
+    if batch_size is not None and (
+        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+    ):
+        raise InputError(
+            f"batch_size={batch_size!r} must be a positive int (value vectors per chunk), or None "
+            "for chunks of 256 MiB of logits."
+        )
     ensure_dispatched(model)
     tw = get_tower(model, tower)
     weight_u = tw.unembedding(unembed)
@@ -79,9 +86,7 @@ def project_value_vectors(
         raise InputError(
             f"down_proj weights differ in shape across layers {chosen}; project them separately."
         )
-    batch = batch_size or max(1, CHUNK_LOGITS // vocab)
-    if not isinstance(batch, int) or batch < 1:
-        raise InputError(f"batch_size={batch_size!r} must be a positive int.")
+    batch = batch_size if batch_size is not None else max(1, CHUNK_LOGITS // vocab)
     normalize = tw.final_norm() if norm else None
 
     total = len(chosen) * d_mlp

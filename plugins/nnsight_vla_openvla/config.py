@@ -61,6 +61,27 @@ class OpenVLAConfig:
         """
         return self.unpadded_vocab_size or self.pad_token_id
 
+    @property
+    def official_action_end(self) -> int:
+        """Where the official OpenVLA code ends the action ids: ``text_config.vocab_size -
+        pad_to_multiple_of`` (``OpenVLAForActionPrediction.vocab_size``; 32064 - 64 for Llama-2)."""
+        return self.llama.vocab_size - self.pad_to_multiple_of
+
+    def check_action_ids(self, where: str) -> None:
+        """Refuse a config on which this project and the official code would decode different
+        actions: `tokenizer_vocab_size` must equal `official_action_end`."""
+        ours, official = self.tokenizer_vocab_size, self.official_action_end
+        if ours == official:
+            return
+        source = "unpadded_vocab_size" if self.unpadded_vocab_size else "pad_token_id"
+        raise CheckpointError(
+            f"{where}: action ids would end at {ours} ({source}) here but at {official} "
+            f"(text_config.vocab_size {self.llama.vocab_size} - pad_to_multiple_of "
+            f"{self.pad_to_multiple_of}) in the official OpenVLA code, which would decode other "
+            f"actions. Set pad_to_multiple_of to {self.llama.vocab_size - ours} in config.json "
+            "(or fix text_config.vocab_size / pad_token_id) so the two agree."
+        )
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config.json") -> "OpenVLAConfig":
         if raw.get("model_type") != "openvla":

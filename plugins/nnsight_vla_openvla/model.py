@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from nnsight_vla import VLA, CheckpointError, Layout, ModelSpec, TowerLayout
+from nnsight_vla import VLA, CheckpointError, InputError, Layout, ModelSpec, Observation, TowerLayout
 from nnsight_vla.checkpoint import load_module, read_state_dict
+from nnsight_vla.observation import DEFAULT_CAMERA as CAMERA
 from nnsight_vla.remote import config_folder, weights_folder
 
 from . import SMOL, TINY, smol, tiny
@@ -17,6 +19,22 @@ from .checkpoint import EMBED, LM_HEAD, from_checkpoint_key, read_tokenizer, sav
 from .config import OpenVLAConfig
 from .modeling import OpenVLANet
 from .processor import OpenVLAProcessor
+
+def check_observation(obs: Observation) -> None:
+    """OpenVLA sees one camera, named ``"image"`` (what ``Observation(image, instruction)`` names
+    an unnamed image), and no proprio state; anything else is refused rather than dropped."""
+    if list(obs.images) != [CAMERA]:
+        raise InputError(
+            f"OpenVLA takes exactly one camera, {CAMERA!r} (the third-person view it was trained "
+            f"on), got {list(obs.images)}; pass Observation(image, instruction) or "
+            f"Observation({{{CAMERA!r}: image}}, instruction) with that one view."
+        )
+    if obs.state is not None:
+        raise InputError(
+            f"OpenVLA takes no proprio state (got one of shape {tuple(obs.state.shape)}): its actions "
+            "come from the image and the instruction alone; drop state=."
+        )
+
 
 def _action_dim(norm_stats: dict, unnorm_key: str | None) -> int:
     """Action size from the statistics: the chosen dataset's, or the one all datasets share."""
@@ -36,7 +54,9 @@ class OpenVLA(VLA):
 
     Options: ``unnorm_key`` (which dataset's statistics un-normalise actions; required when
     the checkpoint has several) and ``center_crop`` (the 0.9-area crop that the LIBERO
-    fine-tunes need). Built-ins: ``tiny-openvla`` (random) and ``smol-openvla`` (SmolLM2-135M).
+    fine-tunes need). Inputs: one camera, ``"image"``, and no state (`check_observation`);
+    ``predict_action(obs, unnorm_key=None, seed=None)`` accepts ``seed`` like every family,
+    without effect (decoding is greedy). Built-ins: ``tiny-openvla`` (random) and ``smol-openvla`` (SmolLM2-135M).
 
     Example:
         >>> model = nnsight_vla.load("openvla/openvla-7b-finetuned-libero-10",
@@ -76,6 +96,7 @@ class OpenVLA(VLA):
             self._tokenizer = read_tokenizer(self.folder)
             self.processor = OpenVLAProcessor.from_folder(self.folder, self._tokenizer, center_crop)
         config = self.config
+        config.check_action_ids(self.builtin or str(self.folder / "config.json"))
         self.action_tokenizer = ActionTokenizer(config.tokenizer_vocab_size, config.n_action_bins)
         self.unnorm_key = None if unnorm_key is None else select_stats(config.norm_stats, unnorm_key)[0]
         action_dim = _action_dim(config.norm_stats, self.unnorm_key)
@@ -116,6 +137,8 @@ class OpenVLA(VLA):
         return net
 
     def _inputs(self, observations: list) -> dict[str, torch.Tensor]:
+        for obs in observations:
+            check_observation(obs)
         return self.processor(observations)
 
     def token_strings(self, token_ids) -> list[str]:
@@ -137,7 +160,16 @@ class OpenVLA(VLA):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor,
         unnorm_key: str | None = None,
+        seed: int | None = None,
+        **unknown: Any,
     ) -> np.ndarray:
+        # ``seed`` is accepted so that code written for every family (the LIBERO recipes, Pi0's
+        # seeded noise) runs unchanged; greedy decoding draws nothing, so it changes nothing.
+        if unknown:
+            raise InputError(
+                f"OpenVLA's predict_action has no option {', '.join(map(repr, sorted(unknown)))}; it takes "
+                "unnorm_key= (which dataset's statistics) and seed= (accepted, no effect: decoding is greedy)."
+            )
         # Check the statistics before spending a forward pass.
         _, stats = select_stats(self.config.norm_stats, unnorm_key or self.unnorm_key)
         n_tokens = len(stats["q01"])

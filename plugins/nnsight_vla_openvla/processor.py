@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from nnsight_vla import CheckpointError, Observation
+from nnsight_vla.observation import DEFAULT_CAMERA
 
 from .config import DEFAULT_NORMALIZE
 from .tfimage import center_crop, jpeg_round_trip, lanczos3_resize
@@ -88,7 +89,7 @@ class OpenVLAProcessor:
 
     def __call__(self, observations: list[Observation]) -> dict[str, torch.Tensor]:
         ids, mask = self.text([obs.instruction for obs in observations])
-        pixels = torch.stack([self.image(obs.image()) for obs in observations])
+        pixels = torch.stack([self.image(obs.image(DEFAULT_CAMERA)) for obs in observations])
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
 
     # -- files --------------------------------------------------------------------------

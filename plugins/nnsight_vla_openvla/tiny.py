@@ -7,7 +7,7 @@ import torch
 from . import TINY as NAME
 from .checkpoint import save_checkpoint
 from .config import OpenVLAConfig
-from .tokenizer import build_tiny_tokenizer
+from .tokenizer import PAD_TO_MULTIPLE_OF, build_tiny_tokenizer
 
 __all__ = ["NAME", "tiny_config", "random_net", "write_random_checkpoint"]
 SEED = 0
@@ -39,7 +39,9 @@ def tiny_config(**text_overrides) -> OpenVLAConfig:
     ``text_overrides`` resize the Llama (e.g. ``num_hidden_layers=8, hidden_size=1024``)."""
     tokenizer = build_tiny_tokenizer()
     base = tokenizer.pad_token_id  # <PAD> comes right after the base vocabulary
-    vocab = -(-(base + 1) // 64) * 64
+    # Padded as OpenVLA pads Llama-2 (32001 tokens -> 32064): with a base that is a multiple of
+    # 64, the official rule `vocab_size - pad_to_multiple_of` gives back `base`, where action ids end.
+    vocab = -(-(base + 1) // PAD_TO_MULTIPLE_OF) * PAD_TO_MULTIPLE_OF
     text = dict(
         hidden_size=64,
         intermediate_size=256,
@@ -59,6 +61,7 @@ def tiny_config(**text_overrides) -> OpenVLAConfig:
         text_config=text,
         norm_stats=TINY_STATS,
         pad_token_id=base,
+        pad_to_multiple_of=PAD_TO_MULTIPLE_OF,
         timm_overrides=[dict(o) for o in TINY_VISION],
         raw={"llm_backbone_id": "tiny-llama", "hf_llm_id": None},
     )

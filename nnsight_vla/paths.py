@@ -1,0 +1,84 @@
+"""Output paths checked before any heavy work: a folder or file the caller can write.
+
+The checks create nothing, so a refused call leaves the file system as it was; the write
+itself goes through `writing`, which turns an OS error into an `InputError` naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from .errors import InputError, VLAError
+
+
+def _existing_ancestor(path: Path, what: str) -> Path:
+    """The nearest existing folder above ``path``; every existing step on the way must be a folder."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(
+                    f"{what} {path} cannot be created: {parent} is a file, not a folder; "
+                    "choose a path under a folder."
+                )
+            return parent
+    return Path.cwd()  # pragma: no cover - a relative path's parents end at "."
+
+
+def _check_folder_writable(folder: Path, path: Path, what: str) -> None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(
+            f"{what} {path} is not writable: no write permission in {folder}; choose another "
+            "path or fix the folder's permissions."
+        )
+
+
+def writable_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """``path`` as a folder this process can create or write into (nothing is created).
+
+    Example:
+        >>> writable_folder("runs/lens")
+        PosixPath('runs/lens')
+    """
+    path = Path(path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{what} {path} is a file, not a folder; pass a folder path.")
+        _check_folder_writable(path, path, what)
+        return path
+    _check_folder_writable(_existing_ancestor(path, what), path, what)
+    return path
+
+
+def writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """``path`` as a file this process can create or overwrite (nothing is created).
+
+    Example:
+        >>> writable_file("runs/clusters.yaml")
+        PosixPath('runs/clusters.yaml')
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder; pass a file path (e.g. {path / 'out'}).")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise InputError(f"{what} {path} is not writable; choose another path or fix its permissions.")
+        return path
+    _check_folder_writable(_existing_ancestor(path, what), path, what)
+    return path
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, what: str = "output") -> Iterator[None]:
+    """Turn an `OSError` raised while writing ``path`` into an `InputError` naming it."""
+    try:
+        yield
+    except VLAError:
+        raise
+    except OSError as err:
+        raise InputError(
+            f"could not write {what} {path}: {err.strerror or err}; choose another path "
+            "(check permissions and free space)."
+        ) from err
