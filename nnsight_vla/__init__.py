@@ -8,6 +8,8 @@ when a model, a lens or steering is first touched.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 #: Public name -> the submodule that defines it.
@@ -63,6 +65,19 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from .spec import ModelSpec
     from .steering import Ablate, Add, Clamp, Scale
     from .towers import Tower
+
+
+class _Package(types.ModuleType):
+    """Keeps a public function whose name is also its submodule's (``collect``): importing the
+    submodule ``nnsight_vla.collect`` must not replace the function, as the eager imports ensured."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if _EXPORTS.get(name) == name and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
