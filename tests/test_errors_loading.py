@@ -255,6 +255,20 @@ def test_importing_the_cli_loads_nothing_heavy():
     assert out.strip() == "[]"
 
 
+def test_lazy_package_keeps_its_public_names():
+    code = (
+        "import nnsight_vla.testing.contract, nnsight_vla.collect\n"  # the submodule first
+        "from nnsight_vla import collect, VLA, lens, Clamp\n"
+        "import nnsight_vla, inspect\n"
+        "assert inspect.isfunction(collect) and collect is nnsight_vla.collect, collect\n"
+        "assert VLA.__module__ == 'nnsight_vla.model' and lens.__name__ == 'nnsight_vla.lens'\n"
+        "assert set(nnsight_vla.__all__) <= set(dir(nnsight_vla))\n"
+        "print(all(getattr(nnsight_vla, n) is not None for n in nnsight_vla.__all__))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+
+
 def test_help_shows_defaults_and_no_markup(capsys):
     texts = {}
     for command in ([], ["lens"], ["clusters"], ["eval"]):

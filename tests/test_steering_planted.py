@@ -36,7 +36,8 @@ def test_clamping_the_planted_neuron_moves_its_action_dimension_up(planted, obs)
         steered = model.predict_action(obs)
     stats = model.config.norm_stats["tiny_robot"]["action"]
     top = model.decode_actions(np.array([[high] * 7]))[0]
-    assert steered[DIM] == pytest.approx(top[DIM]) and steered[DIM] > base[DIM] + 0.5
+    # unsteered, tiny-openvla (1344-token vocabulary) puts this dimension at 0.44: 0.44 below the top
+    assert steered[DIM] == pytest.approx(top[DIM]) and steered[DIM] > base[DIM] + 0.4
     assert top[DIM] > stats["q99"][DIM] - 0.05  # the top of the dataset's range
     np.testing.assert_array_equal(steered[:DIM], base[:DIM])  # earlier tokens are untouched
 
