@@ -138,3 +138,8 @@ def test_mean_difference_takes_single_observations_as_in_the_readme(tiny, obs, o
 
     torch.testing.assert_close(mean_difference(tiny, obs, obs_long, layer=0),
                                mean_difference(tiny, [obs], [obs_long], layer=0), rtol=0, atol=0)
+
+
+def test_pi0_refuses_unknown_prediction_options(pi0):
+    with pytest.raises(InputError, match="has no option 'temperature'; it takes seed="):
+        pi0.predict_action(pi_obs(), temperature=0.5)

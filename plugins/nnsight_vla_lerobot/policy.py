@@ -195,6 +195,15 @@ class LeRobotVLA(VLA):
         raw = to_batch(observations, self.cameras, self.spec.state_dim)
         return dict(self.preprocessor(raw))
 
+    def _batch(self, invokes: list[tuple], fn: Any) -> tuple:
+        unknown = sorted({key for _, kwargs in invokes for key in kwargs} - {"seed", "num_steps"})
+        if unknown:
+            raise InputError(
+                f"{type(self).__name__}'s predict_action has no option {', '.join(map(repr, unknown))}; "
+                "it takes seed= (the initial noise; None: fresh) and num_steps= (denoising steps)."
+            )
+        return super()._batch(invokes, fn)
+
     def trace(self, *inputs: Any, fn: Any = None, **kwargs: Any):
         """An nnsight trace of the inference path (``predict_action``); lerobot's training
         ``forward`` needs actions and is reached with ``fn=model._module.forward``."""
