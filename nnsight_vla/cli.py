@@ -98,13 +98,12 @@ def clusters_command(args: argparse.Namespace) -> None:
     print(f"wrote {found.name!r} ({len(found)} neurons) to {path}")
 
 
-def parse_steer(spec: str, model) -> object:
-    """``FILE.yaml[#NAME]:VALUE`` -> a Clamp of that cluster (the file's only one without #NAME)."""
+def _steer_spec(spec: str) -> tuple[str, str, float]:
+    """``FILE.yaml[#NAME]:VALUE`` -> (file, cluster name, value), checked against the file
+    (it exists, and holds that cluster, or exactly one without #NAME) without a model."""
     import yaml
 
     from .errors import InputError
-    from .neurons import NeuronCluster
-    from .steering import Clamp
 
     path, _, value = spec.rpartition(":")
     path, _, name = path.partition("#")
@@ -114,32 +113,95 @@ def parse_steer(spec: str, model) -> object:
         value = float(value)
     except ValueError as err:
         raise InputError(f"--steer {spec!r}: the clamp value {value!r} is not a number.") from err
+    file = Path(path).expanduser()
+    if not file.is_file():
+        what = "is a folder, not a YAML file" if file.is_dir() else "does not exist"
+        raise InputError(
+            f"--steer: no such file {path} (it {what}); write clusters with "
+            f"`nnsight-vla clusters TABLE --concept WORD --out {path}`, or fix the path."
+        )
+    try:
+        entries = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise InputError(f"--steer: {path} is not a readable YAML file ({err}).") from err
+    if not isinstance(entries, dict) or not entries:
+        raise InputError(
+            f"--steer: {path} holds no clusters (a YAML mapping name -> cluster); write them with "
+            f"`nnsight-vla clusters TABLE --concept WORD --out {path}`."
+        )
+    names = [str(n) for n in entries]
     if not name:
-        names = list(yaml.safe_load(Path(path).read_text()) or {}) if Path(path).is_file() else []
         if len(names) != 1:
             raise InputError(f"--steer: {path} holds clusters {names}; pick one with {path}#NAME:{value}.")
         name = names[0]
+    elif name not in names:
+        raise InputError(
+            f"--steer: {path} has no cluster {name!r}; it has {names}: pass one as {path}#NAME:{value}."
+        )
+    return str(file), name, value
+
+
+def parse_steer(spec: str, model) -> object:
+    """``FILE.yaml[#NAME]:VALUE`` -> a Clamp of that cluster (the file's only one without #NAME)."""
+    from .neurons import NeuronCluster
+    from .steering import Clamp
+
+    path, name, value = _steer_spec(spec)
     cluster = NeuronCluster.from_yaml(path, name, d_mlp=model.spec.d_mlp, n_layers=model.spec.n_layers)
     return Clamp(cluster, value)
 
 
+def _print_summary(result) -> None:
+    """Each condition's metric means, then the success rate per task and condition."""
+    from .eval.metrics import METRICS
+
+    for condition, means in result.summary.items():
+        values = "  ".join(f"{k} {'-' if means[k] is None else format(means[k], '.4g')}" for k in METRICS)
+        failed = f", {means['failed']} failed" if means["failed"] else ""
+        print(f"{condition:9s} {values}  ({means['episodes']} episodes{failed})")
+    table = result.per_task
+    conditions = list(table)
+    print("success rate per task (failed episodes count as failures):")
+    print("task  " + "  ".join(f"{c:>16s}" for c in conditions))
+    for task in next(iter(table.values()), {}):
+        cells = []
+        for condition in conditions:
+            cell = table[condition][task]
+            failed = f", {cell['failed']} failed" if cell["failed"] else ""
+            cells.append(f"{cell['success_rate']:.2f} of {cell['episodes']}{failed}".rjust(16))
+        print(f"{task:<4d}  " + "  ".join(cells))
+
+
 def eval_command(args) -> None:
-    from .eval import evaluate
     from .errors import InputError
-    from .registry import load
 
     try:
         tasks = [int(t) for t in args.tasks.split(",")]
     except ValueError as err:
         raise InputError(f"--tasks {args.tasks!r} must be comma-separated ints, e.g. 0,1.") from err
+    if args.steer is not None:
+        _steer_spec(args.steer)  # a missing file or cluster fails before the model loads
+    from .eval.evaluate import writable_folder
+
+    writable_folder(args.out, create=False, what="--out folder")  # nor is anything created yet
+
+    from .eval import evaluate
+    from .registry import load
+
     model = load(args.model)
     steering = None if args.steer is None else parse_steer(args.steer, model)
-    result = evaluate(model, args.suite, tasks, args.episodes, steering=steering, seed=args.seed,
-                      max_steps=args.max_steps, camera_size=args.camera_size,
-                      record_video=args.video, out_dir=args.out, workers=args.workers,
-                      ray_address=args.ray_address)
-    for condition, means in result.summary.items():
-        print(f"{condition:9s} " + "  ".join(f"{k} {v:.4g}" for k, v in means.items()))
+    try:
+        result = evaluate(model, args.suite, tasks, args.episodes, steering=steering, seed=args.seed,
+                          max_steps=args.max_steps, camera_size=args.camera_size,
+                          record_video=args.video, out_dir=args.out, workers=args.workers,
+                          ray_address=args.ray_address, resume=args.resume)
+    except KeyboardInterrupt:
+        episodes = args.out / "episodes.jsonl"
+        done = sum(1 for _ in episodes.open()) if episodes.is_file() else 0
+        print(f"\ninterrupted: {done} finished episodes are saved in {episodes}; run the same "
+              "command with --resume to continue.", file=sys.stderr)
+        raise SystemExit(130) from None
+    _print_summary(result)
     print(f"wrote {result.out_dir}")
 
 
@@ -175,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     clusters.add_argument("table", type=Path, help="folder written by the lens command")
     clusters.add_argument("--concept", required=True, help="the concept word, e.g. up")
     clusters.add_argument("--size", type=int, default=10, help="cluster size (paper: 10, 20, 40)")
+    clusters.add_argument(
+        "--allow-unmatched", action="store_true",
+        help="take the nearest vectors even when no neuron lists the word among its top tokens",
+    )
     clusters.add_argument("--out", required=True, type=Path, help="YAML file (created or extended)")
 
     evaluation = commands.add_parser("eval", help="closed-loop LIBERO evaluation, baseline vs steered vs random")
@@ -184,12 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     evaluation.add_argument("--episodes", type=int, default=1, help="episodes (init states) per task")
     evaluation.add_argument("--steer", default=None, help="CLUSTERS.yaml[#NAME]:VALUE — clamp a cluster")
     evaluation.add_argument("--seed", type=int, default=7, help="seed of the resets, of the policy (seed + step) and of the random control")
-    evaluation.add_argument("--max-steps", type=int, default=None, help="default: the suite's limit")
+    evaluation.add_argument("--max-steps", type=int, default=None, help="step limit of an episode (default: the suite's limit)")
     evaluation.add_argument("--camera-size", type=int, default=256, help="side of the rendered camera images, in pixels")
     evaluation.add_argument("--video", action="store_true", help="write an MP4 per episode")
     evaluation.add_argument("--out", required=True, type=Path, help="output folder")
     evaluation.add_argument("--workers", type=int, default=1, help="Ray worker processes (1: serial, no Ray)")
     evaluation.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local Ray)")
+    evaluation.add_argument("--resume", action="store_true",
+                            help="continue the run in --out from its saved episodes (same settings; "
+                            "without it a run there is started over)")
 
     args = parser.parse_args(argv)
     commands = {"lens": lens_command, "clusters": clusters_command, "eval": eval_command}
@@ -208,7 +277,3 @@ def exit_code(run) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-    clusters.add_argument(
-        "--allow-unmatched", action="store_true",
-        help="take the nearest vectors even when no neuron lists the word among its top tokens",
-    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
 import os
 import subprocess
@@ -113,6 +116,27 @@ def check_task(suite: str, task: int) -> None:
     n = TASKS_PER_SUITE[suite]
     if not isinstance(task, int) or not 0 <= task < n:
         raise InputError(f"{suite} has tasks 0..{n - 1}, got {task!r}.")
+
+
+@functools.lru_cache(maxsize=None)
+def init_state_count(suite: str, task: int) -> int:
+    """How many init states (episodes) ``suite``'s ``task`` has: 50 for every LIBERO task.
+
+    Read from the task's init-state file, as lerobot's environment does; `reset_to` with an
+    episode beyond them would wrap around to episode ``episode % count``.
+    """
+    check_task(suite, task)
+    ensure_libero()
+    import torch
+    from libero.libero import benchmark, get_libero_path
+
+    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints its task order
+        entry = benchmark.get_benchmark_dict()[suite]().tasks[task]
+    path = Path(get_libero_path("init_states")) / entry.problem_folder / Path(entry.init_states_file).name
+    try:
+        return len(torch.load(path, weights_only=False))  # LIBERO's own file (numpy pickles)
+    except FileNotFoundError as error:
+        raise SetupError(f"LIBERO's init states {path} are missing; reinstall it with `make env`.") from error
 
 
 def make_env(suite: str, task: int, camera_size: int = 256) -> Any:

@@ -28,6 +28,11 @@ class EpisodeMetrics:
             length (longer episodes travel further whatever the steering).
         mean_speed, max_speed: |Δp| per second at the control frequency.
         min_height: The lowest z reached.
+
+    An episode that failed (see `rollout.rollout`) has the metrics of its path up to the
+    failure, and ``None`` for every measure of motion when it failed before its first
+    observation; `evaluate` counts it as a failure in the success rate and leaves it out of
+    the other metrics' means and tests.
     """
 
     success: bool

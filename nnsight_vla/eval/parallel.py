@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from tqdm import tqdm
@@ -45,7 +45,9 @@ class Worker:
     """A Ray actor: rebuilds the model from its key once, keeps one simulator per task."""
 
     def __init__(self, suite: str, camera_size: int):
-        self.suite, self.camera_size, self.envs, self.model = suite, camera_size, {}, None
+        from .rollout import Simulators
+
+        self.simulators, self.model = Simulators(suite, camera_size), None
 
     def load(self, model_class: str, key: str, weights: list | None, threads: int,
              device: str | None = None) -> None:
@@ -65,21 +67,16 @@ class Worker:
                 )
 
     def run(self, job: Job, steps: int, steering: Any, seed: int, record_video: bool):
-        from .libero import make_env
-        from .rollout import rollout
+        """One job, as a serial run does it (`rollout.run_job`): an episode that raises comes
+        back as a failed `Episode`; the worker writes nothing."""
+        from .rollout import run_job
 
-        task, episode, _ = job
-        if task not in self.envs:
-            self.envs[task] = make_env(self.suite, task, self.camera_size)
         start = time.time()
-        run = rollout(self.model, self.envs[task], episode, steps, steering=steering, seed=seed,
-                      record_video=record_video)
+        run = run_job(self.model, self.simulators, job, steps, steering, seed, record_video)
         return job, run, (start, time.time(), os.getpid())
 
     def close(self) -> None:
-        for env in self.envs.values():
-            env.close()
-        self.envs = {}
+        self.simulators.close()
 
 
 def run_parallel(
@@ -98,6 +95,8 @@ def run_parallel(
     check_weights: bool = True,
     threads: int | None = None,
     timings: list | None = None,
+    on_result: Callable[[Job, Episode], None] | None = None,
+    done: int = 0,
 ) -> dict[Job, Episode]:
     """Run ``jobs`` on ``workers`` (>= 1) Ray actors; returns the episodes by job, as a serial run would.
 
@@ -108,6 +107,12 @@ def run_parallel(
     ``threads`` CPU threads for torch (default: as many as the caller, which keeps results
     bit-identical to a serial run). When ``timings`` is a list, each episode's wall-clock
     ``(start, end, worker pid)`` is appended to it.
+
+    ``on_result(job, episode)`` is called in this process as each episode arrives (the
+    workers write nothing; `evaluate` appends the row to ``episodes.jsonl`` there). An
+    episode that raised on a worker arrives as a failed `Episode`; a worker that dies stops
+    the run with a `VLAError` (the episodes that arrived before are kept by ``on_result``).
+    ``done``: jobs finished before (a resumed run), for the progress bar.
     """
     try:
         import ray
@@ -134,7 +139,7 @@ def run_parallel(
             ray.get(loads)
         except ray.exceptions.RayTaskError as error:
             raise _cause(error) from error
-        return _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings)
+        return _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings, on_result, done)
     finally:
         for actor in actors:
             try:
@@ -146,7 +151,8 @@ def run_parallel(
             ray.shutdown()
 
 
-def _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings) -> dict[Job, Episode]:
+def _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings, on_result=None,
+              done_before=0) -> dict[Job, Episode]:
     """Keep every actor busy; an idle actor takes the next job of a task it has a simulator for."""
     pending, running, done = list(jobs), {}, {}
     has: dict[Any, set[int]] = {a: set() for a in actors}
@@ -158,7 +164,8 @@ def _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings)
         ref = actor.run.remote(job, steps, conditions[job[2]], seed, record_video)
         running[ref] = actor
 
-    with tqdm(total=len(jobs), desc=f"rollouts on {len(actors)} workers", unit="episode") as bar:
+    with tqdm(total=done_before + len(jobs), initial=done_before, desc=f"rollouts on {len(actors)} workers",
+              unit="episode") as bar:
         for actor in actors:
             if pending:
                 submit(actor)
@@ -167,8 +174,16 @@ def _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings)
             actor = running.pop(ref)
             try:
                 job, episode, span = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
+            except ray.exceptions.RayActorError as error:
+                raise VLAError(
+                    f"a Ray worker stopped before finishing its episode ({type(error).__name__}: "
+                    f"{error}); rerun the evaluation with resume=True (CLI --resume) to continue "
+                    "from the episodes already written."
+                ) from error
+            except ray.exceptions.RayTaskError as error:
                 raise _cause(error) from error
+            if on_result is not None:
+                on_result(job, episode)
             done[job] = episode
             if timings is not None:
                 timings.append(span)

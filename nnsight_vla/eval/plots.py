@@ -13,15 +13,25 @@ COLORS = {"baseline": "tab:gray", "steered": "tab:red", "random": "tab:blue"}
 
 
 def plot_trajectories(rows: list[dict], path: Path) -> Path:
-    """Top (x-y) and side (x-z) views of every episode's end-effector path, by condition."""
+    """Top (x-y) and side (x-z) views of every episode's end-effector path, by condition.
+    A failed episode's path (up to the failure) is dashed and ends in a cross."""
     fig = figure(10, 4.5)
     axes = fig.subplots(1, 2)
+    labelled = set()
     for row in rows:
-        p = np.asarray(row["path"])
+        p = np.asarray(row["path"], dtype=np.float64).reshape(-1, 3)
+        if not len(p):
+            continue  # failed before its first observation
         color = COLORS.get(row["condition"], "tab:green")
-        label = row["condition"] if row["episode"] == 0 and row["task"] == rows[0]["task"] else None
-        axes[0].plot(p[:, 0], p[:, 1], color=color, alpha=0.7, label=label)
-        axes[1].plot(p[:, 0], p[:, 2], color=color, alpha=0.7)
+        label = None if row["condition"] in labelled else row["condition"]
+        labelled.add(row["condition"])
+        failed = row.get("error") is not None
+        style = {"color": color, "alpha": 0.7, "linestyle": "--" if failed else "-"}
+        axes[0].plot(p[:, 0], p[:, 1], label=label, **style)
+        axes[1].plot(p[:, 0], p[:, 2], **style)
+        if failed:
+            axes[0].plot(p[-1:, 0], p[-1:, 1], marker="x", color=color)
+            axes[1].plot(p[-1:, 0], p[-1:, 2], marker="x", color=color)
     for ax, (a, b) in zip(axes, (("x", "y"), ("x", "z"))):
         ax.set_xlabel(f"{a} (m)")
         ax.set_ylabel(f"{b} (m)")
@@ -31,14 +41,18 @@ def plot_trajectories(rows: list[dict], path: Path) -> Path:
 
 
 def plot_metrics(rows: list[dict], path: Path, seed: int = 0) -> Path:
-    """Mean of each metric per condition, with 95% bootstrap intervals of the mean."""
+    """Mean of each metric per condition, with 95% bootstrap intervals of the mean (failed
+    episodes count in success, as failures, and are left out of the other metrics)."""
     conditions = list(dict.fromkeys(r["condition"] for r in rows))
     rng = np.random.default_rng(seed)
     fig = figure(2.6 * len(METRICS), 3.2)
     axes = fig.subplots(1, len(METRICS))
     for ax, metric in zip(axes, METRICS):
         for i, condition in enumerate(conditions):
-            values = np.array([float(r[metric]) for r in rows if r["condition"] == condition])
+            values = np.array([float(r[metric]) for r in rows if r["condition"] == condition
+                               and (metric == "success" or r.get("error") is None)])
+            if not len(values):
+                continue
             boot = values[rng.integers(0, len(values), (2000, len(values)))].mean(1)
             low, high = np.quantile(boot, [0.025, 0.975])
             ax.bar(i, values.mean(), color=COLORS.get(condition, "tab:green"))
