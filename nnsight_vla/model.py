@@ -102,6 +102,14 @@ class VLA(Remotable):
 
     # -- hooks a family implements ---------------------------------------------------
 
+    def bridge_parts(self) -> dict[str, Any]:
+        """Parts a TransformerLens bridge can wrap, by name (`nnsight_vla.transformer_lens.BridgePart`)."""
+        return {}
+
+    def bridge_inputs(self, part: str, observations: list[Observation]) -> dict[str, torch.Tensor]:
+        """What ``part`` is fed in a prediction's first forward, as bridge keyword arguments."""
+        raise InputError(f"{type(self).__name__} has no TransformerLens parts yet.")
+
     def calls_per_prediction(self, tower: str) -> int | None:
         """How many forwards ``tower`` makes in one prediction with default options (None: it varies)."""
         runs = self.layout.tower(tower).runs

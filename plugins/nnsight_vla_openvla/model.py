@@ -36,6 +36,10 @@ def check_observation(obs: Observation) -> None:
         )
 
 
+#: The name of OpenVLA's ``config.json`` architecture, under which its TransformerLens adapter is registered.
+ARCHITECTURE = "OpenVLAForActionPrediction"
+
+
 def _action_dim(norm_stats: dict, unnorm_key: str | None) -> int:
     """Action size from the statistics: the chosen dataset's, or the one all datasets share."""
     if unnorm_key is not None:
@@ -188,6 +192,17 @@ class OpenVLA(VLA):
         ids = torch.stack(tokens, dim=1).cpu().numpy()
         actions = self.decode_actions(ids, unnorm_key)
         return actions[0] if actions.shape[0] == 1 else actions
+
+    def bridge_parts(self) -> dict:
+        """The language model, bridged through the adapter registered as ``OpenVLAForActionPrediction``."""
+        from nnsight_vla.transformer_lens import BridgePart
+
+        return {"vlm": BridgePart("language_model", ARCHITECTURE, self.config.llama)}
+
+    def bridge_inputs(self, part: str, observations: list) -> dict[str, torch.Tensor]:
+        """The Llama's inputs in the prefill: token embeddings with the patches after BOS."""
+        embeds, mask, positions = self._module.embed(**self._inputs(observations))
+        return {"input": embeds, "attention_mask": mask, "position_ids": positions}
 
     def action_calls(self, tower: str) -> range | None:
         """One greedy decoding forward per action dimension; the first is the prefill."""

@@ -83,6 +83,27 @@ class OpenVLANet(nn.Module):
         ones = attention_mask.new_ones(attention_mask.shape[0], self.num_patches)
         return torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
 
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the language model is fed: token embeddings with the image patches after BOS,
+        the attention mask over them and the position ids."""
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if pixel_values is not None:
+            dtype = self.projector.fc1.weight.dtype
+            patches = self.projector(self.vision_backbone(pixel_values.to(dtype)))
+            embeds = torch.cat([embeds[:, :1], patches.to(embeds.dtype), embeds[:, 1:]], dim=1)
+            attention_mask = self.multimodal_mask(attention_mask)
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
+        return embeds, attention_mask, position_ids
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -95,16 +116,7 @@ class OpenVLANet(nn.Module):
     ) -> CausalLMOutputWithPast:
         """Run the model. With ``pixel_values``, ``attention_mask`` covers ``input_ids`` and
         the patches go after BOS; without, it covers the cached sequence plus ``input_ids``."""
-        embeds = self.language_model.get_input_embeddings()(input_ids)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if pixel_values is not None:
-            dtype = self.projector.fc1.weight.dtype
-            patches = self.projector(self.vision_backbone(pixel_values.to(dtype)))
-            embeds = torch.cat([embeds[:, :1], patches.to(embeds.dtype), embeds[:, 1:]], dim=1)
-            attention_mask = self.multimodal_mask(attention_mask)
-        if position_ids is None:
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
+        embeds, attention_mask, position_ids = self.embed(input_ids, attention_mask, pixel_values, position_ids)
         return self.language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,

@@ -1,0 +1,15 @@
+"""TransformerLens on VLA towers: bridges built through registered adapters, the towers' real inputs, TransformerLens hooks on predictions.
+
+Example:
+    >>> from nnsight_vla.transformer_lens import to_bridge, bridge_inputs, hooks
+    >>> bridge = to_bridge(model)                         # the language model, weights shared
+    >>> logits, cache = bridge.run_with_cache(**bridge_inputs(model, obs))
+    >>> with hooks(model, [("blocks.1.mlp.hook_post", clamp_fn)]):
+    ...     action = model.predict_action(obs)
+"""
+
+from .adapters import relocate
+from .bridge import BridgePart, bridge_inputs, to_bridge
+from .hooks import hooks, site_of
+
+__all__ = ["BridgePart", "bridge_inputs", "hooks", "relocate", "site_of", "to_bridge"]

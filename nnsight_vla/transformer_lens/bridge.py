@@ -1,0 +1,81 @@
+"""`to_bridge`: a tower as a TransformerLens `TransformerBridge` sharing the model's weights, and the inputs the tower sees."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import InputError, SetupError
+from ..towers import module_of
+
+
+@dataclass(frozen=True)
+class BridgePart:
+    """What a family bridges for one part: the module (a path from the model's root), the
+    architecture name its adapter is registered under, and the module's HF config."""
+
+    path: str
+    architecture: str
+    hf_config: Any
+
+
+def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module``'s structure that shares every parameter and buffer: a bridge wraps
+    its modules in place, so it gets this copy and the user's model stays untouched."""
+    memo = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return copy.deepcopy(module, memo)
+
+
+def _part(model: Any, part: str) -> BridgePart:
+    parts = model.bridge_parts()
+    if part not in parts:
+        raise InputError(
+            f"{type(model).__name__} has no TransformerLens part {part!r}; use one of {sorted(parts)}."
+        )
+    return parts[part]
+
+
+def to_bridge(model: Any, part: str = "vlm") -> Any:
+    """A `TransformerBridge` of one part of the model (``"vlm"``: the language model), built
+    through the adapter registered under the family's architecture name (the
+    ``transformer_lens.architectures`` entry points). The bridge shares the model's weights
+    (no second copy in memory) and wraps its own module objects, so the nnsight model traces,
+    saves and reloads exactly as before.
+
+    Example:
+        >>> bridge = to_bridge(model)
+        >>> logits, cache = bridge.run_with_cache(**bridge_inputs(model, obs))
+        >>> cache["blocks.1.mlp.hook_post"].shape
+    """
+    from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    model.dispatch()
+    spec = _part(model, part)
+    ArchitectureAdapterFactory.discover_entry_points()
+    if spec.architecture not in ArchitectureAdapterFactory._adapters:
+        raise SetupError(
+            f"no TransformerLens adapter is registered as {spec.architecture!r}: nnsight-vla declares it "
+            "in the 'transformer_lens.architectures' entry points; reinstall the project (make env)."
+        )
+    module = shared_copy(module_of(model).get_submodule(spec.path))
+    config = copy.copy(spec.hf_config)
+    config._attn_implementation = "eager"  # hook_pattern needs the attention weights
+    return build_bridge_from_module(module, spec.architecture, hf_config=config, model_name=model.name_or_path)
+
+
+def bridge_inputs(model: Any, observations: Any, part: str = "vlm") -> dict[str, torch.Tensor]:
+    """What ``part`` of the model is fed for ``observations`` inside a prediction's first
+    forward, as keyword arguments of the bridge (``input``: the embeddings, image patches
+    where the policy puts them; ``attention_mask``; ``position_ids``).
+
+    Example:
+        >>> bridge.run_with_cache(**bridge_inputs(model, obs))
+    """
+    _part(model, part)
+    model.dispatch()
+    with torch.no_grad():
+        return model.bridge_inputs(part, model._observations((observations,)))

@@ -1,0 +1,120 @@
+"""TransformerLens bridges of OpenVLA's language model: parity with nnsight, shared weights, registration, hooks on predictions."""
+
+import nnsight
+import numpy as np
+import pytest
+import torch
+
+from nnsight_vla import Clamp, InputError, SetupError, Site
+from nnsight_vla.lens import project_value_vectors
+from nnsight_vla.steering import hook_points
+from nnsight_vla.transformer_lens import bridge_inputs, hooks, site_of, to_bridge
+
+NEURONS = [3, 17, 42]
+
+
+@pytest.fixture(scope="module")
+def bridge(tiny):
+    return to_bridge(tiny)
+
+
+def test_run_with_cache_equals_nnsight_at_every_site(tiny, bridge, obs):
+    logits, cache = bridge.run_with_cache(**bridge_inputs(tiny, obs))
+    order = ("attn_out", "neurons", "mlp_out", "resid")  # the order a layer computes them
+    sites = [Site(layer, kind) for layer in range(tiny.spec.n_layers) for kind in order]
+    with tiny.trace(obs):
+        read = nnsight.save([])
+        for site in sites:
+            read.append(site.read(tiny).clone())
+        head = tiny.lm_head.output.save()
+    for site, value in zip(sites, read):
+        torch.testing.assert_close(cache[site.hook_name], value, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits, head, rtol=0, atol=1e-5)
+    pattern = cache["blocks.0.attn.hook_pattern"]
+    assert pattern.shape[-1] == pattern.shape[-2] == logits.shape[1]
+    torch.testing.assert_close(pattern.sum(-1), torch.ones_like(pattern.sum(-1)))
+
+
+def test_the_bridge_shares_weights_and_leaves_the_model_alone(tiny, bridge, obs, tmp_path):
+    ours = {t.data_ptr() for t in tiny._module.language_model.parameters()}
+    added = {n: t for n, t in bridge.named_parameters() if t.data_ptr() not in ours}
+    # no second copy of any weight: only TransformerLens's own zero unembedding bias is new
+    assert list(added) == ["lm_head._original_component.bias"] and not added["lm_head._original_component.bias"].any()
+    assert type(tiny._module.language_model.model.layers[0]).__name__ == "LlamaDecoderLayer"
+    assert not any("_original_component" in k for k in tiny._module.state_dict())
+    import nnsight_vla
+
+    reloaded = nnsight_vla.load(tiny.save_pretrained(tmp_path / "after-bridge"))
+    np.testing.assert_array_equal(reloaded.predict_action(obs), tiny.predict_action(obs))
+
+
+def test_value_vectors_read_from_the_bridge_match_the_lens(tiny, bridge):
+    table = project_value_vectors(tiny, top_k=5, progress=False)
+    for layer in range(tiny.spec.n_layers):
+        w_out = bridge.blocks[layer].mlp.W_out  # TransformerLens 3.5 keeps down_proj's [d_model, d_mlp]
+        assert w_out.shape == (tiny.spec.d_model, tiny.spec.d_mlp)
+        scores = w_out.T @ bridge.W_U  # [d_mlp, vocab]
+        np.testing.assert_array_equal(scores.topk(5, dim=1).indices.numpy(), table.ids[layer])
+
+
+def test_transformer_lens_hooks_steer_predictions_as_clamp_does(tiny, obs):
+    def clamp(acts, hook):
+        acts[..., NEURONS] = 6.0
+        return acts
+
+    calls = []
+
+    def count(acts, hook):
+        calls.append(hook.call)
+
+    with hooks(tiny, [("blocks.1.mlp.hook_post", clamp), ("blocks.0.hook_resid_post", count)]):
+        hooked = tiny.predict_action(obs)
+    with tiny.steer(Clamp([(1, n) for n in NEURONS], 6.0)):
+        steered = tiny.predict_action(obs)
+    with tiny.predict_action(obs) as tracer:
+        for step in tracer.iter[:7]:
+            Clamp([(1, n) for n in NEURONS], 6.0).apply(tiny, step)
+        traced = tracer.result.save()
+    np.testing.assert_array_equal(hooked, steered)
+    np.testing.assert_array_equal(hooked, np.asarray(traced))
+    assert not np.array_equal(hooked, tiny.predict_action(obs)) and calls == list(range(7))
+
+
+def test_steering_converts_to_bridge_hooks(tiny, bridge, obs):
+    clamp = Clamp([(1, n) for n in NEURONS], 6.0, calls="prefill")
+    logits = bridge.run_with_hooks(**bridge_inputs(tiny, obs), fwd_hooks=hook_points(tiny, clamp))
+    with tiny.trace(obs):
+        clamp.apply(tiny, 0)
+        head = tiny.lm_head.output.save()
+    torch.testing.assert_close(logits, head, rtol=0, atol=1e-5)
+
+
+def test_the_entry_point_is_what_registers_the_adapter(tiny, monkeypatch):
+    from transformer_lens.factories import architecture_adapter_factory as factory
+
+    cls = factory.ArchitectureAdapterFactory
+    monkeypatch.setattr(cls, "_adapters", dict(factory.SUPPORTED_ARCHITECTURES))
+    monkeypatch.setattr(cls, "_entry_points_discovered", False)
+    monkeypatch.setattr(factory, "entry_points", lambda group: [])
+    with pytest.raises(SetupError, match="no TransformerLens adapter is registered as 'OpenVLAForActionPrediction'"):
+        to_bridge(tiny)
+    monkeypatch.undo()
+    assert "OpenVLAForActionPrediction" not in factory.SUPPORTED_ARCHITECTURES  # not a built-in name
+    monkeypatch.setattr(cls, "_adapters", dict(factory.SUPPORTED_ARCHITECTURES))
+    monkeypatch.setattr(cls, "_entry_points_discovered", False)  # the real entry points again
+    to_bridge(tiny)
+    assert cls._adapters["OpenVLAForActionPrediction"].__module__ == "nnsight_vla_openvla.tl_adapter"
+
+
+def test_bad_inputs(tiny, obs):
+    with pytest.raises(InputError, match="no TransformerLens part 'expert'"):
+        to_bridge(tiny, part="expert")
+    with pytest.raises(InputError, match="camera"):
+        from nnsight_vla import Observation
+
+        bridge_inputs(tiny, Observation({"wrist": obs.images["image"]}, "go"))
+    with pytest.raises(InputError, match="is not one of the hook points"):
+        site_of("blocks.1.hook_resid_mid")
+    with pytest.raises(InputError, match="two hooks on"):
+        with hooks(tiny, [("blocks.1.mlp.hook_post", print), ("blocks.1.mlp.hook_post", print)]):
+            pass
