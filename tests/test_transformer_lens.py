@@ -118,3 +118,24 @@ def test_bad_inputs(tiny, obs):
     with pytest.raises(InputError, match="two hooks on"):
         with hooks(tiny, [("blocks.1.mlp.hook_post", print), ("blocks.1.mlp.hook_post", print)]):
             pass
+
+
+def test_compatibility_mode_folds_without_touching_the_model(tiny, obs):
+    before = {k: v.clone() for k, v in tiny._module.state_dict().items()}
+    action = tiny.predict_action(obs)
+    folded = to_bridge(tiny, compatibility=True)
+    inputs = bridge_inputs(tiny, obs)
+    logits, cache = folded.run_with_cache(**inputs)
+    with tiny.trace(obs):
+        head = tiny.lm_head.output.save()
+    torch.testing.assert_close(logits.log_softmax(-1), head.log_softmax(-1), rtol=0, atol=1e-4)
+    resid = cache.accumulated_resid(apply_ln=True)  # [layers + 1, batch, pos, d_model]
+    torch.testing.assert_close(resid[-1] @ folded.W_U + folded.b_U, logits, rtol=0, atol=1e-4)
+    # the embeddings come in as inputs (hook_embed does not fire): attention and MLP outputs
+    # of every layer, added to the first residual, give the last one
+    parts = cache.decompose_resid()
+    assert parts.shape[0] == 2 * tiny.spec.n_layers
+    last = cache[f"blocks.{tiny.spec.n_layers - 1}.hook_resid_post"]
+    torch.testing.assert_close(parts.sum(0) + cache["blocks.0.hook_resid_pre"], last, rtol=0, atol=1e-4)
+    assert all(torch.equal(v, before[k]) for k, v in tiny._module.state_dict().items())
+    np.testing.assert_array_equal(tiny.predict_action(obs), action)

@@ -15,11 +15,14 @@ from ..towers import module_of
 @dataclass(frozen=True)
 class BridgePart:
     """What a family bridges for one part: the module (a path from the model's root), the
-    architecture name its adapter is registered under, and the module's HF config."""
+    architecture name its adapter is registered under, the module's HF config, and why
+    TransformerLens's weight processing (folded norms, centred unembedding) cannot apply
+    to it, if it cannot (e.g. adaptive norms whose scale depends on an input)."""
 
     path: str
     architecture: str
     hf_config: Any
+    unfoldable: str | None = None
 
 
 def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -38,12 +41,18 @@ def _part(model: Any, part: str) -> BridgePart:
     return parts[part]
 
 
-def to_bridge(model: Any, part: str = "vlm") -> Any:
+def to_bridge(model: Any, part: str = "vlm", compatibility: bool = False) -> Any:
     """A `TransformerBridge` of one part of the model (``"vlm"``: the language model), built
     through the adapter registered under the family's architecture name (the
     ``transformer_lens.architectures`` entry points). The bridge shares the model's weights
     (no second copy in memory) and wraps its own module objects, so the nnsight model traces,
     saves and reloads exactly as before.
+
+    ``compatibility=True`` turns on TransformerLens's compatibility mode (norms folded into
+    the next weights, centred writing weights and unembedding), which `accumulated_resid`,
+    `decompose_resid`, `logit_attrs` and the logit lens expect. The processed weights are
+    the bridge's own new tensors; the model's weights are never changed. Towers whose norms
+    are adaptive (Pi0.5's action expert) refuse it.
 
     Example:
         >>> bridge = to_bridge(model)
@@ -61,10 +70,18 @@ def to_bridge(model: Any, part: str = "vlm") -> Any:
             f"no TransformerLens adapter is registered as {spec.architecture!r}: nnsight-vla declares it "
             "in the 'transformer_lens.architectures' entry points; reinstall the project (make env)."
         )
+    if compatibility and spec.unfoldable:
+        raise InputError(
+            f"compatibility mode cannot apply to part {part!r}: {spec.unfoldable}. Use the bridge "
+            "without it (raw weights; every hook and the cache still work)."
+        )
     module = shared_copy(module_of(model).get_submodule(spec.path))
     config = copy.copy(spec.hf_config)
     config._attn_implementation = "eager"  # hook_pattern needs the attention weights
-    return build_bridge_from_module(module, spec.architecture, hf_config=config, model_name=model.name_or_path)
+    bridge = build_bridge_from_module(module, spec.architecture, hf_config=config, model_name=model.name_or_path)
+    if compatibility:
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    return bridge
 
 
 def bridge_inputs(model: Any, observations: Any, part: str = "vlm") -> dict[str, torch.Tensor]:
