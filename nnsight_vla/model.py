@@ -110,6 +110,11 @@ class VLA(Remotable):
         """What ``part`` is fed in a prediction's first forward, as bridge keyword arguments."""
         raise InputError(f"{type(self).__name__} has no TransformerLens parts yet.")
 
+    def bridge_tokens(self, part: str, observations: list[Observation]) -> tuple:
+        """``(token ids with placeholders, slice of the image patches, patch embeddings)`` of one
+        observation, for TransformerLens functions that take tokens."""
+        raise InputError(f"{type(self).__name__} has no token inputs for TransformerLens yet.")
+
     def calls_per_prediction(self, tower: str) -> int | None:
         """How many forwards ``tower`` makes in one prediction with default options (None: it varies)."""
         runs = self.layout.tower(tower).runs

@@ -139,3 +139,36 @@ def test_compatibility_mode_folds_without_touching_the_model(tiny, obs):
     torch.testing.assert_close(parts.sum(0) + cache["blocks.0.hook_resid_pre"], last, rtol=0, atol=1e-4)
     assert all(torch.equal(v, before[k]) for k, v in tiny._module.state_dict().items())
     np.testing.assert_array_equal(tiny.predict_action(obs), action)
+
+
+@pytest.mark.slow
+def test_token_inputs_run_transformer_lens_patching_between_two_instructions(tiny, bridge, obs):
+    import transformer_lens.patching as patching
+
+    from nnsight_vla import Observation
+    from nnsight_vla.transformer_lens import token_inputs
+
+    corrupt = Observation(obs.images["image"], "pick up the white bowl")  # same image, same length
+    with token_inputs(tiny, bridge, obs) as clean_tokens:
+        clean_logits, clean_cache = bridge.run_with_cache(clean_tokens)
+        with tiny.trace(obs):
+            head = tiny.lm_head.output.save()
+        torch.testing.assert_close(clean_logits, head, rtol=0, atol=1e-5)  # the image is in
+        with token_inputs(tiny, bridge, corrupt) as corrupt_tokens:
+            assert len(bridge.hook_dict["hook_embed"].fwd_hooks) == 2
+        assert len(bridge.hook_dict["hook_embed"].fwd_hooks) == 1  # the inner block removed its own only
+        assert corrupt_tokens.shape == clean_tokens.shape and not torch.equal(corrupt_tokens, clean_tokens)
+        corrupt_logits = bridge(corrupt_tokens)
+        target = int(clean_logits[0, -1].argmax())
+
+        def metric(logits):
+            return logits[0, -1, target] - corrupt_logits[0, -1, target]
+
+        result = patching.get_act_patch_resid_pre(bridge, corrupt_tokens, clean_cache, metric)
+    assert result.shape == (tiny.spec.n_layers, clean_tokens.shape[1])
+    # patching the whole clean residual at layer 0 at every differing position restores the clean run;
+    # patching one position that both prompts share (an image patch) changes nothing
+    differ = (clean_tokens != corrupt_tokens)[0].nonzero().flatten().tolist()
+    assert differ and float(result[0, 5]) == pytest.approx(0.0, abs=1e-5)
+    assert float(result[0, differ[0]]) != pytest.approx(0.0, abs=1e-5)
+    assert not bridge.hook_dict["hook_embed"].fwd_hooks  # the patch writer is gone

@@ -9,7 +9,28 @@ Example:
 """
 
 from .adapters import relocate
-from .bridge import BridgePart, bridge_inputs, to_bridge
+from .bridge import BridgePart, bridge_inputs, to_bridge, token_inputs
 from .hooks import hooks, site_of
 
-__all__ = ["BridgePart", "bridge_inputs", "hooks", "relocate", "site_of", "to_bridge"]
+__all__ = ["BridgePart", "bridge_inputs", "hooks", "relocate", "site_of", "to_bridge", "token_inputs"]
+
+# SAE-Lens at VLA hook points (sae_lens itself is imported on first use)
+from .sae import (  # noqa: E402
+    ClampFeatures,
+    FeatureIntervention,
+    ScaleFeatures,
+    activation_rows,
+    attach_sae,
+    feature_hooks,
+    fit_sae,
+    load_sae,
+    sae_features,
+    sae_site,
+    to_sae_bridge,
+    train_sae,
+)
+
+__all__ += [
+    "ClampFeatures", "FeatureIntervention", "ScaleFeatures", "activation_rows", "attach_sae",
+    "feature_hooks", "fit_sae", "load_sae", "sae_features", "sae_site", "to_sae_bridge", "train_sae",
+]

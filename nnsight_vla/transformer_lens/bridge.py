@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -96,3 +97,41 @@ def bridge_inputs(model: Any, observations: Any, part: str = "vlm") -> dict[str,
     model.dispatch()
     with torch.no_grad():
         return model.bridge_inputs(part, model._observations((observations,)))
+
+
+@contextlib.contextmanager
+def token_inputs(model: Any, bridge: Any, observation: Any, part: str = "vlm") -> Iterator[torch.Tensor]:
+    """Token ids of one observation for TransformerLens functions that take tokens
+    (``transformer_lens.patching``, ``utilities.test_prompt``): the prompt's ids with
+    placeholder ids where the image patches go. While the block is open, a hook on the
+    bridge's ``hook_embed`` writes this observation's patch embeddings there, so any prompt of
+    the same length runs with this image (patching between two instructions of one scene).
+
+    Example:
+        >>> with token_inputs(model, bridge, clean) as tokens:
+        ...     corrupt = token_inputs_of(...)   # same image, another instruction
+        ...     patching.get_act_patch_resid_pre(bridge, corrupt_tokens, clean_cache, metric)
+    """
+    _part(model, part)
+    model.dispatch()
+    with torch.no_grad():
+        tokens, where, patches = model.bridge_tokens(part, model._observations((observation,)))
+
+    def write_patches(embeds: torch.Tensor, hook: Any = None) -> torch.Tensor:
+        if embeds.shape[1] != tokens.shape[1]:
+            raise InputError(
+                f"this run has {embeds.shape[1]} positions, the observation's prompt {tokens.shape[1]}: "
+                "prompts patched together must have the same number of tokens."
+            )
+        embeds = embeds.clone()
+        embeds[:, where] = patches.to(embeds.dtype)
+        return embeds
+
+    point = bridge.hook_dict["hook_embed"]
+    point.add_hook(write_patches, is_permanent=True)  # survives run_with_hooks's reset
+    handle = next(h for h in point.fwd_hooks if h.user_hook is write_patches)
+    try:
+        yield tokens
+    finally:  # remove this block's writer only
+        handle.hook.remove()
+        point.fwd_hooks.remove(handle)
