@@ -160,6 +160,13 @@ def collect(
             pass
         for site in chosen:
             rows[site].append(_stack(site, seen[site], wanted[site], ran[site]))
+    for site, parts in rows.items():
+        shapes = sorted({tuple(p.shape[1:]) for p in parts})
+        if len(shapes) > 1:
+            raise InputError(
+                f"{site}: the observations give different shapes {shapes} (prompts of different "
+                "lengths); use positions='last', 'mean' or negative indices, or one observation at a time."
+            )
     return {site: torch.cat(parts) for site, parts in rows.items()}
 
 

@@ -95,3 +95,8 @@ def test_bad_sites_and_observations(tiny, obs):
         collect(tiny, obs, ["vlm.0.resid"])
     with pytest.raises(InputError, match="observations is empty"):
         collect(tiny, [], Site(0, "resid"))
+
+
+def test_all_positions_of_prompts_of_different_lengths_are_refused(tiny, obs, obs_long):
+    with pytest.raises(InputError, match="different shapes .* prompts of different lengths"):
+        collect(tiny, [obs, obs_long], Site(0, "resid"), calls="prefill")
