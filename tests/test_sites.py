@@ -98,5 +98,5 @@ def test_bad_sites_and_observations(tiny, obs):
 
 
 def test_all_positions_of_prompts_of_different_lengths_are_refused(tiny, obs, obs_long):
-    with pytest.raises(InputError, match="different shapes .* prompts of different lengths"):
+    with pytest.raises(InputError, match="different shapes .*prompts of different lengths"):
         collect(tiny, [obs, obs_long], Site(0, "resid"), calls="prefill")
