@@ -334,6 +334,28 @@ TRANSFORMER_LENS = [
         "hooked - model.predict_action(obs)"
     ),
     new_markdown_cell(
+        "SAE-Lens: train a small sparse autoencoder on the residual stream after layer 0 (every "
+        "position of a few prefills, collected by the project's collector), saved in SAE-Lens's "
+        "format; read its features on a prediction, then clamp one feature through `model.steer` "
+        "(the SAE's reconstruction error is added back, so an untouched SAE changes nothing)."
+    ),
+    new_code_cell(
+        "import tempfile\n"
+        "from nnsight_vla.transformer_lens import ClampFeatures, load_sae, sae_features, train_sae\n\n"
+        "rng = np.random.default_rng(1)\n"
+        "scenes = [Observation(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8), text)\n"
+        "          for text in (\"pick up the black bowl\", \"open the top drawer\", \"put the cup on the plate\")]\n"
+        "folder = tempfile.mkdtemp()\n"
+        "sae = train_sae(model, scenes, Site(0, \"resid\"), folder, d_sae=128, steps=300, progress=False)\n"
+        "sae = load_sae(folder, model)                                  # SAE-Lens's own format\n"
+        "features = sae_features(model, sae, obs)                       # [obs, calls, positions, d_sae]\n"
+        "top = int(features[0, 0, -1].argmax())\n"
+        "print(\"most active feature at the last position:\", top, float(features[0, 0, -1, top]))\n"
+        "with model.steer(ClampFeatures(sae, [top], 0.0)):\n"
+        "    ablated = model.predict_action(obs)\n"
+        "ablated - model.predict_action(obs)"
+    ),
+    new_markdown_cell(
         "A readable logit lens needs a real language model: `smol-openvla` (SmolLM2-135M inside "
         "OpenVLA's architecture). In compatibility mode the final norm is folded into the "
         "unembedding, so `accumulated_resid(apply_ln=True) @ W_U` reads each layer's residual "
