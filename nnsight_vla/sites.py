@@ -91,7 +91,8 @@ class Site:
 
     @property
     def hook_name(self) -> str:
-        """The TransformerLens hook point of this site (for the language model)."""
+        """The TransformerLens hook point of this site, on the bridge of its tower
+        (``to_bridge(model, part=site.tower)``)."""
         return KINDS[self.kind].hook_name.format(layer=self.layer)
 
     def envoy(self, model: Any) -> Any:

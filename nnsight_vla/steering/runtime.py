@@ -30,18 +30,19 @@ def steer(model: Any, interventions: Any) -> Iterator[Any]:
         yield model
 
 
-def hook_points(model: Any, interventions: Any) -> list[tuple[str, Callable]]:
-    """The interventions as ``(hook_name, fn(activation, hook))`` pairs on TransformerLens's
-    hook points (each site's `Site.hook_name`) of the language model. Each fn counts its own
-    calls (one per forward), so make fresh pairs for every prediction.
+def hook_points(model: Any, interventions: Any, tower: str = "vlm") -> list[tuple[str, Callable]]:
+    """The interventions on ``tower`` as ``(hook_name, fn(activation, hook))`` pairs on
+    TransformerLens's hook points (each site's `Site.hook_name`) of that tower's bridge
+    (``to_bridge(model, part=tower)``); interventions on other towers are left out. Each fn
+    counts its own calls (one per forward), so make fresh pairs for every prediction.
 
     Example:
         >>> bridge.run_with_hooks(tokens, fwd_hooks=hook_points(model, Clamp(cluster, 6.0)))
     """
     out = []
     for site, run in bind(model, interventions):
-        if site.tower != "vlm":
-            continue  # TransformerLens bridges cover the language model only
+        if site.tower != tower:
+            continue  # another tower's bridge
         calls = [0]
 
         def fn(activation, hook=None, run=run, calls=calls):

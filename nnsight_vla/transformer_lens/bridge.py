@@ -88,7 +88,10 @@ def to_bridge(model: Any, part: str = "vlm", compatibility: bool = False) -> Any
 def bridge_inputs(model: Any, observations: Any, part: str = "vlm") -> dict[str, torch.Tensor]:
     """What ``part`` of the model is fed for ``observations`` inside a prediction's first
     forward, as keyword arguments of the bridge (``input``: the embeddings, image patches
-    where the policy puts them; ``attention_mask``; ``position_ids``).
+    where the policy puts them; ``attention_mask``; ``position_ids``; and whatever else the
+    tower takes: Pi0's action expert, at denoising step 0 of a seed-0 prediction, also gets the
+    VLM's keys and values, ``past_key_values``, and in Pi0.5 the time condition of its
+    adaptive norms, ``adarms_cond``).
 
     Example:
         >>> bridge.run_with_cache(**bridge_inputs(model, obs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import ModuleType
 from typing import Any, Mapping
 
@@ -12,7 +13,7 @@ from lerobot.policies.pi05 import modeling_pi05, processor_pi05
 
 from nnsight_vla import Layout, TowerLayout
 
-from .kind import PolicyKind
+from .kind import BridgeSpec, PolicyKind
 from .policy import LeRobotVLA
 
 PWE = "model.paligemma_with_expert"
@@ -52,6 +53,23 @@ TINY_SIZES = {
 }
 
 
+#: TransformerLens parts (adapters in tl_adapter.py): PaliGemma's language model with its
+#: lm_head, and the action expert, whose bridge returns its final norm's output (its head
+#: never runs).
+BRIDGES = {
+    "vlm": BridgeSpec(f"{PWE}.paligemma", "PiGemmaVLM", "vlm", config="config.text_config"),
+    "expert": BridgeSpec(
+        f"{PWE}.gemma_expert", "PiGemmaExpert", "expert",
+        unfoldable="the action expert has no unembedding to fold its final norm into",
+    ),
+}
+PI05_BRIDGES = {**BRIDGES, "expert": replace(
+    BRIDGES["expert"],
+    unfoldable="the action expert's norms are adaptive: their scale, shift and residual gate "
+               "come from the denoising time (adarms_cond), so no weight can absorb them",
+)}
+
+
 def _layout(names: dict[str, str]) -> Layout:
     return Layout(TOWERS, {**COMMON_NAMES, **names}, run_start=f"{VLM}.embed_tokens",
                   inert=INERT, inert_output=INERT_OUTPUT, idle=IDLE)
@@ -85,7 +103,7 @@ def _resize(modeling: ModuleType, sizes: Mapping) -> dict[str, Any]:
     }
 
 
-def _kind(type_: str, classes: tuple, names: dict[str, str]) -> PolicyKind:
+def _kind(type_: str, classes: tuple, names: dict[str, str], bridges: dict = BRIDGES) -> PolicyKind:
     return PolicyKind(
         type_, *classes, layout=_layout(names),
         tokenizer_name="google/paligemma-3b-pt-224", tokenizer_label="PaliGemma",
@@ -93,7 +111,7 @@ def _kind(type_: str, classes: tuple, names: dict[str, str]) -> PolicyKind:
         # the expert never decodes tokens: no lerobot forward reads its head
         unused_weights=(f"{PWE}.gemma_expert.lm_head.weight",),
         remap_keys=_openpi_keys, tiny_sizes=TINY_SIZES, resize=_resize,
-        tiny_options={"image_resolution": (64, 64)},
+        tiny_options={"image_resolution": (64, 64)}, bridges=bridges,
     )
 
 
@@ -104,7 +122,7 @@ PI0 = _kind(
 )
 PI05 = _kind(
     "pi05", (PI05Config, PI05Policy, make_pi05_pre_post_processors, modeling_pi05, processor_pi05),
-    {"model.time_mlp_in": "time_mlp_in", "model.time_mlp_out": "time_mlp_out"},
+    {"model.time_mlp_in": "time_mlp_in", "model.time_mlp_out": "time_mlp_out"}, PI05_BRIDGES,
 )
 KINDS = {kind.type: kind for kind in (PI0, PI05)}
 

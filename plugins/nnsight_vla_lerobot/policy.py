@@ -8,10 +8,12 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
+import nnsight
 import numpy as np
 import torch
+from transformers.cache_utils import Cache, DynamicCache
 
-from nnsight_vla import VLA, CheckpointError, InputError, ModelSpec, Observation
+from nnsight_vla import VLA, CheckpointError, InputError, ModelSpec, Observation, SetupError
 from nnsight_vla.checkpoint import check_state_dict, load_module, read_state_dict
 from nnsight_vla.remote import config_folder, weights_folder
 
@@ -53,6 +55,22 @@ def _tokenizer(folder: Path, kind: PolicyKind) -> Any:
             f"checkpoint where the Hub is reachable: AutoTokenizer.from_pretrained({name!r})"
             f".save_pretrained('{folder}')."
         ) from err
+
+
+class PrefixCache(DynamicCache):
+    """A copy of a KV cache that no forward extends: each layer's ``update`` returns the
+    cached keys and values followed by the new ones, as `DynamicCache` does, and keeps only
+    the cached ones. The action expert reads the VLM's prefix this way at every denoising
+    step (lerobot gives each step a fresh clone), so bridge inputs holding it can be reused."""
+
+    @classmethod
+    def of(cls, cache: Any) -> PrefixCache:
+        return cls(tuple((keys.clone(), values.clone(), *rest) for keys, values, *rest in cache))
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = self.layers[layer_idx]
+        return torch.cat([cached.keys, keys], dim=-2), torch.cat([cached.values, values], dim=-2)
 
 
 class LeRobotVLA(VLA):
@@ -236,6 +254,38 @@ class LeRobotVLA(VLA):
             normalized = policy.predict_action_chunk(batch, **{k: v for k, v in kwargs.items() if v is not None})
         actions = self.postprocessor(normalized).float().cpu().numpy()
         return actions[0] if size == 1 else actions
+
+    # -- TransformerLens ---------------------------------------------------------------
+
+    def bridge_parts(self) -> dict:
+        """The kind's TransformerLens parts (`PolicyKind.bridges`), each with its module's config."""
+        from nnsight_vla.transformer_lens import BridgePart
+
+        parts = {}
+        for name, spec in self.kind.bridges.items():
+            config = self._module.get_submodule(spec.path)
+            for attr in spec.config.split("."):
+                config = getattr(config, attr)
+            parts[name] = BridgePart(spec.path, spec.architecture, config, spec.unfoldable)
+        return parts
+
+    def bridge_inputs(self, part: str, observations: list[Observation]) -> dict[str, Any]:
+        """The keyword arguments the part's tower gets in the first forward of a seed-0
+        prediction, read in a trace (``inputs_embeds`` becomes the bridge's ``input``; None
+        values and ``use_cache`` are left out). A KV cache comes as a `PrefixCache`, so the
+        same inputs serve any number of runs."""
+        tower = self.get(self.layout.tower(self.kind.bridges[part].tower).root)
+        with self.trace(observations, seed=0) as tracer:
+            args, kwargs = tower.inputs
+            if args:
+                raise SetupError(f"{type(self).__name__}'s {part!r} tower took positional inputs.")
+            inputs = {"input": kwargs["inputs_embeds"]}
+            for key, value in kwargs.items():
+                if value is not None and key not in ("inputs_embeds", "use_cache"):
+                    inputs[key] = PrefixCache.of(value) if isinstance(value, Cache) else value
+            inputs = nnsight.save(inputs)
+            tracer.stop()
+        return inputs
 
     # -- saving ----------------------------------------------------------------------
 
