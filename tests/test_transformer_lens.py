@@ -172,3 +172,25 @@ def test_token_inputs_run_transformer_lens_patching_between_two_instructions(tin
     assert differ and float(result[0, 5]) == pytest.approx(0.0, abs=1e-5)
     assert float(result[0, differ[0]]) != pytest.approx(0.0, abs=1e-5)
     assert not bridge.hook_dict["hook_embed"].fwd_hooks  # the patch writer is gone
+
+
+def test_in_place_hooks_and_libero_evaluation_with_hook_functions(tiny, obs):
+    from nnsight_vla.eval import evaluate
+    from nnsight_vla.transformer_lens import HookSteering
+
+    def clamp_in_place(acts, hook):  # TransformerLens style: change in place, return None
+        acts[..., NEURONS] = 6.0
+
+    clamp = Clamp([(1, n) for n in NEURONS], 6.0)
+    with hooks(tiny, [("blocks.1.mlp.hook_post", clamp_in_place)]):
+        hooked = tiny.predict_action(obs)
+    with tiny.steer(clamp):
+        np.testing.assert_array_equal(hooked, tiny.predict_action(obs))
+    steering = HookSteering([("blocks.1.mlp.hook_post", clamp_in_place)])
+    with pytest.raises(InputError, match="no random control"):
+        evaluate(tiny, "libero_spatial", 0, 1, steering=steering, max_steps=2, camera_size=64)
+    by_hooks = evaluate(tiny, "libero_spatial", 0, 1, steering=steering, controls=(), max_steps=2, camera_size=64)
+    by_clamp = evaluate(tiny, "libero_spatial", 0, 1, steering=clamp, controls=(), max_steps=2, camera_size=64)
+    assert [r["condition"] for r in by_hooks.episodes] == ["steered"]
+    np.testing.assert_array_equal(by_hooks.episodes[0]["actions"], by_clamp.episodes[0]["actions"])
+    np.testing.assert_array_equal(by_hooks.episodes[0]["path"], by_clamp.episodes[0]["path"])

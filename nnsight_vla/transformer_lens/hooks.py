@@ -7,7 +7,9 @@ import re
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import InputError
-from ..sites import KINDS, Site, hooked
+from ..sites import KINDS, Site
+from ..steering.edits import Edit
+from ..steering.interventions import Intervention
 
 _NAMES = {re.compile("^" + re.escape(kind.hook_name).replace(r"\{layer\}", r"(\d+)") + "$"): name
           for name, kind in KINDS.items()}
@@ -30,12 +32,64 @@ class _HookPoint:
         self.name, self.call = name, 0
 
 
+class HookSteering(Intervention):
+    """TransformerLens hook functions (``(hook_name, fn(activation, hook))``) as an intervention,
+    so they run wherever interventions do: `model.steer`, traces, and LIBERO evaluation
+    (``evaluate(model, ..., steering=HookSteering(...), controls=("baseline",))`` — arbitrary
+    functions have no random control). As in TransformerLens, a hook returns a replacement,
+    or None after changing the activation in place; ``hook.call`` counts the site's forwards
+    from the prediction's start.
+
+    Example:
+        >>> steering = HookSteering([("blocks.1.mlp.hook_post", clamp)])
+        >>> with model.steer(steering):
+        ...     action = model.predict_action(obs)
+    """
+
+    def __init__(self, fwd_hooks: Sequence[tuple[str, Callable]], tower: str = "vlm"):
+        super().__init__(tower=tower)
+        self._hooks = [(str(name), fn) for name, fn in fwd_hooks]
+        if not self._hooks:
+            raise InputError("no hooks given; pass [(hook_name, fn(activation, hook)), ...].")
+        names = [name for name, _ in self._hooks]
+        for name, fn in self._hooks:
+            site_of(name, tower)
+            if not callable(fn):
+                raise InputError(f"the hook on {name!r} is not a function: {fn!r}.")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InputError(f"two hooks on {twice}; compose them into one function.")
+        #: Hook names and their functions' qualified names (what an evaluation's run records).
+        self.hooks = [(name, f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}")
+                      for name, fn in self._hooks]
+
+    def edits(self, model: Any) -> list[Edit]:
+        out = []
+        for name, fn in self._hooks:
+            point = _HookPoint(name)
+
+            def run(x, call, fn=fn, point=point):
+                point.call = call
+                result = fn(x, point)
+                return x if result is None else result
+
+            out.append(Edit(site_of(name, self.tower).on(model), run))
+        return out
+
+    def random_like(self, model: Any, seed: int, rng: Any) -> Intervention:
+        raise InputError(
+            "TransformerLens hook functions have no random control (they are arbitrary code); "
+            "evaluate them with controls=('baseline',), or steer with Clamp/Add for a random control."
+        )
+
+    def __repr__(self) -> str:
+        return f"HookSteering({self.hooks!r}, tower={self.tower!r})"
+
+
 @contextlib.contextmanager
 def hooks(model: Any, fwd_hooks: Sequence[tuple[str, Callable]], tower: str = "vlm") -> Iterator[Any]:
-    """Run TransformerLens-style ``fwd_hooks`` (``(hook_name, fn(activation, hook))``) on every
-    prediction made inside the block, as `model.steer` does with interventions: each hook sees
-    every forward of its site (``hook.call`` counts them from the prediction's start) and
-    returns a replacement or None.
+    """Run TransformerLens-style ``fwd_hooks`` on every prediction made inside the block:
+    ``model.steer(HookSteering(fwd_hooks, tower))``.
 
     Example:
         >>> def clamp(acts, hook):
@@ -44,17 +98,5 @@ def hooks(model: Any, fwd_hooks: Sequence[tuple[str, Callable]], tower: str = "v
         >>> with hooks(model, [("blocks.1.mlp.hook_post", clamp)]):
         ...     action = model.predict_action(obs)
     """
-    fns: dict[Site, Callable] = {}
-    for name, fn in fwd_hooks:
-        site = site_of(name, tower).on(model)
-        if site in fns:
-            raise InputError(f"two hooks on {name!r}; compose them into one function.")
-        point = _HookPoint(name)
-
-        def run(x, call, fn=fn, point=point):
-            point.call = call
-            return fn(x.clone(), point)
-
-        fns[site] = run
-    with hooked(model, fns):
+    with model.steer(HookSteering(fwd_hooks, tower)):
         yield model
