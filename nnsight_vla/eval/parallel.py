@@ -122,7 +122,9 @@ def run_parallel(
     if started:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if address is None:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            # "local": always a fresh Ray of our own, never a cluster some other process left
+            # recorded in /tmp/ray (ray.init() alone would join that one)
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
         else:
             check_reachable(address)
             ray.init(address=address, log_to_driver=False)
