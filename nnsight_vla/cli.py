@@ -181,9 +181,9 @@ def eval_command(args) -> None:
         raise InputError(f"--tasks {args.tasks!r} must be comma-separated ints, e.g. 0,1.") from err
     if args.steer is not None:
         _steer_spec(args.steer)  # a missing file or cluster fails before the model loads
-    from .eval.evaluate import writable_folder
+    from .paths import probed_folder
 
-    writable_folder(args.out, create=False, what="--out folder")  # nor is anything created yet
+    probed_folder(args.out, create=False, what="--out folder")  # nor is anything created yet
 
     from .eval import evaluate
     from .registry import load

@@ -1,13 +1,16 @@
 """Output paths checked before any heavy work: a folder or file the caller can write.
 
-The checks create nothing, so a refused call leaves the file system as it was; the write
-itself goes through `writing`, which turns an OS error into an `InputError` naming the path.
+`writable_folder` and `writable_file` create nothing, so a refused call leaves the file system
+as it was; `probed_folder` writes (and removes) a probe file, the only proof of writability
+that holds for root. The write itself goes through `writing`, which turns an OS error into an
+`InputError` naming the path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -68,6 +71,30 @@ def writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
         return path
     _check_folder_writable(_existing_ancestor(path, what), path, what)
     return path
+
+
+def probed_folder(out_dir: str | os.PathLike, create: bool = True, what: str = "output folder") -> Path:
+    """``out_dir`` as a folder this process can write (created when ``create``), checked by
+    writing a probe file (permission bits prove nothing to root); else `InputError` naming
+    it. Without ``create`` nothing is left on disk: the nearest existing folder above it is
+    probed instead."""
+    folder = Path(out_dir).expanduser()
+    target = folder
+    if not create:
+        target = next((p for p in (folder, *folder.parents) if p.exists()), Path.cwd())
+    if target.exists() and not target.is_dir():
+        raise InputError(f"the {what} {folder} cannot be used: {target} is a file, not a folder; choose another path.")
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"the {what} {folder} is not writable ({error.strerror or error}); choose another "
+            "path or fix the permissions."
+        ) from error
+    return folder
 
 
 @contextlib.contextmanager

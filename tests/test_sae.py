@@ -291,7 +291,7 @@ def test_steering_features_through_the_bridge_equals_nnsight(tiny, obs, saes, sa
 
 
 def test_train_sae_saves_loads_and_reconstructs_held_out_rows(tiny, tmp_path, capfd, monkeypatch):
-    from nnsight_vla.transformer_lens import sae as sae_module
+    from nnsight_vla.transformer_lens import sae_training as sae_module
 
     used = []  # the rows train_sae trains on, to train on them again through fit_sae
     collect_rows = sae_module.activation_rows

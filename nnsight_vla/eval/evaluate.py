@@ -16,7 +16,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..paths import probed_folder
 from ..neurons import NeuronCluster
 from ..remote import class_path, model_key
 from ..steering import bind, random_control
@@ -143,7 +143,7 @@ def evaluate(
     check_episodes(suite, tasks, episodes)
     jobs = job_order(tasks, episodes, conditions)
 
-    folder = None if out_dir is None else writable_folder(out_dir, create=True)
+    folder = None if out_dir is None else probed_folder(out_dir, create=True)
     rows: dict[Job, dict] = {}
     if folder is not None:
         settings = {
@@ -264,29 +264,6 @@ def check_episodes(suite: str, tasks: Sequence[int], episodes: int) -> None:
                 f"at most {count}; got {episodes}. (More would repeat init states, and a repeated "
                 "episode is an exact copy of an earlier one in this deterministic simulator.)"
             )
-
-
-def writable_folder(out_dir: str | os.PathLike, create: bool = True, what: str = "output folder") -> Path:
-    """``out_dir`` as a folder this process can write (created when ``create``), checked by
-    writing a probe file; else `InputError` naming it. Without ``create`` nothing is left on
-    disk: the nearest existing folder above it is probed instead."""
-    folder = Path(out_dir).expanduser()
-    target = folder
-    if not create:
-        target = next((p for p in (folder, *folder.parents) if p.exists()), Path.cwd())
-    if target.exists() and not target.is_dir():
-        raise InputError(f"the {what} {folder} cannot be used: {target} is a file, not a folder; choose another path.")
-    try:
-        if create:
-            folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=target, prefix=".write-check-"):
-            pass
-    except OSError as error:
-        raise InputError(
-            f"the {what} {folder} is not writable ({error.strerror or error}); choose another "
-            "path or fix the permissions."
-        ) from error
-    return folder
 
 
 # -- the run's settings, and resuming -------------------------------------------------------

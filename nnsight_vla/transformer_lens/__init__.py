@@ -19,16 +19,14 @@ from .sae import (  # noqa: E402
     ClampFeatures,
     FeatureIntervention,
     ScaleFeatures,
-    activation_rows,
     attach_sae,
     feature_hooks,
-    fit_sae,
     load_sae,
     sae_features,
     sae_site,
     to_sae_bridge,
-    train_sae,
 )
+from .sae_training import activation_rows, fit_sae, train_sae  # noqa: E402
 
 __all__ += [
     "ClampFeatures", "FeatureIntervention", "ScaleFeatures", "activation_rows", "attach_sae",
