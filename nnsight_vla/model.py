@@ -110,9 +110,9 @@ class VLA(Remotable):
         """What ``part`` is fed in a prediction's first forward, as bridge keyword arguments."""
         raise InputError(f"{type(self).__name__} has no TransformerLens parts yet.")
 
-    def bridge_tokens(self, part: str, observations: list[Observation]) -> tuple:
-        """``(token ids with placeholders, slice of the image patches, patch embeddings)`` of one
-        observation, for TransformerLens functions that take tokens."""
+    def bridge_tokens(self, part: str, observations: list[Observation]) -> Any:
+        """One observation as a `nnsight_vla.transformer_lens.TokenPrompt` (token ids with
+        placeholders where the image patches go), for TransformerLens functions that take tokens."""
         raise InputError(f"{type(self).__name__} has no token inputs for TransformerLens yet.")
 
     def calls_per_prediction(self, tower: str) -> int | None:

@@ -5,6 +5,7 @@ import warnings
 
 import nnsight
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -221,3 +222,41 @@ def test_adapters_registered_by_entry_point_and_bad_parts(models, obs):
         to_bridge(model, "action_head")
     with pytest.raises(InputError, match="no TransformerLens part 'vision'"):
         bridge_inputs(model, obs, "vision")
+
+
+@pytest.mark.parametrize("name", ["tiny-pi0", "tiny-pi05"])
+def test_token_inputs_run_transformer_lens_patching_on_the_vlm(models, bridges, obs, name):
+    import transformer_lens.patching as patching
+
+    from nnsight_vla.transformer_lens import token_inputs
+
+    model, bridge = models[name], bridges[name, "vlm"]
+    own = bridge_inputs(model, obs, "vlm")
+    reference = bridge(**own)
+    corrupt = nnsight_vla.Observation(obs.images, "put the cream cheese in the basket now", obs.state)
+    with token_inputs(model, bridge, obs) as clean_tokens:
+        clean_logits, clean_cache = bridge.run_with_cache(clean_tokens)  # the policy's mask and positions
+        torch.testing.assert_close(clean_logits, reference, rtol=0, atol=1e-5)
+        with token_inputs(model, bridge, corrupt) as corrupt_tokens:
+            corrupt_logits = bridge(corrupt_tokens)
+            torch.testing.assert_close(corrupt_logits, bridge(**bridge_inputs(model, corrupt, "vlm")), rtol=0, atol=1e-5)
+        assert corrupt_tokens.shape == clean_tokens.shape  # lerobot pads every instruction to one length
+        last = int(own["attention_mask"][0, 0, 0].eq(0).nonzero().max())  # the last valid prefix position
+        target = int(clean_logits[0, last].argmax())
+
+        def metric(logits):
+            return logits[0, last, target] - corrupt_logits[0, last, target]
+
+        differ = (clean_tokens != corrupt_tokens)[0].nonzero().flatten().tolist()
+        where = pd.DataFrame({"layer": 0, "pos": [0, *differ[:3]]})  # an image patch, 3 instruction tokens
+        result = patching.generic_activation_patch(
+            bridge, corrupt_tokens, clean_cache, metric, patching.layer_pos_patch_setter, "resid_pre",
+            index_df=where)
+    assert "forward" not in vars(bridge) and not bridge.hook_dict["hook_embed"].fwd_hooks
+    # an image patch is the same in both runs at layer 0 (the mask is bidirectional, so later
+    # layers differ everywhere); instruction tokens that differ move the metric
+    assert float(result[0]) == pytest.approx(0.0, abs=1e-5)
+    assert result[1:].abs().max() > 1e-4
+    with pytest.raises(InputError, match="takes no token ids"):
+        with token_inputs(model, bridges[name, "expert"], obs, "expert"):
+            pass

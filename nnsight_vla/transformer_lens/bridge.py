@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -24,6 +24,19 @@ class BridgePart:
     architecture: str
     hf_config: Any
     unfoldable: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenPrompt:
+    """One observation as token ids for a bridge (what a family's ``bridge_tokens`` returns):
+    the ids with placeholders where the image patches go, that slice, the patch embeddings,
+    and, for towers whose mask is not causal (Pi0's prefix-LM), ``forward_kwargs(ids)``: the
+    attention mask and positions the policy would build for any ids of this length."""
+
+    tokens: torch.Tensor
+    patches: slice
+    embeddings: torch.Tensor
+    forward_kwargs: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
 
 
 def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -108,7 +121,9 @@ def token_inputs(model: Any, bridge: Any, observation: Any, part: str = "vlm") -
     (``transformer_lens.patching``, ``utilities.test_prompt``): the prompt's ids with
     placeholder ids where the image patches go. While the block is open, a hook on the
     bridge's ``hook_embed`` writes this observation's patch embeddings there, so any prompt of
-    the same length runs with this image (patching between two instructions of one scene).
+    the same length runs with this image (patching between two instructions of one scene);
+    where the policy's mask is not causal (Pi0's prefix-LM mask), each run of the bridge on
+    token ids also gets the mask and positions the policy builds for those ids.
 
     Example:
         >>> with token_inputs(model, bridge, clean) as tokens:
@@ -118,23 +133,42 @@ def token_inputs(model: Any, bridge: Any, observation: Any, part: str = "vlm") -
     _part(model, part)
     model.dispatch()
     with torch.no_grad():
-        tokens, where, patches = model.bridge_tokens(part, model._observations((observation,)))
+        prompt = model.bridge_tokens(part, model._observations((observation,)))
+    length = prompt.tokens.shape[1]
 
     def write_patches(embeds: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        if embeds.shape[1] != tokens.shape[1]:
+        if embeds.shape[1] != length:
             raise InputError(
-                f"this run has {embeds.shape[1]} positions, the observation's prompt {tokens.shape[1]}: "
+                f"this run has {embeds.shape[1]} positions, the observation's prompt {length}: "
                 "prompts patched together must have the same number of tokens."
             )
         embeds = embeds.clone()
-        embeds[:, where] = patches.to(embeds.dtype)
+        embeds[:, prompt.patches] = prompt.embeddings.to(embeds.dtype)
         return embeds
 
     point = bridge.hook_dict["hook_embed"]
     point.add_hook(write_patches, is_permanent=True)  # survives run_with_hooks's reset
     handle = next(h for h in point.fwd_hooks if h.user_hook is write_patches)
+    masked = prompt.forward_kwargs is not None and "forward" not in vars(bridge)
+    if masked:
+        bridge.forward = _with_masks(bridge.forward, prompt.forward_kwargs)
     try:
-        yield tokens
-    finally:  # remove this block's writer only
+        yield prompt.tokens
+    finally:  # remove this block's writer (and mask) only
+        if masked:
+            del bridge.forward
         handle.hook.remove()
         point.fwd_hooks.remove(handle)
+
+
+def _with_masks(forward: Callable, forward_kwargs: Callable) -> Callable:
+    """``forward`` that adds the policy's mask and positions to runs on token ids lacking them."""
+
+    def run(input: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(input, torch.Tensor) and not input.is_floating_point() and "attention_mask" not in kwargs:
+            ids = input if input.ndim == 2 else input[None]
+            kwargs = {**forward_kwargs(ids.to("cpu")), **kwargs}
+            kwargs = {k: v.to(ids.device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        return forward(input, *args, **kwargs)
+
+    return run

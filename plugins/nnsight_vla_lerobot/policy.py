@@ -11,6 +11,8 @@ from typing import Any, ClassVar, Mapping
 import nnsight
 import numpy as np
 import torch
+from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK as MASK_KEY
+from lerobot.utils.constants import OBS_LANGUAGE_TOKENS as TOKENS_KEY
 from transformers.cache_utils import Cache, DynamicCache
 
 from nnsight_vla import VLA, CheckpointError, InputError, ModelSpec, Observation, SetupError
@@ -22,7 +24,6 @@ from .inputs import IMAGE_PREFIX, STATE_KEY, from_lerobot, from_libero, to_batch
 from .kind import PolicyKind
 
 SIZES_FILE = "nnsight_vla.json"  # this project's extension: sizes of a resized (tiny) policy
-TOKENS_KEY = "observation.language.tokens"  # lerobot's tokenized instruction, batch first
 
 
 def _read_config(folder: Path):
@@ -286,6 +287,37 @@ class LeRobotVLA(VLA):
             inputs = nnsight.save(inputs)
             tracer.stop()
         return inputs
+
+    def bridge_tokens(self, part: str, observations: list[Observation]) -> Any:
+        """The VLM prefix as ids: placeholders for the image patches, then the instruction's
+        ids; runs on other ids of this length get the prefix-LM mask and positions lerobot
+        builds (images always valid, the instruction's pad ids masked)."""
+        from lerobot.policies.common.vla_utils import make_att_2d_masks, prepare_attention_masks_4d
+
+        from nnsight_vla.transformer_lens import TokenPrompt
+
+        if part != "vlm":
+            raise InputError(f"part {part!r} takes no token ids (it reads the VLM's keys and values); "
+                             "use bridge_inputs(model, obs, part) for it.")
+        if len(observations) != 1:
+            raise InputError(f"token inputs are for one observation, got {len(observations)}.")
+        batch, policy = self._inputs(observations), self._module
+        images, image_masks = policy._preprocess_images(batch)
+        ids = batch[TOKENS_KEY]
+        embeds, valid, causal = policy.model.embed_prefix(images, image_masks, ids, batch[MASK_KEY])
+        n = embeds.shape[1] - ids.shape[1]
+        pad = self._tokenizer.pad_token_id
+        placeholder = next(i for i in (self._tokenizer.bos_token_id, self._tokenizer.eos_token_id, pad + 1)
+                           if i is not None and i != pad)
+
+        def forward_kwargs(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+            rows = tokens.shape[0]
+            mask = torch.cat([valid[:, :n].expand(rows, -1), tokens[:, n:] != pad], dim=1)
+            square = make_att_2d_masks(mask, causal[:1].expand(rows, -1))
+            return {"attention_mask": prepare_attention_masks_4d(square), "position_ids": mask.cumsum(1) - 1}
+
+        tokens = torch.cat([ids.new_full((1, n), placeholder), ids], dim=1)
+        return TokenPrompt(tokens, slice(0, n), embeds[:, :n], forward_kwargs)
 
     # -- saving ----------------------------------------------------------------------
 

@@ -204,15 +204,18 @@ class OpenVLA(VLA):
         embeds, mask, positions = self._module.embed(**self._inputs(observations))
         return {"input": embeds, "attention_mask": mask, "position_ids": positions}
 
-    def bridge_tokens(self, part: str, observations: list) -> tuple:
-        """One prompt's ids with pad ids where the patches go (after BOS), that slice, and the patches."""
+    def bridge_tokens(self, part: str, observations: list) -> Any:
+        """One prompt's ids with pad ids where the patches go (after BOS); the mask is causal."""
+        from nnsight_vla.transformer_lens import TokenPrompt
+
         if len(observations) != 1:
             raise InputError(f"token inputs are for one observation, got {len(observations)}.")
         inputs = self._inputs(observations)
         ids, n = inputs["input_ids"], self._module.num_patches
         placeholders = ids.new_full((1, n), self._tokenizer.pad_token_id)
         embeds, _, _ = self._module.embed(**inputs)
-        return torch.cat([ids[:, :1], placeholders, ids[:, 1:]], dim=1), slice(1, 1 + n), embeds[:, 1 : 1 + n]
+        tokens = torch.cat([ids[:, :1], placeholders, ids[:, 1:]], dim=1)
+        return TokenPrompt(tokens, slice(1, 1 + n), embeds[:, 1 : 1 + n])
 
     def action_calls(self, tower: str) -> range | None:
         """One greedy decoding forward per action dimension; the first is the prefill."""
