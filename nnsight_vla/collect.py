@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -88,6 +90,57 @@ def _select(x: torch.Tensor, positions: Any, site: Site, call: int) -> torch.Ten
     return x[:, positions]
 
 
+class Recorder:
+    """Records, per prediction, the activations at ``sites`` over the chosen forward calls and
+    positions (the arguments of `collect`, checked once). Used by `collect` and by collectors
+    that must see the prediction's own output too (rollouts).
+
+    Example:
+        >>> recorder = Recorder(model, [Site(1, "resid")], calls="actions", positions="last")
+        >>> with recorder.prediction() as got:
+        ...     action = model.predict_action(obs)
+        >>> got.activations[Site(1, "resid")].shape       # [1, calls, positions, width]
+    """
+
+    def __init__(self, model: Any, sites: Site | Iterable[Site], *, calls: Any = "all",
+                 positions: Any = "all", batch_size: int = 1):
+        chosen = [sites] if isinstance(sites, Site) else list(sites)
+        if not chosen or not all(isinstance(s, Site) for s in chosen):
+            raise InputError(f"sites must be nnsight_vla.Site objects, at least one; got {sites!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size={batch_size!r} must be a positive int.")
+        self.model, self.positions = model, _check_positions(positions, batch_size)
+        self.sites = list(dict.fromkeys(site.on(model) for site in chosen))
+        self.wanted = {site: wanted_calls(model, site, calls) for site in self.sites}
+        self.finite = all(w is not None for w in self.wanted.values())
+
+    @contextlib.contextmanager
+    def prediction(self, stop_early: bool = False) -> Iterator[SimpleNamespace]:
+        """Hooks for one prediction; on exit ``got.activations`` holds, per site, a float32 CPU
+        tensor ``[batch, calls, positions, width]``. ``stop_early``: end the prediction (silently)
+        once every wanted call was seen."""
+        seen: dict[Site, dict[int, torch.Tensor]] = {site: {} for site in self.sites}
+        ran = dict.fromkeys(self.sites, 0)
+        got = SimpleNamespace(activations=None)
+
+        def record(x: torch.Tensor, call: int, site: Site) -> None:
+            want = self.wanted[site]
+            ran[site] = call + 1
+            if want is None or call in want:
+                seen[site][call] = _select(x, self.positions, site, call).detach().float().cpu()
+                if stop_early and self.finite and all(len(seen[s]) == len(self.wanted[s]) for s in self.sites):
+                    raise _Done
+            return None
+
+        fns = {site: (lambda x, call, site=site: record(x, call, site)) for site in self.sites}
+        try:
+            with hooked(self.model, fns):
+                yield got
+        except _Done:
+            pass
+        got.activations = {site: _stack(site, seen[site], self.wanted[site], ran[site]) for site in self.sites}
+
+
 def collect(
     model: Any,
     observations: Any,
@@ -125,49 +178,26 @@ def collect(
     items = list(observations) if isinstance(observations, Sequence) and not isinstance(observations, str) else [observations]
     if not items:
         raise InputError("observations is empty; give at least one observation.")
-    chosen = [sites] if isinstance(sites, Site) else list(sites)
-    if not chosen or not all(isinstance(s, Site) for s in chosen):
-        raise InputError(f"sites must be nnsight_vla.Site objects, at least one; got {sites!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size={batch_size!r} must be a positive int.")
-    positions = _check_positions(positions, batch_size)
-    chosen = list(dict.fromkeys(site.on(model) for site in chosen))
-    wanted = {site: wanted_calls(model, site, calls) for site in chosen}
-    finite = all(w is not None for w in wanted.values())
-    rows: dict[Site, list[torch.Tensor]] = {site: [] for site in chosen}
+    recorder = Recorder(model, sites, calls=calls, positions=positions, batch_size=batch_size)
+    rows: dict[Site, list[torch.Tensor]] = {site: [] for site in recorder.sites}
     batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     for batch in tqdm(batches, desc="collect", unit="batch", disable=not progress):
-        seen: dict[Site, dict[int, torch.Tensor]] = {site: {} for site in chosen}
-        ran = dict.fromkeys(chosen, 0)
+        with recorder.prediction(stop_early=True) as got:
+            model.predict_action(batch, **options)
+        for site in recorder.sites:
+            rows[site].append(got.activations[site])
+    return {site: concat(site, parts) for site, parts in rows.items()}
 
-        def done() -> bool:
-            return finite and all(len(seen[s]) == len(wanted[s]) for s in chosen)
 
-        def record(x: torch.Tensor, call: int, site: Site) -> None:
-            want = wanted[site]
-            ran[site] = call + 1
-            if want is None or call in want:
-                seen[site][call] = _select(x, positions, site, call).detach().float().cpu()
-                if done():
-                    raise _Done
-            return None
-
-        fns = {site: (lambda x, call, site=site: record(x, call, site)) for site in chosen}
-        try:
-            with hooked(model, fns):
-                model.predict_action(batch, **options)
-        except _Done:
-            pass
-        for site in chosen:
-            rows[site].append(_stack(site, seen[site], wanted[site], ran[site]))
-    for site, parts in rows.items():
-        shapes = sorted({tuple(p.shape[1:]) for p in parts})
-        if len(shapes) > 1:
-            raise InputError(
-                f"{site}: the observations give different shapes {shapes} (prompts of different "
-                "lengths); use positions='last', 'mean' or negative indices, or one observation at a time."
-            )
-    return {site: torch.cat(parts) for site, parts in rows.items()}
+def concat(site: Site, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Rows of several predictions as one tensor; different lengths get a clear error."""
+    shapes = sorted({tuple(p.shape[1:]) for p in parts})
+    if len(shapes) > 1:
+        raise InputError(
+            f"{site}: the observations give different shapes {shapes} (prompts of different "
+            "lengths); use positions='last', 'mean' or negative indices, or one observation at a time."
+        )
+    return torch.cat(parts)
 
 
 def _stack(site: Site, seen: dict[int, torch.Tensor], want: list[int] | None, ran: int) -> torch.Tensor:

@@ -115,6 +115,11 @@ class VLA(Remotable):
         placeholders where the image patches go), for TransformerLens functions that take tokens."""
         raise InputError(f"{type(self).__name__} has no token inputs for TransformerLens yet.")
 
+    def action_bins(self, actions: np.ndarray) -> np.ndarray:
+        """Per dimension of un-normalised ``actions`` ``[rows, dims]``, the bin index of the
+        family's action tokens (families that decode actions from tokens)."""
+        raise InputError(f"{type(self).__name__} has no action-token bins (OpenVLA has).")
+
     def calls_per_prediction(self, tower: str) -> int | None:
         """How many forwards ``tower`` makes in one prediction with default options (None: it varies)."""
         runs = self.layout.tower(tower).runs

@@ -72,3 +72,38 @@ def test_cli_eval(tmp_path, tiny, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
     assert main(argv[:-2] + ["--steer", f"{tmp_path / 'c.yaml'}:fast", "--out", str(out)]) == 2
     assert "is not a number" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rollout_collection_equals_a_fresh_trace_of_the_same_observations(tiny, tmp_path, monkeypatch):
+    from nnsight_vla import Site, collect
+    from nnsight_vla.probes import RolloutCollector, ShardFolder
+
+    seen = []
+    predict = type(tiny).predict_action
+
+    def spy(self, observation, **options):
+        seen.append(observation)
+        return predict(self, observation, **options)
+
+    monkeypatch.setattr(type(tiny), "predict_action", spy)
+    sites = [Site(0, "resid"), Site(1, "neurons")]
+    collector = RolloutCollector(sites, tmp_path / "acts", calls="actions", positions="last")
+    result = evaluate(tiny, "libero_spatial", [0], episodes=1, controls="baseline", max_steps=2,
+                      camera_size=64, out_dir=tmp_path / "run", collect=collector)
+    monkeypatch.undo()
+    store = ShardFolder.read(tmp_path / "acts")
+    assert [p.name for p in store.shards()] == ["baseline-task000-ep000.safetensors"]
+    data = store.load()
+    fresh = collect(tiny, seen, sites, calls="actions", positions="last")
+    assert len(seen) == 2 and data["frame"].tolist() == [0, 1] and data["episode"].tolist() == [0, 0]
+    for site in sites:
+        np.testing.assert_array_equal(data["activations"][site], fresh[site].numpy())
+    targets = data["targets"]
+    np.testing.assert_array_equal(targets["action"], np.asarray(result.episodes[0]["actions"], np.float32))
+    path = np.asarray(result.episodes[0]["path"])
+    np.testing.assert_allclose(targets["ee_pose"][:, :3], path[:2], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(targets["ee_velocity"], np.diff(path, axis=0) * 20, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(targets["gripper"], (targets["action"][:, -1] > 0).astype(np.int64))
+    assert targets["state"].shape == (2, 8) and targets["task"].tolist() == [0, 0]
+    assert targets["action_bins"].shape == (2, 7) and targets["action_bins"].dtype == np.int64

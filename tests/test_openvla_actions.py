@@ -85,3 +85,11 @@ def test_predicted_actions_are_decoded_tokens(tiny, obs):
 def test_token_strings_label_action_tokens(tiny):
     ids = [tiny.tokenizer.convert_tokens_to_ids("▁up"), tiny.spec.action_token_ids[0], tiny.spec.action_token_ids[-1]]
     assert tiny.token_strings(ids) == ["▁up", "[action: 0.996]", "[action: -0.996]"]
+
+
+def test_action_bins_invert_decoding(tiny):
+    """The bin of each decoded action is the bin its token came from (probe targets)."""
+    tok = tiny.action_tokenizer
+    bins = np.random.default_rng(0).integers(0, tok.n_bins - 1, (50, tiny.spec.action_dim))
+    actions = tiny.decode_actions(tok.vocab_size - 1 - bins)
+    np.testing.assert_array_equal(tiny.action_bins(actions), bins)

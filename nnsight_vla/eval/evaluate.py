@@ -86,6 +86,7 @@ def evaluate(
     workers: int = 1,
     ray_address: str | None = None,
     resume: bool = False,
+    collect: Any = None,
 ) -> EvalResult:
     """Run every condition on the same tasks, init states and seeds (a paired design).
 
@@ -115,6 +116,10 @@ def evaluate(
     is given); the results equal a serial run's. A model changed in memory is refused there:
     save it and load the copy.
 
+    ``collect`` (a `nnsight_vla.probes.RolloutCollector`) records the activations of every
+    prediction with the step's action, state and pose, one shard per episode in its own
+    folder (resumed and restarted with the evaluation).
+
     Example:
         >>> result = evaluate(model, "libero_10", [0, 1], episodes=2, steering=Clamp(up, 4.0))
     """
@@ -142,6 +147,10 @@ def evaluate(
     steps = MAX_STEPS[suite] if max_steps is None else max_steps
     check_episodes(suite, tasks, episodes)
     jobs = job_order(tasks, episodes, conditions)
+    if collect is not None:
+        source = {"suite": suite, "tasks": tasks, "episodes": episodes, "seed": seed, "max_steps": steps,
+                  "steering": None if steering is None else describe_steering(steering)}
+        collect = collect.bind(model, jobs, list(conditions), source, resume)
 
     folder = None if out_dir is None else probed_folder(out_dir, create=True)
     rows: dict[Job, dict] = {}
@@ -175,10 +184,10 @@ def evaluate(
         elif workers > 1 or ray_address is not None:
             run_parallel(model, pending, conditions, suite=suite, steps=steps, seed=seed,
                          camera_size=camera_size, record_video=record_video, workers=workers,
-                         address=ray_address, on_result=on_result, done=len(rows))
+                         address=ray_address, on_result=on_result, done=len(rows), collector=collect)
         else:
             _run_serial(model, pending, conditions, suite, steps, seed, camera_size, record_video,
-                        on_result=on_result, done=len(rows))
+                        on_result=on_result, done=len(rows), collector=collect)
     except BaseException as error:  # Ctrl-C and killed workers included: say how to go on
         if folder is not None:
             error.add_note(
@@ -195,7 +204,8 @@ def evaluate(
 
 
 def _run_serial(model, jobs, conditions, suite, steps, seed, camera_size, record_video,
-                on_result: Callable[[Job, Episode], None] | None = None, done: int = 0) -> dict:
+                on_result: Callable[[Job, Episode], None] | None = None, done: int = 0,
+                collector: Any = None) -> dict:
     """Run ``jobs`` one after another in this process; ``on_result(job, episode)`` as each
     finishes. The bar counts episodes (``done`` of them finished before: a resumed run) and
     shows the step inside the current one."""
@@ -211,7 +221,8 @@ def _run_serial(model, jobs, conditions, suite, steps, seed, camera_size, record
                     if step % PROGRESS_EVERY == 0 or step == steps:
                         bar.set_postfix_str(f"{label} step {step}/{steps}")
 
-                run = run_job(model, simulators, job, steps, conditions[condition], seed, record_video, progress)
+                run = run_job(model, simulators, job, steps, conditions[condition], seed, record_video, progress,
+                              collector)
                 if on_result is not None:
                     on_result(job, run)
                 runs[job] = run

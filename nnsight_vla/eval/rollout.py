@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ def rollout(
     seed: int = 7,
     record_video: bool = False,
     progress: Callable[[int], None] | None = None,
+    rows: Any = None,
 ) -> Episode:
     """Run ``model`` on init state ``episode`` of ``env`` for at most ``max_steps`` steps.
 
@@ -58,7 +60,8 @@ def rollout(
     as a failure instead of propagating: the returned `Episode` has ``error`` set, is not a
     success, and keeps the path and actions up to the failure. ``KeyboardInterrupt`` (and
     other non-``Exception`` signals) still propagate. ``progress(step)`` is called after
-    every step.
+    every step. ``rows`` (a collector's `EpisodeRows`) records each prediction's activations
+    and, after its step, the step's targets.
     """
     path: list[np.ndarray] = []
     actions: list[np.ndarray] = []
@@ -74,7 +77,8 @@ def rollout(
                 if record_video:
                     frames.append(np.asarray(obs["pixels"]["image"][0])[::-1, ::-1].copy())
                 if not queue:
-                    queue = list(env_actions(model, obs, task, seed=seed + step))
+                    with rows.predicting() if rows is not None else contextlib.nullcontext():
+                        queue = list(env_actions(model, obs, task, seed=seed + step))
                 action = np.asarray(queue.pop(0), dtype=np.float64)
                 if not np.isfinite(action).all():
                     raise VLAError(
@@ -82,7 +86,10 @@ def rollout(
                         "check the model's weights and inputs, and that the steering's values "
                         "are not so large that activations overflow."
                     )
+                before = obs
                 obs, _, terminated, truncated, info = env.step(action[None])
+                if rows is not None:
+                    rows.add(step, before, action, obs)
                 path.append(obs["robot_state"]["eef"]["pos"][0].copy())
                 actions.append(action)
                 if progress is not None:
@@ -162,12 +169,17 @@ def run_job(
     seed: int,
     record_video: bool,
     progress: Callable[[int], None] | None = None,
+    collector: Any = None,
 ) -> Episode:
     """One ``(task, episode, condition)`` job: the rollout, in the task's simulator (rebuilt
-    after a failure). Serial runs and Ray workers both run jobs through here."""
+    after a failure), and its collected activations written (``collector``: a bound
+    `nnsight_vla.probes.RolloutCollector`). Serial runs and Ray workers both run jobs through here."""
     task, episode, _ = job
+    rows = None if collector is None else collector.episode(model, job)
     run = rollout(model, simulators.get(task), episode, steps, steering=steering, seed=seed,
-                  record_video=record_video, progress=progress)
+                  record_video=record_video, progress=progress, rows=rows)
+    if rows is not None:
+        collector.write(rows)
     if run.failed:
         simulators.discard(task)
     return run

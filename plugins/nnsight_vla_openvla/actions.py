@@ -66,3 +66,10 @@ def unnormalize(actions: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
     q01, q99 = np.asarray(stats["q01"]), np.asarray(stats["q99"])
     mask = np.asarray(stats.get("mask", np.ones_like(q01, dtype=bool)), dtype=bool)
     return np.where(mask, 0.5 * (actions + 1.0) * (q99 - q01) + q01, actions)
+
+
+def normalize(actions: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
+    """The inverse of `unnormalize`: the dataset's q01/q99 range to [-1, 1] (masked dims pass)."""
+    q01, q99 = np.asarray(stats["q01"]), np.asarray(stats["q99"])
+    mask = np.asarray(stats.get("mask", np.ones_like(q01, dtype=bool)), dtype=bool)
+    return np.where(mask, 2.0 * (actions - q01) / np.where(q99 > q01, q99 - q01, 1.0) - 1.0, actions)

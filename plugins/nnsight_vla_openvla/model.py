@@ -14,7 +14,7 @@ from nnsight_vla.observation import DEFAULT_CAMERA as CAMERA
 from nnsight_vla.remote import config_folder, weights_folder
 
 from . import SMOL, TINY, smol, tiny
-from .actions import ActionTokenizer, select_stats, unnormalize
+from .actions import ActionTokenizer, normalize, select_stats, unnormalize
 from .checkpoint import EMBED, LM_HEAD, from_checkpoint_key, read_tokenizer, save_checkpoint
 from .config import OpenVLAConfig
 from .modeling import OpenVLANet
@@ -157,6 +157,13 @@ class OpenVLA(VLA):
         """Un-normalised actions from generated action-token ids."""
         _, stats = select_stats(self.config.norm_stats, unnorm_key or self.unnorm_key)
         return unnormalize(self.action_tokenizer.decode(token_ids), stats)
+
+    def action_bins(self, actions: np.ndarray, unnorm_key: str | None = None) -> np.ndarray:
+        """The bin (0..254) whose centre ``predict_action`` would decode for each dimension of
+        un-normalised ``actions``: normalised with the statistics' q01/q99, then binned."""
+        _, stats = select_stats(self.config.norm_stats, unnorm_key or self.unnorm_key)
+        ids = self.action_tokenizer.encode(normalize(np.asarray(actions, np.float64), stats))
+        return np.clip(self.action_tokenizer.vocab_size - ids - 1, 0, self.action_tokenizer.n_bins - 2)
 
     def _predict_action(
         self,
