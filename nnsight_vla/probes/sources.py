@@ -83,7 +83,8 @@ class DatasetFrames:
 
         self.repo_id = repo_id or f"local/{self.root.name}"
         try:
-            self.dataset = LeRobotDataset(self.repo_id, root=self.root, episodes=None if episodes is None else list(episodes))
+            self.dataset = LeRobotDataset(self.repo_id, root=self.root, video_backend="pyav",
+                                          episodes=None if episodes is None else list(episodes))
         except Exception as err:
             raise InputError(f"lerobot could not read the dataset at {self.root} ({type(err).__name__}: {err}).") from err
         if len(self.dataset) == 0:

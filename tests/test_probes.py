@@ -1,0 +1,147 @@
+"""Activations collected to disk from a LeRobotDataset built here, resumed bit for bit; probes recover a planted direction."""
+
+import numpy as np
+import pytest
+import torch
+
+import nnsight_vla
+from nnsight_vla import InputError, Observation, Site, VLAError, collect
+from nnsight_vla.probes import DatasetFrames, ObservationFrames, ShardFolder, collect_to_disk
+
+from conftest import random_image
+
+EPISODES, FRAMES, PLANTED = 10, 8, 3  # PLANTED: the state dimension the planted direction carries
+EXPERT_0 = Site(0, "resid", "expert")
+VLM_LAST = Site(2, "resid", "vlm")
+
+
+def make_dataset(root, episodes=EPISODES, frames=FRAMES, cameras=("image", "image2"), state=8, seed=0):
+    """A LeRobotDataset written with lerobot's own API: random frames, random states and actions."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    image = {"dtype": "image", "shape": (64, 64, 3), "names": ["height", "width", "channel"]}
+    features = {f"observation.images.{c}": image for c in cameras}
+    if state:
+        features["observation.state"] = {"dtype": "float32", "shape": (state,), "names": None}
+    features["action"] = {"dtype": "float32", "shape": (7,), "names": None}
+    dataset = LeRobotDataset.create("local/test", fps=10, features=features, root=root, use_videos=False)
+    rng = np.random.default_rng(seed)
+    for episode in range(episodes):
+        for _ in range(frames):
+            frame = {f"observation.images.{c}": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for c in cameras}
+            if state:
+                frame["observation.state"] = (rng.standard_normal(state) / 4).astype(np.float32)
+            frame["action"] = rng.uniform(-1, 1, 7).astype(np.float32)
+            frame["task"] = ["pick up the black bowl", "open the top drawer"][episode % 2]
+            dataset.add_frame(frame)
+        dataset.save_episode()
+    dataset.finalize()
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "planted")
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """tiny-pi0 whose expert carries state[PLANTED] along a known unit direction ``u`` after
+    layer 0 at the state token: ``state_proj`` writes ``c * state[PLANTED]`` along ``u`` and
+    layer 0's attention and MLP write nothing along ``u``."""
+    model = nnsight_vla.load("tiny-pi0")
+    policy = model._module.model
+    generator = torch.Generator().manual_seed(1)
+    u = torch.randn(policy.state_proj.out_features, generator=generator)
+    u /= u.norm()
+    away = torch.eye(len(u)) - torch.outer(u, u)
+    with torch.no_grad():
+        weight = policy.state_proj.weight
+        along = torch.zeros(weight.shape[1])
+        along[PLANTED] = 3.0
+        weight.copy_(away @ weight + torch.outer(u, along))
+        layer = policy.paligemma_with_expert.gemma_expert.model.layers[0]
+        layer.self_attn.o_proj.weight.copy_(away @ layer.self_attn.o_proj.weight)
+        layer.mlp.down_proj.weight.copy_(away @ layer.mlp.down_proj.weight)
+    return model, u
+
+
+@pytest.fixture(scope="module")
+def collected(planted, dataset, tmp_path_factory):
+    model, _ = planted
+    out = tmp_path_factory.mktemp("acts") / "planted"
+    collect_to_disk(model, dataset, [EXPERT_0, VLM_LAST], out, calls=[0], positions=[0], shard_rows=16,
+                    progress=False, seed=0)
+    return out
+
+
+def test_dataset_collection_equals_collect_on_the_same_frames(planted, dataset, collected):
+    model, _ = planted
+    store = ShardFolder.read(collected)
+    assert len(store.shards()) == 5 and store.manifest["source"]["frames"] == EPISODES * FRAMES
+    data = store.load()
+    frames = DatasetFrames(dataset)
+    observations = [f.observation for f in frames.frames()][:3]
+    fresh = collect(model, observations, [EXPERT_0, VLM_LAST], calls=[0], positions=[0], seed=0)
+    for site in (EXPERT_0, VLM_LAST):
+        np.testing.assert_array_equal(data["activations"][site][:3], fresh[site].numpy())
+    assert data["episode"].tolist() == np.repeat(np.arange(EPISODES), FRAMES).tolist()
+    assert data["frame"].tolist() == np.tile(np.arange(FRAMES), EPISODES).tolist()
+    targets = data["targets"]
+    assert {"action", "state", "gripper", "ee_velocity", "task"} <= set(targets)
+    np.testing.assert_array_equal(targets["gripper"], (targets["action"][:, -1] > 0).astype(np.int64))
+    np.testing.assert_allclose(targets["ee_velocity"][0], (targets["state"][1, :3] - targets["state"][0, :3]) * 10,
+                               rtol=1e-6)
+    assert targets["task"].tolist()[: FRAMES + 1] == [0] * FRAMES + [1]
+
+
+def test_an_interrupted_collection_resumes_to_the_same_arrays(tiny, tmp_path):
+    observations = [Observation(random_image(i, 64), "pick up the black bowl") for i in range(6)]
+    sites = [Site(0, "resid"), Site(1, "neurons")]
+    whole = collect_to_disk(tiny, observations, sites, tmp_path / "whole", shard_rows=2, progress=False).load()
+
+    class Interrupted(ObservationFrames):
+        def frames(self, start=0):
+            for i, frame in enumerate(super().frames(start)):
+                if start == 0 and i == 3:  # mid-shard: rows 2 and 3 of shard 1 are never written
+                    raise KeyboardInterrupt
+                yield frame
+
+    with pytest.raises(KeyboardInterrupt):
+        collect_to_disk(tiny, Interrupted(observations), sites, tmp_path / "cut", shard_rows=2, progress=False)
+    store = ShardFolder.read(tmp_path / "cut")
+    assert [p.name for p in store.shards()] == ["shard-000000000.safetensors"] and store.rows() == 2
+    assert not list(store.folder.glob("*.tmp"))
+    with pytest.raises(InputError, match="resume=True"):
+        collect_to_disk(tiny, Interrupted(observations), sites, tmp_path / "cut", shard_rows=2, progress=False)
+    resumed = collect_to_disk(tiny, Interrupted(observations), sites, tmp_path / "cut", shard_rows=2,
+                              progress=False, resume=True).load()
+    for site in sites:
+        assert np.array_equal(resumed["activations"][site], whole["activations"][site])
+    assert resumed["frame"].tolist() == whole["frame"].tolist() == list(range(6))
+
+
+def test_bad_inputs_are_refused_before_anything_is_written(planted, tiny, dataset, tmp_path):
+    model, _ = planted
+    out = tmp_path / "bad"
+    with pytest.raises(VLAError, match="layer 7"):
+        collect_to_disk(model, dataset, [Site(7, "resid", "expert")], out, progress=False)
+    with pytest.raises(InputError, match="no column"):
+        collect_to_disk(model, DatasetFrames(dataset, columns=["speed"]), [EXPERT_0], out, progress=False)
+    with pytest.raises(InputError, match=r"cameras \['image', 'image2'\] are not the model's \['image'\]"):
+        collect_to_disk(tiny, dataset, [Site(0, "resid")], out, progress=False)
+    stateless = make_dataset(tmp_path / "stateless", episodes=1, frames=1, state=0)
+    with pytest.raises(InputError, match="takes a 8-D state, the dataset has none"):
+        collect_to_disk(model, DatasetFrames(stateless), [EXPERT_0], out, progress=False)
+    one_camera = make_dataset(tmp_path / "one", episodes=1, frames=1, cameras=("image",), state=0)
+    with pytest.raises(InputError, match="not a LeRobotDataset"):
+        collect_to_disk(model, tmp_path / "nowhere", [EXPERT_0], out, progress=False)
+    with pytest.raises(InputError, match="observations is empty"):
+        collect_to_disk(model, ObservationFrames([]), [EXPERT_0], out, progress=False)
+    assert not out.exists() or not list(out.glob("*.safetensors"))
+    mine = tmp_path / "mine"
+    collect_to_disk(tiny, DatasetFrames(one_camera), [Site(0, "resid")], mine, progress=False)
+    with pytest.raises(InputError, match="other settings.*model"):
+        collect_to_disk(model, dataset, [EXPERT_0], mine, progress=False, resume=True)
+    with pytest.raises(InputError, match="holds no complete shard|not empty"):
+        collect_to_disk(model, dataset, [EXPERT_0], tmp_path, progress=False)
