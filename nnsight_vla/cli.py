@@ -15,11 +15,14 @@ from .errors import InputError, VLAError
 DESCRIPTION = """\
 Robot vision-language-action policies as nnsight models: project FFN value vectors
 onto the vocabulary (lens), build concept clusters from a saved table (clusters), and
-run closed-loop LIBERO evaluations with and without steering (eval)."""
+run closed-loop LIBERO evaluations with and without steering (eval), collect activations
+to disk (collect) and fit per-layer probes on them (probe)."""
 EPILOG = """examples:
   nnsight-vla lens tiny-openvla --out runs/lens
   nnsight-vla clusters runs/lens --concept up --size 10 --out runs/clusters.yaml
   nnsight-vla eval tiny-openvla --suite libero_spatial --steer runs/clusters.yaml#up_10:4.0 --out runs/eval
+  nnsight-vla collect tiny-pi0 --data data/lift --sites resid@expert:all --out runs/acts
+  nnsight-vla probe runs/acts --target action --out runs/probes
 
 Run "nnsight-vla COMMAND --help" for a command's options."""
 
@@ -205,6 +208,80 @@ def eval_command(args) -> None:
     print(f"wrote {result.out_dir}")
 
 
+def parse_sites(specs: list[str], model) -> list:
+    """``KIND[@TOWER]:LAYERS`` (LAYERS: ``all``, ``3``, ``0,4,8`` or ``0-11``) as `Site` objects."""
+    from .sites import Site
+
+    sites = []
+    for spec in specs:
+        head, _, layers = spec.partition(":")
+        kind, _, tower = head.partition("@")
+        tower = tower or "vlm"
+        if not layers or kind not in ("resid", "neurons", "mlp_out", "attn_out"):
+            raise InputError(f"--sites {spec!r}: write KIND[@TOWER]:LAYERS, e.g. resid:all, "
+                             "neurons@expert:0-2 (KIND: resid, neurons, mlp_out, attn_out).")
+        if tower not in model.towers():
+            raise InputError(f"--sites {spec!r}: {model.spec.family} has towers {sorted(model.towers())}, not {tower!r}.")
+        count = model.towers()[tower].n_layers
+        try:
+            chosen = range(count) if layers == "all" else [
+                n for part in layers.split(",")
+                for n in (range(int(part.split("-")[0]), int(part.split("-")[1]) + 1) if "-" in part[1:] else [int(part)])]
+        except ValueError as err:
+            raise InputError(f"--sites {spec!r}: LAYERS is 'all', an int, a list 0,4,8 or a range 0-11.") from err
+        sites += [Site(n, kind, tower) for n in chosen]
+    return sites
+
+
+def _calls_or_positions(value: str):
+    return value if not value.lstrip("-").replace(",", "").replace("-", "").isdigit() else [int(v) for v in value.split(",")]
+
+
+def collect_command(args) -> None:
+    """Collect activations over a dataset or LIBERO rollouts into shards."""
+    if (args.data is None) == (args.suite is None):
+        raise InputError("give one source: --data DATASET_ROOT or --suite LIBERO_SUITE.")
+    from .paths import probed_folder
+
+    probed_folder(args.out, create=False, what="--out folder")
+    from . import probes
+    from .registry import load
+
+    model = load(args.model)
+    sites = parse_sites(args.sites, model)
+    calls, positions = _calls_or_positions(args.calls), _calls_or_positions(args.positions)
+    if args.data is not None:
+        source = probes.DatasetFrames(args.data, episodes=args.episodes)
+        store = probes.collect_to_disk(model, source, sites, args.out, calls=calls, positions=positions,
+                                       dtype=args.dtype, shard_rows=args.shard_rows, resume=args.resume)
+    else:
+        from .eval import evaluate
+
+        tasks = [int(t) for t in args.tasks.split(",")]
+        collector = probes.RolloutCollector(sites, args.out, calls=calls, positions=positions, dtype=args.dtype)
+        evaluate(model, args.suite, tasks, len(args.episodes or [0]) if args.episodes else 1, controls="baseline",
+                 seed=args.seed, max_steps=args.max_steps, camera_size=args.camera_size, out_dir=args.out / "eval",
+                 workers=args.workers, resume=args.resume, collect=collector)
+        store = probes.ShardFolder.read(args.out)
+    print(f"wrote {store.rows()} rows at {len(sites)} sites in {len(store.shards())} shards under {store.folder}")
+
+
+def probe_command(args) -> None:
+    """Fit per-layer probes on collected activations; write the table and plot."""
+    from .paths import writable_folder
+
+    writable_folder(args.out, "--out folder")
+    from . import probes
+
+    results = probes.probe_folder(args.folder, targets=args.target, folds=args.folds, shuffles=args.shuffles)
+    out = results.save(args.out)
+    best = results.table.sort_values("score").groupby("target").tail(1)
+    for row in best.itertuples():
+        print(f"{row.target}: best {row.tower} {row.kind} layer {row.layer} call {row.call}: "
+              f"{row.metric} {row.score:.3f} [{row.score_low:.3f}, {row.score_high:.3f}], chance {row.chance:.3f}")
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="nnsight-vla", description=DESCRIPTION, epilog=EPILOG, formatter_class=_TopFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -260,8 +337,36 @@ def main(argv: list[str] | None = None) -> int:
                             help="continue the run in --out from its saved episodes (same settings; "
                             "without it a run there is started over)")
 
+    gather = commands.add_parser("collect", help="activations at sites over a dataset or LIBERO rollouts, to disk")
+    gather.add_argument("model", help="built-in name or checkpoint folder")
+    gather.add_argument("--data", type=Path, default=None, help="a LeRobotDataset root folder")
+    gather.add_argument("--suite", default=None, help="a LIBERO suite: collect along closed-loop rollouts")
+    gather.add_argument("--tasks", default="0", help="with --suite: comma-separated task ids")
+    gather.add_argument("--episodes", type=int, nargs="+", default=None,
+                        help="dataset episode indices (omit for all); with --suite, their count is the episodes per task")
+    gather.add_argument("--sites", nargs="+", required=True, help="KIND[@TOWER]:LAYERS, e.g. resid:all neurons@expert:0-2")
+    gather.add_argument("--calls", default="actions", help="actions, prefill, all or call indices 0,1")
+    gather.add_argument("--positions", default="last", help="last, mean, all or indices -1,-2")
+    gather.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    gather.add_argument("--shard-rows", type=int, default=1024, help="rows per shard (memory holds one)")
+    gather.add_argument("--seed", type=int, default=7, help="with --suite: the evaluation's seed")
+    gather.add_argument("--max-steps", type=int, default=None, help="with --suite: step limit of an episode")
+    gather.add_argument("--camera-size", type=int, default=256, help="with --suite: camera side in pixels")
+    gather.add_argument("--workers", type=int, default=1, help="with --suite: Ray workers (each writes its shards)")
+    gather.add_argument("--resume", action="store_true", help="continue an interrupted collection in --out")
+    gather.add_argument("--out", required=True, type=Path, help="folder for the shards and manifest.json")
+
+    probe = commands.add_parser("probe", help="per-layer probes on collected activations")
+    probe.add_argument("folder", type=Path, help="a folder written by the collect command")
+    probe.add_argument("--target", nargs="+", default=["action"],
+                       help="targets: action, action[2], gripper, state, ee_velocity, task, ...")
+    probe.add_argument("--folds", type=int, default=5, help="outer folds, split by episode")
+    probe.add_argument("--shuffles", type=int, default=3, help="shuffled-target reruns for the chance level")
+    probe.add_argument("--out", required=True, type=Path, help="folder for probes.csv, probes.json, probes.png")
+
     args = parser.parse_args(argv)
-    commands = {"lens": lens_command, "clusters": clusters_command, "eval": eval_command}
+    commands = {"lens": lens_command, "clusters": clusters_command, "eval": eval_command,
+                "collect": collect_command, "probe": probe_command}
     return exit_code(lambda: commands[args.command](args))
 
 

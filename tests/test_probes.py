@@ -145,3 +145,44 @@ def test_bad_inputs_are_refused_before_anything_is_written(planted, tiny, datase
         collect_to_disk(model, dataset, [EXPERT_0], mine, progress=False, resume=True)
     with pytest.raises(InputError, match="holds no complete shard|not empty"):
         collect_to_disk(model, dataset, [EXPERT_0], tmp_path, progress=False)
+
+
+def test_probes_recover_the_planted_direction(planted, collected, tmp_path):
+    from nnsight_vla.probes import probe_folder, probe_steering
+
+    model, u = planted
+    target = f"state[{PLANTED}]"
+    results = probe_folder(collected, targets=[target, "gripper"], progress=False)
+    table = results.table.set_index(["tower", "layer", "target"])
+    planted_row, blind_row = table.loc[("expert", 0, target)], table.loc[("vlm", 2, target)]
+    assert planted_row["score"] >= 0.99
+    # the VLM never sees Pi0's state: its probe is at chance
+    assert blind_row["score"] < 0.2 and blind_row["score_low"] <= blind_row["chance_high"]
+    direction = results.direction(EXPERT_0, target, call=0)
+    cosine = float(direction @ u / direction.norm())
+    assert abs(cosine) >= 0.99
+    steering = probe_steering(results, EXPERT_0, target, alpha=2.0)
+    assert steering.tower == "expert" and steering.layer == 0
+    assert float(steering.direction @ u) == pytest.approx(np.sign(cosine) * abs(cosine), abs=1e-5)
+    results.save(tmp_path / "probes")
+    assert {p.name for p in (tmp_path / "probes").iterdir()} >= {"probes.csv", "probes.json", "probes.png"}
+    with pytest.raises(InputError, match="no target 'speed'"):
+        probe_folder(collected, targets=["speed"], progress=False)
+    with pytest.raises(InputError, match="residual stream"):
+        probe_steering(results, Site(0, "neurons", "expert"), target, alpha=1.0)
+
+
+@pytest.mark.slow
+def test_cli_collect_then_probe(dataset, tmp_path, capsys):
+    from nnsight_vla.cli import main
+
+    acts, out = tmp_path / "acts", tmp_path / "probes"
+    assert main(["collect", "tiny-pi0", "--data", str(dataset), "--episodes", "0", "1", "2", "3", "4",
+                 "--sites", "resid@expert:0-1", "--calls", "0", "--positions", "0", "--shard-rows", "16",
+                 "--out", str(acts)]) == 0
+    assert "wrote 40 rows at 2 sites in 3 shards" in capsys.readouterr().out
+    assert main(["probe", str(acts), "--target", "action[0]", "gripper", "--shuffles", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "action[0]: best expert resid layer" in printed and (out / "probes.png").is_file()
+    assert main(["collect", "tiny-pi0", "--data", str(dataset), "--sites", "resid@arm:0", "--out", str(tmp_path / "x")]) == 2
+    assert "has towers ['expert', 'vlm'], not 'arm'" in capsys.readouterr().err
