@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 import nnsight_vla
-from nnsight_vla import Clamp, VLAError
+from nnsight_vla import Clamp, Site, VLAError
 from nnsight_vla.eval import evaluate
 from nnsight_vla.eval.evaluate import _run_serial
 from nnsight_vla.eval.parallel import job_order, run_parallel
+from nnsight_vla.probes import RolloutCollector, ShardFolder
 
 out = Path(sys.argv[1])
 result = {}
@@ -21,9 +22,19 @@ common = {"suite": "libero_spatial", "steps": 10, "seed": 7, "camera_size": 64, 
 # tiny-openvla on a local Ray that evaluate() starts and stops itself.
 model = nnsight_vla.load("tiny-openvla")
 args = {"steering": Clamp([(1, 3), (1, 17)], 8.0), "max_steps": 10, "camera_size": 64}
-serial = evaluate(model, "libero_spatial", [0], 1, **args).episodes
-parallel = evaluate(model, "libero_spatial", [0], 1, workers=2, **args).episodes
+sites = [Site(0, "resid"), Site(1, "neurons")]
+serial = evaluate(model, "libero_spatial", [0], 1, collect=RolloutCollector(sites, out / "serial"), **args).episodes
+parallel = evaluate(model, "libero_spatial", [0], 1, workers=2, collect=RolloutCollector(sites, out / "parallel"),
+                    **args).episodes
 result["tiny-openvla"] = {"serial": serial, "parallel": parallel}
+# each worker wrote its episodes' shards: the same files and arrays as the serial run's
+stores = [ShardFolder.read(out / name) for name in ("serial", "parallel")]
+loaded = [store.load() for store in stores]
+result["collected"] = {
+    "shards": [[p.name for p in store.shards()] for store in stores],
+    "same": all(np.array_equal(loaded[0]["activations"][s], loaded[1]["activations"][s]) for s in sites)
+    and all(np.array_equal(loaded[0]["targets"][k], loaded[1]["targets"][k]) for k in loaded[0]["targets"]),
+}
 
 # A model edited in memory cannot be rebuilt by the workers: refused.
 with torch.no_grad():

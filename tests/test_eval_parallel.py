@@ -30,6 +30,9 @@ def test_two_workers_equal_serial(tmp_path):
     assert openvla["parallel"] == openvla["serial"]  # every metric, path point and action
     assert openvla["serial"][0]["actions"] != openvla["serial"][1]["actions"]  # the steering acted
     assert "changed in memory" in result["edited"] and result["edited"].startswith("VLAError")
+    shards = ["baseline-task000-ep000.safetensors", "steered-task000-ep000.safetensors", "random-task000-ep000.safetensors"]
+    assert [sorted(s) for s in result["collected"]["shards"]] == [sorted(shards)] * 2
+    assert result["collected"]["same"]
     pi0 = result["tiny-pi0"]
     assert pi0["same"] and pi0["steering_acted"]
     assert len(pi0["pids"]) == 2 and os.getpid() not in pi0["pids"]  # two worker processes ran
