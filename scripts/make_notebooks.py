@@ -389,7 +389,7 @@ PROBES = [
         "from IPython.display import Image\n"
         "import nnsight_vla\n"
         "from nnsight_vla import Site\n"
-        "from nnsight_vla.probes import collect_to_disk, probe_folder, probe_steering\n"
+        "from nnsight_vla.probes import collect_to_disk, probe_folder\n"
         "from nnsight_vla.probes.demos import convert_robosuite_demos\n\n"
         "root = convert_robosuite_demos(\"lift\", \"work/lift\", max_frames=40, stride=12, overwrite=True, progress=False)\n"
         "from lerobot.datasets.lerobot_dataset import LeRobotDataset\n"
@@ -428,13 +428,13 @@ PROBES = [
     new_markdown_cell(
         "A probe's weight vector, mapped back to raw activations, is a direction in the residual "
         "stream: `probe_steering` adds it (unit-normed, times `alpha`) at the probe's layer. One "
-        "closed-loop check in LIBERO runs it against the unsteered baseline and a random direction "
+        "closed-loop check in LIBERO (`check_direction`) runs it against the unsteered baseline and a random direction "
         "of the same norm, paired on the same init states and seeds."
     ),
     new_code_cell(
-        "from nnsight_vla.eval import evaluate\n\n"
-        "steering = probe_steering(results, Site(1, \"resid\", \"expert\"), \"state[2]\", alpha=4.0, call=0)\n"
-        "check = evaluate(model, \"libero_spatial\", [0], episodes=1, steering=steering, max_steps=8, camera_size=64)\n"
+        "from nnsight_vla.probes import check_direction\n\n"
+        "check = check_direction(model, results, Site(1, \"resid\", \"expert\"), \"state[2]\", 4.0,\n"
+        "                        \"libero_spatial\", [0], episodes=1, call=0, max_steps=8, camera_size=64)\n"
         "for condition, summary in check.summary.items():\n"
         "    print(f\"{condition:9s} path length {summary['path_length']:.4f} m, lowest gripper height {summary['min_height']:.4f} m\")"
     ),

@@ -10,7 +10,7 @@ Example:
 
 from .collection import collect_to_disk
 from .fit import fit_probes
-from .probing import probe_folder, probe_steering
+from .probing import check_direction, probe_folder, probe_steering
 from .report import ProbeResults
 from .rollouts import RolloutCollector
 from .sources import DatasetFrames, Frame, ObservationFrames
@@ -23,6 +23,7 @@ __all__ = [
     "ProbeResults",
     "RolloutCollector",
     "ShardFolder",
+    "check_direction",
     "collect_to_disk",
     "fit_probes",
     "probe_folder",

@@ -83,3 +83,19 @@ def probe_steering(results: ProbeResults, site: Site, target: str, alpha: float,
     if not norm > 0:
         raise InputError(f"the probe of {target!r} at {site} has a zero direction; it learned nothing to steer by.")
     return Add(direction / norm, layer=site.layer, alpha=alpha, tower=site.tower, **where)
+
+
+def check_direction(model: Any, results: ProbeResults, site: Site, target: str, alpha: float, suite: str,
+                    tasks: Any, episodes: int, *, call: int | None = None, label: Any = None, **options: Any) -> Any:
+    """The closed-loop check of a probe direction in one call: `evaluate` with
+    `probe_steering` against the unsteered baseline and a random direction of the same norm
+    (paired on init states and seeds; ``options`` go to `evaluate`, e.g. ``out_dir=``).
+
+    Example:
+        >>> result = check_direction(model, results, Site(12, "resid"), "action[2]", 8.0, "libero_10", [0], 10)
+        >>> result.statistics["steered"]["path_length"]
+    """
+    from ..eval import evaluate
+
+    steering = probe_steering(results, site, target, alpha, call=call, label=label)
+    return evaluate(model, suite, tasks, episodes, steering=steering, **options)

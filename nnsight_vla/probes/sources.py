@@ -63,7 +63,8 @@ class ObservationFrames:
 
 
 class DatasetFrames:
-    """Frames of a LeRobotDataset read from a local ``root`` with lerobot's own loader. The
+    """Frames of a LeRobotDataset read from a local ``root`` with lerobot's own loader (or,
+    with ``root=None``, downloaded from the Hub by ``repo_id``, where it is reachable). The
     targets come from the dataset's columns, without decoding an image: ``action`` (as
     stored: un-normalised), ``state``, ``gripper`` (1 where the last action dimension closes
     the gripper, > 0), ``ee_velocity`` (the change of ``state[:3]`` to the episode's next
@@ -74,21 +75,24 @@ class DatasetFrames:
         >>> DatasetFrames("data/lift", episodes=[0, 1])
     """
 
-    def __init__(self, root: str | os.PathLike, repo_id: str | None = None, episodes: Sequence[int] | None = None,
-                 columns: Sequence[str] = ()):
-        self.root = Path(root).expanduser()
-        if not (self.root / "meta" / "info.json").is_file():
+    def __init__(self, root: str | os.PathLike | None, repo_id: str | None = None,
+                 episodes: Sequence[int] | None = None, columns: Sequence[str] = ()):
+        if root is None and repo_id is None:
+            raise InputError("give a dataset root folder, or root=None and a Hub repo_id.")
+        self.root = None if root is None else Path(root).expanduser()
+        if self.root is not None and not (self.root / "meta" / "info.json").is_file():
             raise InputError(f"{self.root} is not a LeRobotDataset (no meta/info.json); pass the dataset's root folder.")
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-        self.repo_id = repo_id or f"local/{self.root.name}"
+        self.repo_id = repo_id or f"local/{self.root.name}"  # root=None: lerobot fetches repo_id from the Hub
         try:
             self.dataset = LeRobotDataset(self.repo_id, root=self.root, video_backend="pyav",
                                           episodes=None if episodes is None else list(episodes))
         except Exception as err:
-            raise InputError(f"lerobot could not read the dataset at {self.root} ({type(err).__name__}: {err}).") from err
+            raise InputError(f"lerobot could not read the dataset {self.root or self.repo_id} "
+                             f"({type(err).__name__}: {err}).") from err
         if len(self.dataset) == 0:
-            raise InputError(f"the dataset at {self.root} has no frames; convert or record some first.")
+            raise InputError(f"the dataset {self.root or self.repo_id} has no frames; convert or record some first.")
         table = self.dataset.hf_dataset.with_format("numpy")
         names = set(table.column_names)
         missing = [c for c in columns if c not in names]
@@ -105,7 +109,7 @@ class DatasetFrames:
         return len(self.dataset)
 
     def describe(self) -> dict:
-        return {"type": "lerobot", "root": str(self.root.resolve()), "repo_id": self.repo_id,
+        return {"type": "lerobot", "root": None if self.root is None else str(self.root.resolve()), "repo_id": self.repo_id,
                 "frames": len(self), "targets": sorted(self.targets)}
 
     def check(self, model: Any) -> None:
