@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nnsight_vla.errors import InputError
-from nnsight_vla.probes.fit import episode_shuffle, fit_probes
+from nnsight_vla.probes.fit import _Plan, episode_folds, episode_shuffle, fit_probes
 from nnsight_vla.probes.report import ProbeResults
 from nnsight_vla.sites import Site
 
@@ -222,6 +222,51 @@ def test_multiclass_direction_needs_a_label():
     with pytest.raises(InputError, match="label="):
         res.direction(Site(1), "task")
     assert res.direction("vlm.1.resid", "task", label="plate").shape == (8,)
+
+
+def test_classes_by_episode_are_stratified_across_folds():
+    # task = episode % 3: GroupKFold deals episodes 8, 7, 6, 5, ... round the folds, so each
+    # outer test fold holds one task and its training set the other two (the held-out task is
+    # never seen: balanced accuracy 0); with inner_folds=2 an inner training set has one task
+    # and the fit stopped with an InputError. StratifiedGroupKFold puts one episode of each
+    # task in every outer fold.
+    rng = np.random.default_rng(3)
+    episodes = np.repeat(np.arange(9), 20)
+    task = episodes % 3
+    x = (rng.normal(size=(len(task), 8)) + 3 * np.eye(8)[task]).astype(np.float32)
+    grouped = episode_folds(episodes, 3)
+    assert [len(np.unique(task[te])) for _, te in grouped] == [1, 1, 1]  # the old folds
+    for inner_folds in (2, 3):
+        res = fit_probes(
+            {(Site(1), 0): x},
+            {"task": task},
+            episodes,
+            folds=3,
+            inner_folds=inner_folds,
+            alphas=[1.0],
+            shuffles=1,
+            progress=False,
+        )
+        assert res.table.score[0] >= 0.95 and res.table.score_low[0] > res.table.chance_high[0]
+    # The splits fit_probes uses, for the target and for a shuffle of it: whole episodes.
+    plan = _Plan.make(episodes, 3, 2, (1.0,), 1, 0)
+    for y in (task, task[plan.sources[0]]):
+        outer, final = plan.splits(y)
+        assert len(outer) == 3 and sorted(np.concatenate([te for _, te, _ in outer])) == list(
+            range(len(y))
+        )
+        for train, test, inner in outer:
+            assert not set(episodes[train]) & set(episodes[test])
+            assert len(np.unique(y[train])) == 3 and len(np.unique(y[test])) == 3
+            assert sorted(np.concatenate(inner)) == list(train)
+            for v in inner:
+                rest = np.setdiff1d(train, v)
+                assert not set(episodes[v]) & set(episodes[rest])
+                assert len(np.unique(y[rest])) >= 2
+        assert sorted(np.concatenate(final)) == list(range(len(y)))
+    # Regression targets keep GroupKFold.
+    plain = [(tr, te) for tr, te, _ in plan.outer]
+    assert all((a == c).all() and (b == d).all() for (a, b), (c, d) in zip(plain, grouped))
 
 
 def test_episode_shuffle_moves_whole_episodes():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,12 +14,12 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..sites import Site
 from .report import ProbeResults, table_row
+from .ridge import ridge_probes
 
 TASKS = ("regression", "classification")
 MAX_CLASSES = 20  # numbers with at most this many whole values are inferred to be classes
 MAX_LABELS = 100  # the most classes a classification target may have
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(5, -1, 7))  # strongest first: wins ties
-CHUNK = 8192  # rows per Gram update
 
 
 def fit_probes(
@@ -43,11 +43,15 @@ def fit_probes(
     are standardised on training rows only. Outer folds: `GroupKFold(folds)` by episode; in
     each outer training set the regularisation (ridge's alpha; 1/C for logistic) is chosen
     from ``alphas`` by an inner `GroupKFold(inner_folds)`, again by episode, on the mean inner
-    score (ties: the strongest). ``score``: mean over outer folds, 95 % t-interval. ``alpha``
-    and `ProbeResults.direction`: the same selection and a final fit on all rows. Ridge runs
-    in closed form on Gram matrices (one pass over the rows per outer fold serves every inner
-    fold, alpha, target and shuffle; memory grows with width², time with width³), equal to
-    scikit-learn's ``Ridge`` to 1e-12 (benchmarks/probe_fit.py).
+    score (ties: the strongest). Classification targets use `StratifiedGroupKFold` (no
+    shuffle) for both instead: still whole episodes, but each class's episodes spread over
+    the folds, so a class pattern across episodes (task = episode % 3) does not leave a
+    training set with one class; where it cannot split (e.g. it would leave a fold empty),
+    `GroupKFold`. ``score``: mean over outer folds, 95 % t-interval. ``alpha`` and
+    `ProbeResults.direction`: the same selection and a final fit on all rows. Ridge runs in
+    closed form on Gram matrices (`.ridge`: one pass over the rows per outer fold serves
+    every inner fold, alpha, target and shuffle; memory grows with width², time with
+    width³), equal to scikit-learn's ``Ridge`` to 1e-12 (benchmarks/probe_fit.py).
 
     Chance: the same procedure on targets shuffled across episodes, ``shuffles`` times. Each
     episode gets the target sequence of another episode (a random derangement of episodes;
@@ -57,8 +61,9 @@ def fit_probes(
     would break that structure and make chance too easy to beat. What episodes share at the
     same time step stays too: a gripper that closes mid-way in every episode has a high chance
     level, so a score above it means the activations carry this episode's target, beyond the
-    common time course. ``chance``: mean over shuffles and folds, with a t-interval over the
-    folds' means; ``shuffles=0``: NaN.
+    common time course. Stratified folds follow the shuffled classes, as for a real target.
+    ``chance``: mean over shuffles and folds, with a t-interval over the folds' means;
+    ``shuffles=0``: NaN.
 
     Args:
         features: ``(Site, call) -> [rows, width]`` activations (numpy or torch).
@@ -89,8 +94,9 @@ def fit_probes(
     total = len(features) * len(values)
     with tqdm(total=total, desc="probes", unit="fit", disable=not progress) as bar:
         for (site, call), x in features.items():
-            fitted = _ridge_probes(x, {t: values[t] for t in regression}, plan) if regression \
-                else {}
+            fitted = ridge_probes(x, {t: values[t] for t in regression}, plan.final,
+                                  [inner for _, _, inner in plan.outer], plan.alphas,
+                                  plan.sources) if regression else {}
             bar.update(len(regression))
             for target in values:
                 if target not in fitted:
@@ -132,20 +138,50 @@ def episode_shuffle(episodes: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return src
 
 
+def episode_folds(episodes: np.ndarray, k: int, labels: Any = None) -> list:
+    """``k`` (train rows, test rows) splits that never split an episode.
+
+    `GroupKFold(k)`; given class ``labels``, `StratifiedGroupKFold(k)` (no shuffle), which
+    spreads each class's episodes over the folds, or `GroupKFold(k)` where it cannot (it
+    refuses the labels or leaves a fold empty).
+
+    Example:
+        >>> episodes = np.repeat(np.arange(6), 2)
+        >>> [np.unique(episodes[te]) for _, te in episode_folds(episodes, 2, episodes % 2)]
+        [array([0, 3, 4]), array([1, 2, 5])]
+    """
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    rows = np.arange(len(episodes))
+    if labels is not None:
+        codes = np.unique(np.asarray(labels), return_inverse=True)[1]
+        try:
+            with warnings.catch_warnings():  # a rare class: its rows are in fewer than k folds
+                warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+                split = list(StratifiedGroupKFold(k).split(rows, codes, groups=episodes))
+            if all(len(te) for _, te in split):
+                return split
+        except ValueError:
+            pass
+    return list(GroupKFold(k).split(rows, groups=episodes))
+
+
 @dataclass
 class _Plan:
     """The folds, alphas and shuffles that every (feature, target) fit shares."""
 
-    outer: list  # (train rows, test rows, inner validation row sets)
+    outer: list  # (train rows, test rows, inner validation row sets), by GroupKFold
     final: list  # inner validation row sets over all rows
     alphas: tuple[float, ...]
     sources: list  # per shuffle, the row each row takes its target from
+    episodes: np.ndarray
+    folds: int
+    inner_folds: int
     stalled: int = 0  # logistic fits that hit max_iter
+    strata: dict = field(default_factory=dict)  # class pattern -> each split's fold per episode
 
     @classmethod
     def make(cls, episodes, folds, inner_folds, alphas, shuffles, seed) -> _Plan:
-        from sklearn.model_selection import GroupKFold
-
         for name, k in (("folds", folds), ("inner_folds", inner_folds)):
             if not isinstance(k, int) or k < 2:
                 raise InputError(f"{name}={k!r} must be a whole number >= 2.")
@@ -153,103 +189,56 @@ class _Plan:
         if count < folds:
             raise InputError(f"{count} episodes cannot fill folds={folds}; pass folds<={count} "
                              "or more episodes.")
+        rng = np.random.default_rng(seed)
+        sources = [episode_shuffle(episodes, rng) for _ in range(shuffles)]
+        plan = cls([], [], alphas, sources, episodes, folds, inner_folds)
+        plan.outer, plan.final = plan.splits()
+        return plan
+
+    def splits(self, y: Any = None) -> tuple[list, list]:
+        """``(outer, final)`` as in the fields; for class labels ``y``, stratified by class.
+
+        Stratified folds depend on ``y`` (each shuffle has its own); they are kept per class
+        pattern as a fold per episode, so every feature reuses them at little memory.
+        """
+        if y is None:
+            return self._make_splits(None)[0]
+        labels = np.unique(y, return_inverse=True)[1]
+        key = labels.tobytes()
+        if key not in self.strata:
+            self.strata[key] = self._make_splits(labels)[1]
+        _, inverse = np.unique(self.episodes, return_inverse=True)
+        outer, *inner, final = [ids[inverse] for ids in self.strata[key]]
+
+        def sets(fold, k):
+            return [np.flatnonzero(fold == j) for j in range(k)]
+
+        return ([(np.flatnonzero(outer != i), te, sets(inner[i], self.inner_folds))
+                 for i, te in enumerate(sets(outer, self.folds))], sets(final, self.inner_folds))
+
+    def _make_splits(self, labels):
+        """``(outer, final)`` and the same as a fold per episode: outer, each inner, final."""
+        episodes, inner_folds = self.episodes, self.inner_folds
+        first = np.unique(episodes, return_index=True)[1]
+        per_episode = []
+
+        def folds(rows, k):
+            split = episode_folds(episodes[rows], k, None if labels is None else labels[rows])
+            fold = np.full(len(episodes), -1)
+            for j, (_, te) in enumerate(split):
+                fold[rows[te]] = j
+            per_episode.append(fold[first])
+            return split
 
         def validation(rows):
             if len(np.unique(episodes[rows])) < inner_folds:
                 raise InputError(f"an outer training set holds fewer than inner_folds={inner_folds}"
                                  " episodes; pass fewer inner_folds or folds, or more episodes.")
-            split = GroupKFold(inner_folds).split(rows, groups=episodes[rows])
-            return [rows[v] for _, v in split]
+            return [rows[v] for _, v in folds(rows, inner_folds)]
 
-        split = GroupKFold(folds).split(episodes, groups=episodes)
+        split = folds(np.arange(len(episodes)), self.folds)
         outer = [(tr, te, validation(tr)) for tr, te in split]
-        rng = np.random.default_rng(seed)
-        sources = [episode_shuffle(episodes, rng) for _ in range(shuffles)]
-        return cls(outer, validation(np.arange(len(episodes))), alphas, sources)
-
-
-# -- ridge in closed form ---------------------------------------------------------------
-
-
-class _Stats:
-    """Sums over a set of rows (after a shift): count, Σx, Σxxᵀ, ΣxYᵀ, ΣY, ΣY²."""
-
-    def __init__(self, n, s, G, B, t, q):
-        self.n, self.s, self.G, self.B, self.t, self.q = n, s, G, B, t, q
-
-    @classmethod
-    def of(cls, x: np.ndarray, Y: np.ndarray, rows: np.ndarray, shift: np.ndarray) -> _Stats:
-        p, m = x.shape[1], Y.shape[1]
-        st = cls(len(rows), np.zeros(p), np.zeros((p, p)), np.zeros((p, m)), np.zeros(m),
-                 np.zeros(m))
-        for a in range(0, len(rows), CHUNK):
-            idx = rows[a : a + CHUNK]
-            xc, yc = x[idx].astype(np.float64) - shift, Y[idx]
-            st.G += xc.T @ xc
-            st.B += xc.T @ yc
-            st.s += xc.sum(0)
-            st.t += yc.sum(0)
-            st.q += (yc * yc).sum(0)
-        return st
-
-    def __add__(self, other):
-        return _Stats(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
-
-    def __sub__(self, other):
-        return _Stats(*(a - b for a, b in zip(vars(self).values(), vars(other).values())))
-
-
-def _ridge_fit(tr: _Stats, alphas: np.ndarray, shift: np.ndarray):
-    """Ridge on standardised rows for every alpha: raw-space weights ``[alphas, p, m]`` and
-    intercepts ``[alphas, m]`` (in shifted coordinates)."""
-    mu, ybar = tr.s / tr.n, tr.t / tr.n
-    Gc = tr.G - tr.n * np.outer(mu, mu)
-    var = Gc.diagonal().clip(0) / tr.n
-    eps = np.finfo(np.float64).eps  # StandardScaler's test for a constant column (scale 1)
-    sd = np.where(var > tr.n * eps * var + (tr.n * (mu + shift) * eps) ** 2, np.sqrt(var), 1.0)
-    lam, V = np.linalg.eigh(Gc / np.outer(sd, sd))
-    Vb = V.T @ ((tr.B - tr.n * np.outer(mu, ybar)) / sd[:, None])
-    A = (V @ (Vb / (lam[None, :, None] + alphas[:, None, None]))) / sd[:, None]
-    return A, ybar - np.einsum("p,apm->am", mu, A)
-
-
-def _r2(val: _Stats, A: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """R² ``[alphas, m]`` of ``x @ A + d`` on the rows summed in ``val`` (as r2_score)."""
-    pred_sq = (A * (val.G @ A)).sum(1) + 2 * d * (val.s @ A) + val.n * d * d
-    cross = (A * val.B).sum(1) + d * val.t
-    ss_res, ss_tot = val.q - 2 * cross + pred_sq, val.q - val.t**2 / val.n
-    constant = ss_tot <= 1e-12 * np.maximum(val.q, 1e-300)  # sklearn: a constant target scores 0
-    return np.where(constant, 0.0, 1 - ss_res / np.where(constant, 1.0, ss_tot))
-
-
-def _select(cells: list[_Stats], train: _Stats, alphas, shift) -> np.ndarray:
-    """Per column, the index of the alpha with the best mean R² over the inner folds."""
-    return np.mean([_r2(v, *_ridge_fit(train - v, alphas, shift)) for v in cells], 0).argmax(0)
-
-
-def _ridge_probes(x: np.ndarray, ys: dict, plan: _Plan) -> dict:
-    """Every regression target and its shuffles at one site, from shared Gram matrices."""
-    Y = np.stack([y.astype(np.float64)[src] for y in ys.values()
-                  for src in [slice(None), *plan.sources]], 1)
-    Y -= Y.mean(0)
-    shift, grid, cols = x.mean(0, dtype=np.float64), np.array(plan.alphas), np.arange(Y.shape[1])
-    cells = [_Stats.of(x, Y, v, shift) for v in plan.final]
-    total = sum(cells[1:], cells[0])
-    best = _select(cells, total, grid, shift)
-    A, _ = _ridge_fit(total, grid, shift)
-    scores = np.empty((len(plan.outer), Y.shape[1]))
-    for k, (_, _, inner) in enumerate(plan.outer):
-        cells = [_Stats.of(x, Y, v, shift) for v in inner]
-        train = sum(cells[1:], cells[0])
-        chosen = _select(cells, train, grid, shift)
-        scores[k] = _r2(total - train, *_ridge_fit(train, grid, shift))[chosen, cols]
-    out, per = {}, 1 + len(plan.sources)
-    for i, name in enumerate(ys):
-        c = i * per
-        weights = torch.from_numpy(A[best[c], :, c]).float()[None]
-        chance = scores[:, c + 1 : c + per].T
-        out[name] = (scores[:, c], chance, plan.alphas[best[c]], (weights, None))
-    return out
+        return (outer, validation(np.arange(len(episodes)))), per_episode
 
 
 # -- logistic regression ------------------------------------------------------------------
@@ -294,9 +283,9 @@ def _logistic_probe(x, y, target, plan):
     """Nested scores of ``y`` and its shuffles, the alpha chosen on all rows, the final probe."""
     def nested(y):
         return [_logistic(x, y, tr, [te], [_logistic_alpha(x, y, inner, target, plan)], target,
-                          plan)[0][0, 0] for tr, te, inner in plan.outer]
+                          plan)[0][0, 0] for tr, te, inner in plan.splits(y)[0]]
 
-    alpha = _logistic_alpha(x, y, plan.final, target, plan)
+    alpha = _logistic_alpha(x, y, plan.splits(y)[1], target, plan)
     _, model, scaler = _logistic(x, y, np.arange(len(y)), [], [alpha], target, plan)
     weights = torch.from_numpy(model.coef_ / scaler.scale_).float()
     chance = np.array([nested(y[src]) for src in plan.sources]).reshape(len(plan.sources), -1)
