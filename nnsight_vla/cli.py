@@ -258,8 +258,10 @@ def collect_command(args) -> None:
         from .eval import evaluate
 
         tasks = [int(t) for t in args.tasks.split(",")]
+        if args.episodes is not None and len(args.episodes) != 1:
+            raise InputError(f"with --suite, --episodes is one count (episodes per task), got {args.episodes}.")
         collector = probes.RolloutCollector(sites, args.out, calls=calls, positions=positions, dtype=args.dtype)
-        evaluate(model, args.suite, tasks, len(args.episodes or [0]) if args.episodes else 1, controls="baseline",
+        evaluate(model, args.suite, tasks, args.episodes[0] if args.episodes else 1, controls="baseline",
                  seed=args.seed, max_steps=args.max_steps, camera_size=args.camera_size, out_dir=args.out / "eval",
                  workers=args.workers, resume=args.resume, collect=collector)
         store = probes.ShardFolder.read(args.out)
@@ -343,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     gather.add_argument("--suite", default=None, help="a LIBERO suite: collect along closed-loop rollouts")
     gather.add_argument("--tasks", default="0", help="with --suite: comma-separated task ids")
     gather.add_argument("--episodes", type=int, nargs="+", default=None,
-                        help="dataset episode indices (omit for all); with --suite, their count is the episodes per task")
+                        help="with --data: episode indices (omit for all); with --suite: episodes per task (default 1)")
     gather.add_argument("--sites", nargs="+", required=True, help="KIND[@TOWER]:LAYERS, e.g. resid:all neurons@expert:0-2")
     gather.add_argument("--calls", default="actions", help="actions, prefill, all or call indices 0,1")
     gather.add_argument("--positions", default="last", help="last, mean, all or indices -1,-2")
