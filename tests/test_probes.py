@@ -79,6 +79,9 @@ def test_dataset_collection_equals_collect_on_the_same_frames(planted, dataset, 
     model, _ = planted
     store = ShardFolder.read(collected)
     assert len(store.shards()) == 5 and store.manifest["source"]["frames"] == EPISODES * FRAMES
+    first = store.manifest["shards"]["shard-000000000.safetensors"]  # the manifest indexes each shard
+    assert first["rows"] == 16 and first["episodes"] == [0, 1] and first["frames"] == [0, FRAMES - 1]
+    assert first["targets"]["action"] == ["float32", [7]] and first["targets"]["gripper"] == ["int64", []]
     data = store.load()
     frames = DatasetFrames(dataset)
     observations = [f.observation for f in frames.frames()][:3]
@@ -111,6 +114,7 @@ def test_an_interrupted_collection_resumes_to_the_same_arrays(tiny, tmp_path):
         collect_to_disk(tiny, Interrupted(observations), sites, tmp_path / "cut", shard_rows=2, progress=False)
     store = ShardFolder.read(tmp_path / "cut")
     assert [p.name for p in store.shards()] == ["shard-000000000.safetensors"] and store.rows() == 2
+    assert list(store.manifest["shards"]) == ["shard-000000000.safetensors"]
     assert not list(store.folder.glob("*.tmp"))
     with pytest.raises(InputError, match="resume=True"):
         collect_to_disk(tiny, Interrupted(observations), sites, tmp_path / "cut", shard_rows=2, progress=False)

@@ -19,6 +19,7 @@ from ..sites import Site
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+INDEX = "shards"  # the manifest's index of written shards: rows, episodes, frames, targets
 ACTS, TARGET = "acts/", "target/"  # tensor name prefixes inside a shard
 IDS = ("episode", "frame")
 
@@ -55,8 +56,10 @@ class ShardFolder:
         path = probed_folder(folder, create=True)
         settings = json.loads(json.dumps({"format": FORMAT, **settings}))
         manifest_file = path / MANIFEST
+        index: dict = {}
         if manifest_file.is_file():
             old = json.loads(manifest_file.read_text())
+            index = old.pop(INDEX, {})
             if old != settings:
                 diff = sorted(k for k in {*old, *settings} if old.get(k) != settings.get(k))
                 raise InputError(
@@ -66,6 +69,7 @@ class ShardFolder:
             if restart and not resume:
                 for shard in cls(path, old).shards():
                     shard.unlink()
+                index = {}
             elif not resume and cls(path, old).shards():
                 raise InputError(f"{path} already holds this collection's shards; pass resume=True "
                                  "(CLI: --resume) to continue it, or choose another folder.")
@@ -73,8 +77,10 @@ class ShardFolder:
             raise InputError(f"{path} is not empty and holds no {MANIFEST}; collect into an empty folder.")
         for stale in path.glob("*.tmp"):  # a write cut short: never data
             stale.unlink()
-        _write_json(manifest_file, settings)
-        return cls(path, settings)
+        written = {p.name for p in path.glob("*.safetensors")}
+        manifest = {**settings, INDEX: {k: v for k, v in index.items() if k in written}}
+        _write_json(manifest_file, manifest)
+        return cls(path, manifest)
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> ShardFolder:
@@ -118,9 +124,27 @@ class ShardFolder:
             raise InputError(f"shard {name}: arrays with different row counts {sorted(rows)}.")
         final = self.folder / f"{name}.safetensors"
         temporary = final.with_suffix(".tmp")
-        save_file(tensors, str(temporary), metadata={"rows": str(rows.pop())})
+        count = rows.pop()
+        save_file(tensors, str(temporary), metadata={"rows": str(count)})
         os.replace(temporary, final)
+        episodes = sorted({int(e) for e in np.asarray(ids["episode"])})
+        frames = np.asarray(ids["frame"])
+        self._index(final.name, {
+            "rows": count, "episodes": episodes, "frames": [int(frames.min()), int(frames.max())],
+            "targets": {k: [str(np.asarray(v).dtype), list(np.asarray(v).shape[1:])] for k, v in targets.items()},
+        })
         return final
+
+    def _index(self, name: str, entry: dict) -> None:
+        """Record a written shard in the manifest (under a lock: Ray workers write side by side)."""
+        import fcntl
+
+        with open(self.folder / ".manifest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            manifest = json.loads((self.folder / MANIFEST).read_text())
+            manifest.setdefault(INDEX, {})[name] = entry
+            _write_json(self.folder / MANIFEST, manifest)
+        self.manifest = manifest
 
     def load(self, sites: list[Site] | None = None) -> dict[str, Any]:
         """Every complete shard's rows, concatenated: ``{"activations": {site: array}, "episode",
