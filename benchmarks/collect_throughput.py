@@ -108,6 +108,13 @@ def measure(label: str, model, tower: str, count: int, shard_rows: int, rounds: 
     print(f"  ratio project/plain = {rate['project'] / rate['plain']:.3f}   (target >= 0.9)")
 
 
+def build(name: str) -> tuple[str, object, str]:
+    """``(label, model, tower)`` of a benchmark model name."""
+    if name == "openvla-mid":
+        return "mid-size OpenVLA (8 layers, width 1024)", mid_openvla(8, 1024)[0], "vlm"
+    return name, nnsight_vla.load(name), "expert"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16)
@@ -116,12 +123,8 @@ def main() -> None:
     parser.add_argument("--models", default="openvla-mid,tiny-pi0")
     args = parser.parse_args()
     print(f"torch threads {torch.get_num_threads()}")
-    for name in args.models.split(","):
-        if name == "openvla-mid":
-            model, *_ = mid_openvla(8, 1024)
-            measure("mid-size OpenVLA (8 layers, width 1024)", model, "vlm", args.frames, args.shard_rows, args.rounds)
-        else:
-            measure(name, nnsight_vla.load(name), "expert", args.frames, args.shard_rows, args.rounds)
+    for label, model, tower in map(build, args.models.split(",")):
+        measure(label, model, tower, args.frames, args.shard_rows, args.rounds)
 
 
 if __name__ == "__main__":
