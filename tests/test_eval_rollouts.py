@@ -107,3 +107,12 @@ def test_rollout_collection_equals_a_fresh_trace_of_the_same_observations(tiny, 
     np.testing.assert_array_equal(targets["gripper"], (targets["action"][:, -1] > 0).astype(np.int64))
     assert targets["state"].shape == (2, 8) and targets["task"].tolist() == [0, 0]
     assert targets["action_bins"].shape == (2, 7) and targets["action_bins"].dtype == np.int64
+    # resumed with the evaluation: nothing reruns, the shard stays; another collection there is refused
+    shard = store.shards()[0]
+    written = shard.stat().st_mtime_ns
+    again = evaluate(tiny, "libero_spatial", [0], episodes=1, controls="baseline", max_steps=2, camera_size=64,
+                     out_dir=tmp_path / "run", collect=collector, resume=True)
+    assert again.episodes == result.episodes and shard.stat().st_mtime_ns == written
+    with pytest.raises(InputError, match="other settings"):
+        evaluate(tiny, "libero_spatial", [0], episodes=1, controls="baseline", max_steps=2, camera_size=64,
+                 out_dir=tmp_path / "run", resume=True, collect=RolloutCollector(sites[:1], tmp_path / "acts"))
