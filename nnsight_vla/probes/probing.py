@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Any, Iterable
 
 import numpy as np
@@ -22,8 +23,8 @@ def probe_folder(folder: str | os.PathLike | ShardFolder, targets: Iterable[str]
                  sites: Iterable[Site] | None = None, **options: Any) -> ProbeResults:
     """Fit `fit_probes` on activations collected by `collect_to_disk` or a `RolloutCollector`:
     one probe per site, forward call and target. A target with several dimensions
-    (``"action"``, ``"state"``) is probed per dimension (``action[0]`` ...); ``"action[2]"``
-    picks one. Several positions of a call are joined into one feature vector.
+    (``"action"``, ``"state"``) is probed per dimension (``action[0]`` ...; constant ones are
+    left out with a warning); ``"action[2]"`` picks one. Several positions of a call are joined into one feature vector.
 
     Example:
         >>> results = probe_folder("acts/lift", targets=["action", "gripper"])
@@ -45,8 +46,11 @@ def probe_folder(folder: str | os.PathLike | ShardFolder, targets: Iterable[str]
             values[name] = array[:, index]
         elif array.ndim == 1:
             values[name] = array
-        else:
-            values.update({f"{base}[{i}]": array[:, i] for i in range(array.shape[1])})
+        else:  # every dimension that varies: a constant one (e.g. an unused rotation) has nothing to probe
+            constant = [i for i in range(array.shape[1]) if np.ptp(array[:, i]) == 0]
+            if constant:
+                warnings.warn(f"{base}{constant} are constant in {store.folder}; they are left out.", stacklevel=2)
+            values.update({f"{base}[{i}]": array[:, i] for i in range(array.shape[1]) if i not in constant})
     features = {}
     for site, acts in data["activations"].items():  # [rows, calls, positions, width]
         calls = _calls(store.manifest["calls"], acts.shape[1])

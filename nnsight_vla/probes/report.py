@@ -136,6 +136,8 @@ class ProbeResults:
 
     def plot(self, path: str | Path) -> Path:
         """Score by layer, one panel per target, a line per (tower, kind, call), chance shaded."""
+        from matplotlib.ticker import MaxNLocator
+
         targets = list(dict.fromkeys(self.table["target"]))
         cols = min(3, len(targets))
         rows = -(-len(targets) // cols)
@@ -148,7 +150,7 @@ class ProbeResults:
             part = self.table[self.table["target"] == target]
             band = part.groupby("layer").agg({"chance_low": "min", "chance_high": "max"})
             handles["chance (95% CI)"] = ax.fill_between(
-                band.index, band["chance_low"], band["chance_high"], color="0.85")
+                band.index, band["chance_low"], band["chance_high"].clip(upper=1.0), color="0.85")  # scores <= 1
             for g, (tower, kind) in enumerate(groups):
                 same = (part["tower"] == tower) & (part["kind"] == kind)
                 handles.update(_lines(ax, part[same], g))
@@ -157,6 +159,7 @@ class ProbeResults:
             if metric == "r2" and high > R2_FLOOR:
                 ax.set_ylim(max(R2_FLOOR, low), high)
             ax.set(title=target, xlabel="layer", ylabel=metric)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         legend = fig.add_subplot(grid[:, -1])
         legend.axis("off")
