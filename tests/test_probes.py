@@ -140,6 +140,8 @@ def test_bad_inputs_are_refused_before_anything_is_written(planted, tiny, datase
     one_camera = make_dataset(tmp_path / "one", episodes=1, frames=1, cameras=("image",), state=0)
     with pytest.raises(InputError, match="not a LeRobotDataset"):
         collect_to_disk(model, tmp_path / "nowhere", [EXPERT_0], out, progress=False)
+    with pytest.raises(InputError, match="has no frames"):
+        collect_to_disk(model, make_dataset(tmp_path / "empty", episodes=0), [EXPERT_0], out, progress=False)
     with pytest.raises(InputError, match="observations is empty"):
         collect_to_disk(model, ObservationFrames([]), [EXPERT_0], out, progress=False)
     assert not out.exists() or not list(out.glob("*.safetensors"))

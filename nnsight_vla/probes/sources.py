@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +81,12 @@ class DatasetFrames:
         if root is None and repo_id is None:
             raise InputError("give a dataset root folder, or root=None and a Hub repo_id.")
         self.root = None if root is None else Path(root).expanduser()
-        if self.root is not None and not (self.root / "meta" / "info.json").is_file():
-            raise InputError(f"{self.root} is not a LeRobotDataset (no meta/info.json); pass the dataset's root folder.")
+        if self.root is not None:
+            info = self.root / "meta" / "info.json"
+            if not info.is_file():
+                raise InputError(f"{self.root} is not a LeRobotDataset (no meta/info.json); pass the dataset's root folder.")
+            if not json.loads(info.read_text()).get("total_frames"):  # lerobot would look for them on the Hub
+                raise InputError(f"the dataset at {self.root} has no frames; convert or record some first.")
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         self.repo_id = repo_id or f"local/{self.root.name}"  # root=None: lerobot fetches repo_id from the Hub
