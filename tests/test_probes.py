@@ -192,3 +192,29 @@ def test_cli_collect_then_probe(dataset, tmp_path, capsys):
     assert "action[0]: best expert resid layer" in printed and (out / "probes.png").is_file()
     assert main(["collect", "tiny-pi0", "--data", str(dataset), "--sites", "resid@arm:0", "--out", str(tmp_path / "x")]) == 2
     assert "has towers ['expert', 'vlm'], not 'arm'" in capsys.readouterr().err
+
+
+def test_constant_dimensions_of_a_target_are_left_out(tiny, tmp_path):
+    from nnsight_vla.probes import probe_folder
+
+    observations = [Observation(random_image(i, 64), "pick up the black bowl") for i in range(10)]
+    vec = np.stack([np.linspace(-1, 1, 10), np.ones(10)], axis=1)  # dimension 1 never varies
+    frames = ObservationFrames(observations, targets={"vec": vec})
+    collect_to_disk(tiny, frames, [Site(0, "resid")], tmp_path / "acts", calls=[0], progress=False)
+    with pytest.warns(UserWarning, match=r"vec\[1\] are constant"):
+        results = probe_folder(tmp_path / "acts", targets=["vec"], shuffles=0, progress=False)
+    assert results.table["target"].tolist() == ["vec[0]"]
+    with pytest.raises(InputError, match="constant"):
+        probe_folder(tmp_path / "acts", targets=["vec[1]"], shuffles=0, progress=False)
+
+
+def test_shuffles_zero_leaves_chance_out_for_classification_too():
+    from nnsight_vla.probes import fit_probes
+
+    rng = np.random.default_rng(0)
+    episodes = np.repeat(np.arange(10), 6)
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    results = fit_probes({(Site(0, "resid"), 0): x}, {"grip": (x[:, 0] > 0).astype(np.int64)}, episodes,
+                         shuffles=0, progress=False)
+    row = results.table.iloc[0]
+    assert row["metric"] == "balanced_accuracy" and row["score"] > 0.8 and np.isnan(row["chance"])

@@ -288,7 +288,7 @@ def _logistic_probe(x, y, target, plan):
     alpha = _logistic_alpha(x, y, plan.splits(y)[1], target, plan)
     _, model, scaler = _logistic(x, y, np.arange(len(y)), [], [alpha], target, plan)
     weights = torch.from_numpy(model.coef_ / scaler.scale_).float()
-    chance = np.array([nested(y[src]) for src in plan.sources]).reshape(len(plan.sources), -1)
+    chance = np.array([nested(y[src]) for src in plan.sources]).reshape(len(plan.sources), len(plan.splits(y)[0]))
     return np.array(nested(y)), chance, alpha, (weights, model.classes_.tolist())
 
 
