@@ -37,6 +37,12 @@ if ! ldconfig -p 2>/dev/null | grep -q libOSMesa && [ "$(id -u)" = 0 ] && comman
     || echo "nnsight-vla: could not install libosmesa6; rendering needs EGL then" >&2
 fi
 
+# redis-server: the queue of a local NDIF stack (nnsight_vla.ndif); Debian's package (root + apt only).
+if ! command -v redis-server >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get install -y -q redis-server >/dev/null 2>&1 \
+    || echo "nnsight-vla: could not install redis-server; a local NDIF stack needs it" >&2
+fi
+
 hash=$(cat requirements.lock requirements-nodeps.txt .python-version | sha256sum | cut -c1-12)
 home=${NNSIGHT_VLA_HOME:-$HOME/.cache/nnsight-vla}
 shared="$home/venv-$hash"
