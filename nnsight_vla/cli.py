@@ -285,6 +285,11 @@ def probe_command(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # its own parser: it passes a command after `--` through
+        from .ndif.stack import main as serve
+
+        return serve(argv[1:])
     parser = _Parser(prog="nnsight-vla", description=DESCRIPTION, epilog=EPILOG, formatter_class=_TopFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     lens = commands.add_parser(
@@ -365,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--folds", type=int, default=5, help="outer folds, split by episode")
     probe.add_argument("--shuffles", type=int, default=3, help="shuffled-target reruns for the chance level")
     probe.add_argument("--out", required=True, type=Path, help="folder for probes.csv, probes.json, probes.png")
+
+    commands.add_parser("serve", help="a local NDIF server on loopback: serve run|up|deploy|down (serve -h)")
 
     args = parser.parse_args(argv)
     commands = {"lens": lens_command, "clusters": clusters_command, "eval": eval_command,

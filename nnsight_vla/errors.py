@@ -29,3 +29,7 @@ class LayerIndexError(VLAError, IndexError):
 
 class SetupError(VLAError, RuntimeError):
     """A missing package, asset or system library; the message says how to install it."""
+
+
+class StackError(VLAError, RuntimeError):
+    """A local NDIF stack that cannot start, deploy or stop as asked (the message says why)."""

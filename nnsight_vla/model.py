@@ -318,6 +318,16 @@ class VLA(Remotable):
     def _remoteable_from_model_key(cls, key: str, **kwargs: Any) -> "VLA":
         return from_model_key(cls, key, **kwargs)
 
+    @classmethod
+    def _remoteable_describe_checkpoint(cls, key: str, dtype: str, **kwargs: Any):
+        # NDIF sizes a deployment from this (the default builds on meta and counts); the
+        # keywords it adds across versions (``trust_remote_code``) are accepted and unused.
+        return super()._remoteable_describe_checkpoint(key, dtype)
+
+    @classmethod
+    def _remoteable_max_tp_size(cls, key: str, **kwargs: Any) -> None:
+        return None  # one device: never split for tensor parallelism
+
     #: Non-module attributes that a server already holds (referenced, not shipped).
     _persistent_attributes: ClassVar[tuple[str, ...]] = ("_tokenizer",)
 
@@ -326,10 +336,11 @@ class VLA(Remotable):
         for attr in self._persistent_attributes:
             value = state.get(attr)
             if value is not None:
-                try:
-                    value._persistent_id = f"VLA:{attr}"
-                except AttributeError:
-                    pass
+                try:  # frozen dataclasses (a policy kind) too
+                    object.__setattr__(value, "_persistent_id", f"VLA:{attr}")
+                except (AttributeError, TypeError) as err:
+                    raise TypeError(f"{type(self).__name__}._persistent_attributes: {attr!r} "
+                                    f"({type(value).__name__}) cannot be referenced by id") from err
         return state
 
     def _remoteable_persistent_objects(self) -> dict:

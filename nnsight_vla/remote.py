@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 
 #: Files that hold weights: fetched only when a model is dispatched.
 WEIGHT_FILES = (
@@ -25,9 +25,26 @@ def is_hub_id(source: str) -> bool:
     return source.count("/") == 1 and not path.exists() and not source.startswith((".", "/", "~"))
 
 
+def _cached_commit(source: str, revision: str | None, weights: bool) -> Path | None:
+    """The local Hub cache's snapshot of a pinned commit (a commit never changes, so it needs
+    no lookup; huggingface_hub would ask the Hub even offline): None when it is not there,
+    or, for ``weights``, holds no weight file."""
+    if revision is None or not _COMMIT.fullmatch(revision):
+        return None
+    from huggingface_hub import constants
+
+    folder = Path(constants.HF_HUB_CACHE) / f"models--{source.replace('/', '--')}" / "snapshots" / revision
+    if not folder.is_dir() or (weights and not any(any(folder.glob(p)) for p in WEIGHT_FILES)):
+        return None
+    return folder
+
+
 def _snapshot(source: str, revision: str | None, what: str, **patterns: Any) -> Path:
     import huggingface_hub
 
+    cached = _cached_commit(source, revision, weights="allow_patterns" in patterns)
+    if cached is not None:
+        return cached
     try:
         return Path(huggingface_hub.snapshot_download(source, revision=revision, **patterns))
     except Exception as err:  # offline, unknown or gated repository, unknown revision
@@ -71,16 +88,57 @@ def model_key(model: Any) -> str:
     return json.dumps(key, sort_keys=True)
 
 
+#: Weight formats NDIF names by string that our models do not load.
+QUANTIZATIONS = ("int8", "int4", "nf4", "fp4", "8bit", "4bit", "gptq", "awq")
+
+
+def _placement(kwargs: dict) -> Any:
+    """The one device a model goes to, from NDIF's ``device=<GPU index>`` or
+    ``device_map="balanced"`` with ``max_memory={gpu: bytes}`` (our models are not split
+    across devices: the GPU with the most memory allowed takes it all)."""
+    device, device_map = kwargs.pop("device", None), kwargs.pop("device_map", None)
+    max_memory = kwargs.pop("max_memory", None)
+    if device is None and isinstance(device_map, dict):
+        devices = set(device_map.values())
+        if len(devices) != 1:
+            raise InputError(f"device_map={device_map!r} splits the model; these models go to one device.")
+        device = devices.pop()
+    elif device is None and device_map in ("auto", "balanced", "sequential") and max_memory:
+        gpus = {k: v for k, v in max_memory.items() if isinstance(k, int) or str(k).isdigit()}
+        device = max(gpus, key=gpus.get) if gpus else "cpu"
+    elif device is None and device_map not in (None, "auto", "balanced", "sequential"):
+        device = device_map
+    if isinstance(device, int) or (isinstance(device, str) and device.isdigit()):
+        device = f"cuda:{int(device)}"
+    return device
+
+
 def from_model_key(cls: type, key: str, **kwargs: Any) -> Any:
     """Rebuild a model of ``cls`` from its key, taking what NDIF or a worker passes:
-    ``dispatch``, ``dtype`` (a string), ``device`` or ``device_map`` (``max_memory`` is ignored)."""
-    fields = json.loads(key)
-    device_map = kwargs.pop("device_map", None)
-    kwargs.pop("max_memory", None)
-    if device_map is not None and "device" not in kwargs and isinstance(device_map, str):
-        kwargs["device"] = None if device_map in ("auto", "balanced") else device_map
-    fields.update({k: v for k, v in kwargs.items() if k in ("dtype", "device", "dispatch")})
-    return cls(fields.pop("source"), **fields)
+    ``dispatch``, ``dtype`` (a torch dtype or its name), ``device`` (a name or a GPU index) or
+    ``device_map`` with ``max_memory``, and ``trust_remote_code`` (ignored: no remote code runs).
+    Without ``dispatch`` the model is built on the meta device and no weight file is read."""
+    try:
+        fields = json.loads(key)
+        source = fields.pop("source")
+    except (ValueError, KeyError, AttributeError, TypeError) as err:
+        raise InputError(f"{key!r} is not a model key of {cls.__name__}; make one with model.to_model_key().") from err
+    kwargs.pop("trust_remote_code", None)
+    dtype = kwargs.pop("dtype", None)
+    if isinstance(dtype, str) and dtype.lower() in QUANTIZATIONS:
+        raise InputError(f"dtype={dtype!r}: quantized weights are not supported; deploy with dtype "
+                         "'bfloat16', 'float16' or 'float32'.")
+    if dtype is not None:
+        fields["dtype"] = dtype
+    device = _placement(kwargs)
+    if device is not None:
+        fields["device"] = device
+    if "dispatch" in kwargs:
+        fields["dispatch"] = kwargs.pop("dispatch")
+    if kwargs:
+        raise InputError(f"from_model_key got unknown arguments {sorted(kwargs)}; it takes dispatch, dtype, "
+                         "device, device_map, max_memory and trust_remote_code.")
+    return cls(source, **fields)
 
 
 def rebuild(path: str, key: str, **kwargs: Any) -> Any:

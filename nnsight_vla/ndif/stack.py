@@ -1,13 +1,21 @@
-"""Start and stop a local NDIF stack (redis, moto S3, Ray head, NDIF controller and API) on loopback, inside a loopback-only network namespace.
+"""A local NDIF stack (redis, moto's S3 server, Ray head, NDIF's controller and API) on loopback only.
 
-Usage (the whole command, and every client, inside one namespace that has only ``lo``)::
+Ray listens on every interface even when told 127.0.0.1, so the stack and its clients run inside a
+private network namespace that has only ``lo``. ``nnsight-vla serve run`` makes one (needs root or
+CAP_SYS_ADMIN), starts the stack, deploys models, runs a command with ``NDIF_HOST`` set, and stops
+everything::
 
-    python -m nnsight_vla.ndif.stack up --run RUN_DIR
-    python -m nnsight_vla.ndif.stack deploy --run RUN_DIR 'nnsight_vla_openvla.model.OpenVLA:{...}'
-    python -m nnsight_vla.ndif.stack down --run RUN_DIR
+    nnsight-vla serve run --deploy tiny-openvla -- python my_experiment.py
 
-Every process is started by id in its own process group; PID files go to ``RUN_DIR/pids``, logs to
-``RUN_DIR/logs``, temporary files (Ray's, gunicorn's) to ``RUN_DIR``; ``down`` stops every one of them.
+Inside a namespace (``scripts/loopback.sh bash``), the steps one by one::
+
+    nnsight-vla serve up --run RUN
+    nnsight-vla serve deploy --run RUN /path/to/checkpoint     # or a built-in name, a Hub id, a model key
+    nnsight-vla serve down --run RUN
+
+Every process is started in its own process group with a PID file in ``RUN/pids``; logs go to
+``RUN/logs``, and Ray's, gunicorn's and Python's temporary files to ``RUN``. ``down`` stops them by
+id (and any straggler that carries the run's marker) and checks that the ports are free.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,28 +32,48 @@ import time
 import urllib.request
 from pathlib import Path
 
-#: Ports the stack listens on (all on 127.0.0.1).
+from ..errors import StackError, VLAError
+
+#: Ports the stack listens on (all on 127.0.0.1, inside the namespace).
 PORTS = {"redis": 6390, "s3": 9010, "ray_gcs": 6395, "ray_client": 10001, "ray_dashboard": 8275, "api": 8011}
+HOST = f"http://127.0.0.1:{PORTS['api']}"
 #: Environment variable carried by every process of a stack: how ``down`` finds stragglers.
 MARKER = "NNSIGHT_VLA_NDIF_RUN"
 BIN = Path(sys.executable).parent
+#: Ray puts Unix sockets under the run folder; their paths must stay under 107 bytes.
+MAX_RUN_PATH = 40
 
 
-class StackError(RuntimeError):
-    """The stack cannot start or stop as asked."""
+def in_loopback_namespace() -> bool:
+    """Whether this process's network namespace has no interface but ``lo``."""
+    return sorted(name for _, name in socket.if_nameindex()) == ["lo"]
+
+
+def namespace_problem() -> str | None:
+    """Why a loopback-only network namespace cannot be made here, or None when it can."""
+    for tool, package in (("unshare", "util-linux"), ("ip", "iproute2")):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed (Debian package {package})"
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
+    if probe.returncode:
+        return f"`unshare --net` failed ({probe.stderr.strip()}): it needs root or CAP_SYS_ADMIN"
+    return None
+
+
+def loopback_command(argv: list[str]) -> list[str]:
+    """``argv`` run in a new network namespace whose only interface, ``lo``, is up."""
+    return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
 
 
 def check_loopback_only() -> None:
-    """Refuse to run outside a network namespace whose only interface is ``lo`` (Ray binds every interface)."""
-    names = sorted(name for _, name in socket.if_nameindex())
-    if names != ["lo"]:
+    if not in_loopback_namespace():
+        names = sorted(name for _, name in socket.if_nameindex())
         raise StackError(
-            f"this network namespace has interfaces {names}; Ray would listen on all of them. Run inside a "
-            "loopback-only namespace: scripts/loopback.sh <command>, or `setsid unshare -n sleep infinity` and nsenter."
+            f"this network namespace has interfaces {names}; Ray would listen on all of them. Use "
+            "`nnsight-vla serve run -- COMMAND` (it makes a loopback-only namespace), or run inside "
+            "scripts/loopback.sh."
         )
-    up = subprocess.run(["ip", "-o", "link", "show", "lo"], capture_output=True, text=True).stdout
-    if "UP" not in up.split("<", 1)[-1].split(">", 1)[0]:
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
 
 def port_free(port: int) -> bool:
@@ -57,15 +86,12 @@ def port_free(port: int) -> bool:
     return True
 
 
-def check_ports() -> None:
-    taken = [f"{name} port {port}" for name, port in PORTS.items() if not port_free(port)]
-    if taken:
-        raise StackError(f"already in use on 127.0.0.1: {', '.join(taken)}; stop what holds it (`down --run ...`).")
+def taken_ports() -> list[str]:
+    return [f"{name} port {port}" for name, port in PORTS.items() if not port_free(port)]
 
 
-def wait_port(port: int, name: str, timeout: float, run: Path) -> None:
-    deadline = time.time() + timeout
-    pid_file = run / "pids" / f"{name}.pid"
+def _wait_port(port: int, name: str, timeout: float, run: Path) -> None:
+    deadline, pid_file = time.time() + timeout, run / "pids" / f"{name}.pid"
     while time.time() < deadline:
         if pid_file.exists() and not Path(f"/proc/{pid_file.read_text()}").exists():
             raise StackError(f"{name} exited before listening on 127.0.0.1:{port}; see {run / 'logs' / name}.log")
@@ -76,21 +102,21 @@ def wait_port(port: int, name: str, timeout: float, run: Path) -> None:
     raise StackError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f} s; see {run / 'logs' / name}.log")
 
 
-def environment(run: Path) -> dict:
-    """The ``NDIF_*`` settings every service (and ``ndif`` CLI call) of this stack shares."""
-    env = dict(os.environ)
+def environment(run: Path, extra: dict | None = None) -> dict:
+    """The environment every service of this stack (and every ``ndif`` CLI call) runs with."""
+    env = {**os.environ, **(extra or {})}
     env.update({
         MARKER: str(run),
         "NDIF_REDIS_URL": f"redis://127.0.0.1:{PORTS['redis']}",
         "NDIF_OBJECT_STORE_URL": f"http://127.0.0.1:{PORTS['s3']}",
         "NDIF_OBJECT_STORE_ACCESS_KEY": "testing", "NDIF_OBJECT_STORE_SECRET_KEY": "testing",
         "NDIF_RAY_ADDRESS": f"ray://127.0.0.1:{PORTS['ray_client']}",
-        "NDIF_API_URL": f"http://127.0.0.1:{PORTS['api']}",
-        "NDIF_HOME": str(run), "NDIF_RAY_TEMP_DIR": str(run / "ray"),
+        "NDIF_API_URL": HOST, "NDIF_HOME": str(run), "NDIF_RAY_TEMP_DIR": str(run / "ray"),
         "NDIF_DEFAULT_DTYPE": "float32", "NDIF_MINIMUM_DEPLOYMENT_TIME_SECONDS": "0",
+        # ndif's stock actor is CUDA-only, and ndif 0.1.2 passes nnsight 0.8.1 a keyword it dropped
         "NDIF_MODEL_IMPORT_PATH": "nnsight_vla.ndif.actor.CPUModelActor",
         "NDIF_CONTROLLER_IMPORT_PATH": "nnsight_vla.ndif.controller.ControllerActor",
-        "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "GRPC_ENABLE_FORK_SUPPORT": "0",
+        "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"), "RAY_USAGE_STATS_ENABLED": "0",
         "TMPDIR": str(run / "tmp"), "HOME": str(run / "home"),  # gunicorn writes ~/.gunicorn
         "PYTHONUNBUFFERED": "1",
     })
@@ -98,78 +124,104 @@ def environment(run: Path) -> dict:
     return env
 
 
-def start(run: Path, name: str, argv: list[str], env: dict) -> int:
-    """Start one service by id in its own process group, PID file and log in the run folder."""
-    log = open(run / "logs" / f"{name}.log", "ab")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run, start_new_session=True)
+def _start(run: Path, name: str, argv: list[str], env: dict) -> None:
+    """Start one service in its own process group; PID file and log in the run folder."""
+    with open(run / "logs" / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=run, start_new_session=True)
     (run / "pids" / f"{name}.pid").write_text(str(proc.pid))
-    return proc.pid
 
 
-def ray_argv(*args: str) -> list[str]:
+def _ray(*args: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()", *args]
 
 
-def up(run: Path) -> float:
-    """Start the stack; return the seconds until the API answers ``/connected``."""
+def up(run: Path, env: dict | None = None, timeout: float = 180) -> float:
+    """Start the stack with its files in ``run``; return the seconds until the API reports Ray
+    connected. ``env``: extra variables for the services (e.g. the server's ``HF_HUB_CACHE``)."""
     t0 = time.time()
+    run = Path(run).resolve()
+    if len(str(run)) > MAX_RUN_PATH:
+        raise StackError(f"run folder {run} is longer than {MAX_RUN_PATH} characters; Ray's socket paths under "
+                         "it would be too long. Use a shorter one (e.g. /tmp/ndif-run).")
+    if shutil.which("redis-server") is None:
+        raise StackError("redis-server is not installed; `apt-get install redis-server` (scripts/env.sh does it as root).")
     check_loopback_only()
-    check_ports()
+    if taken := taken_ports():
+        raise StackError(f"already in use on 127.0.0.1: {', '.join(taken)}; stop what holds them (`serve down --run ...`).")
     for sub in ("pids", "logs", "ray", "tmp", "home"):
         (run / sub).mkdir(parents=True, exist_ok=True)
-    env = environment(run)
+    env = environment(run, env)
     (run / "env.json").write_text(json.dumps({k: v for k, v in env.items() if k.startswith("NDIF_")}, indent=1))
-    start(run, "redis", ["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",
-                         "--appendonly", "no", "--dir", str(run / "tmp")], env)
-    start(run, "s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(PORTS["s3"])], env)
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    resources = {"head": 10, "cuda_memory_bytes": 4_000_000_000, "cpu_memory_bytes": mem}
-    start(run, "ray", ray_argv(
+    _start(run, "redis", ["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--dir", str(run / "tmp")], env)
+    _start(run, "s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(PORTS["s3"])], env)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    # NDIF places replicas on nodes with a "GPU"; the CPU actor runs on this fake one.
+    resources = {"head": 10, "cuda_memory_bytes": 4_000_000_000, "cpu_memory_bytes": memory}
+    _start(run, "ray", _ray(
         "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=4", "--num-gpus=1",
         f"--resources={json.dumps(resources)}", f"--port={PORTS['ray_gcs']}",
         f"--ray-client-server-port={PORTS['ray_client']}", "--include-dashboard=true",  # the controller lists nodes through it
         "--dashboard-host=127.0.0.1", f"--dashboard-port={PORTS['ray_dashboard']}",
         f"--temp-dir={run / 'ray'}", "--disable-usage-stats"), env)
-    wait_port(PORTS["redis"], "redis", 20, run)
-    wait_port(PORTS["s3"], "s3", 60, run)
-    wait_port(PORTS["ray_gcs"], "ray", 90, run)
-    wait_port(PORTS["ray_client"], "ray", 90, run)
-    wait_port(PORTS["ray_dashboard"], "ray", 90, run)
-    controller = subprocess.run(
-        [sys.executable, "-m", "ndif.services.ray.deployments.controller.controller"],
-        env={**env, "RAY_ADDRESS": f"127.0.0.1:{PORTS['ray_gcs']}"}, cwd=run,
-        stdout=open(run / "logs" / "controller.log", "ab"), stderr=subprocess.STDOUT, timeout=180)
+    for port, name in ((PORTS["redis"], "redis"), (PORTS["s3"], "s3"), (PORTS["ray_gcs"], "ray"),
+                       (PORTS["ray_client"], "ray"), (PORTS["ray_dashboard"], "ray")):
+        _wait_port(port, name, timeout, run)
+    with open(run / "logs" / "controller.log", "ab") as log:
+        controller = subprocess.run(
+            [sys.executable, "-m", "ndif.services.ray.deployments.controller.controller"],
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{PORTS['ray_gcs']}"}, cwd=run, stdout=log,
+            stderr=subprocess.STDOUT, timeout=timeout)
     if controller.returncode:
-        raise StackError(f"NDIF's controller failed to launch; see {run / 'logs' / 'controller.log'}")
-    start(run, "api", [str(BIN / "gunicorn"), "--config", "python:ndif.services.api.gunicorn_conf",
-                       "ndif.services.api.app:app", "--bind", f"127.0.0.1:{PORTS['api']}"], env)
-    wait_port(PORTS["api"], "api", 120, run)
-    deadline = time.time() + 120
+        raise StackError(f"NDIF's controller failed to start; see {run / 'logs' / 'controller.log'}")
+    _start(run, "api", [str(BIN / "gunicorn"), "--config", "python:ndif.services.api.gunicorn_conf",
+                        "ndif.services.api.app:app", "--bind", f"127.0.0.1:{PORTS['api']}"], env)
+    _wait_port(PORTS["api"], "api", timeout, run)
+    deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{PORTS['api']}/connected", timeout=5) as r:
-                if r.status == 200 and json.loads(r.read() or b"false") not in (False, None):
+            with urllib.request.urlopen(f"{HOST}/connected", timeout=5) as response:
+                if response.status == 200 and json.loads(response.read() or b"false"):
                     return time.time() - t0
-        except Exception:
+        except (OSError, ValueError):
             pass
         time.sleep(0.5)
-    raise StackError(f"the API did not report Ray connected within 120 s; see {run / 'logs'}")
+    raise StackError(f"the API did not report Ray connected within {timeout:.0f} s; see {run / 'logs'}")
 
 
-def deploy(run: Path, key: str, size_bytes: int | None = None, dtype: str = "float32") -> None:
-    """Deploy one model key (``module.Class:json``), pinned, through ``ndif deploy -f``."""
+def model_key(target: str) -> str:
+    """A full model key (``module.Class:{...}``) for a built-in name, checkpoint folder or Hub id;
+    a key is returned as it is. The model is built on the meta device: no weight is read."""
+    if ":{" in target:
+        return target
+    import nnsight_vla
+
+    return nnsight_vla.load(target, dispatch=False).to_model_key()
+
+
+def deploy(run: Path, target: str, size_bytes: int | None = None, dtype: str = "float32") -> str:
+    """Deploy one model, pinned, with ``ndif deploy``; return its key. Without ``size_bytes``
+    NDIF sizes it by building it on the meta device (the class's ``describe_checkpoint``)."""
     import yaml
 
+    run = Path(run).resolve()
+    key = model_key(target)
     entry = {"checkpoint": key, "model_key": key, "dtype": dtype, "pinned": True}
     if size_bytes:
         entry["size_bytes"] = size_bytes
     path = run / "models.yaml"
     path.write_text(yaml.safe_dump({"models": [entry]}))
-    out = subprocess.run([str(BIN / "ndif"), "deploy", "-f", str(path)], env=environment(run), cwd=run,
-                         capture_output=True, text=True, timeout=300)
-    (run / "logs" / "deploy.log").write_text(out.stdout + out.stderr)
-    if out.returncode:
-        raise StackError(f"ndif deploy failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+    for attempt in range(3):  # Ray's client proxy now and then loses the server it starts for a new client
+        out = subprocess.run([str(BIN / "ndif"), "deploy", "-f", str(path)], env=environment(run), cwd=run,
+                             capture_output=True, text=True, timeout=600)
+        with open(run / "logs" / "deploy.log", "a") as log:
+            log.write(out.stdout + out.stderr)
+        if "Cannot connect to Ray" not in out.stdout + out.stderr:
+            break
+        time.sleep(2)
+    if out.returncode or "Error" in out.stdout:
+        raise StackError(f"ndif deploy of {key} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+    return key
 
 
 def _marked(run: Path) -> list[int]:
@@ -186,8 +238,8 @@ def _marked(run: Path) -> list[int]:
 
 
 def down(run: Path, grace: float = 10.0) -> list[str]:
-    """Stop every process this run started (by process group, then stragglers by id); return what was stopped."""
-    stopped = []
+    """Stop every process this run started (each process group, then stragglers by id); return what was stopped."""
+    run, stopped = Path(run).resolve(), []
     for pid_file in sorted((run / "pids").glob("*.pid")):
         pid = int(pid_file.read_text())
         try:
@@ -206,33 +258,61 @@ def down(run: Path, grace: float = 10.0) -> list[str]:
             pass
     for pid_file in (run / "pids").glob("*.pid"):
         pid_file.unlink()
-    time.sleep(0.5)
-    taken = [f"{name} port {port}" for name, port in PORTS.items() if not port_free(port)]
+    deadline = time.time() + grace
+    while (taken := taken_ports()) and time.time() < deadline:
+        time.sleep(0.3)
     if taken:
         raise StackError(f"still in use after down: {', '.join(taken)}")
     return stopped
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nnsight_vla.ndif.stack", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "deploy"])
-    parser.add_argument("key", nargs="?", help="model key to deploy (deploy only)")
-    parser.add_argument("--run", type=Path, required=True, help="run folder (PID files, logs, temporary files)")
-    parser.add_argument("--size-bytes", type=int, default=None)
-    args = parser.parse_intermixed_args(argv)
-    run = args.run.resolve()
+def serve(run: Path, command: list[str], deploys: list[str] = (), env: dict | None = None) -> int:
+    """Up the stack, deploy ``deploys``, run ``command`` with ``NDIF_HOST`` set, and take the stack
+    down (also on errors and Ctrl-C); return the command's exit code. Must run in a loopback-only
+    namespace (`main` makes one)."""
+    up(run, env)
     try:
-        if args.command == "up":
-            print(f"stack up in {up(run):.1f} s; NDIF_HOST=http://127.0.0.1:{PORTS['api']}")
-        elif args.command == "deploy":
+        for target in deploys:
+            print(f"deployed {deploy(run, target)}", flush=True)
+        return subprocess.run(command, env={**os.environ, **(env or {}), "NDIF_HOST": HOST}).returncode if command else 0
+    finally:
+        down(run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="nnsight-vla serve", description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=["run", "up", "deploy", "down"])
+    parser.add_argument("target", nargs="?", help="deploy: a built-in name, checkpoint folder, Hub id or model key")
+    parser.add_argument("--run", type=Path, default=Path("/tmp/ndif-run"), help="folder for PID files, logs and temporary files")
+    parser.add_argument("--deploy", action="append", default=[], help="run: a model to deploy first (repeat for more)")
+    parser.add_argument("--size-bytes", type=int, default=None, help="deploy: the model's size (else sized on meta)")
+    parser.add_argument("--dtype", default="float32", help="deploy: the dtype the server loads it in")
+    argv, command = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = parser.parse_args(argv)
+    try:
+        if args.step == "run" and not in_loopback_namespace():
+            if problem := namespace_problem():
+                raise StackError(f"cannot make a loopback-only network namespace: {problem}.")
+            inner = [sys.executable, "-m", "nnsight_vla.ndif.stack", *argv, "--", *command]
+            return subprocess.run(loopback_command(inner)).returncode
+        if args.step == "run":
+            return serve(args.run, command, args.deploy)
+        if args.step == "up":
+            print(f"stack up in {up(args.run):.1f} s; clients in this namespace use NDIF_HOST={HOST}")
+        elif args.step == "deploy":
+            if not args.target:
+                raise StackError("deploy needs a model: a built-in name, checkpoint folder, Hub id or model key.")
             t = time.time()
-            deploy(run, args.key, args.size_bytes)
-            print(f"deployed {args.key} in {time.time() - t:.1f} s")
+            key = deploy(args.run, args.target, args.size_bytes, args.dtype)
+            print(f"deployed {key} in {time.time() - t:.1f} s")
         else:
-            print("stopped", " ".join(down(run)) or "nothing")
-    except StackError as err:
-        sys.exit(f"error: {err}")
+            print("stopped", " ".join(down(args.run)) or "nothing")
+    except VLAError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

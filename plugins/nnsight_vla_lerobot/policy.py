@@ -90,7 +90,7 @@ class LeRobotVLA(VLA):
     #: lerobot ``config.type`` -> what this class knows about it.
     kinds: ClassVar[Mapping[str, PolicyKind]] = {}
 
-    _persistent_attributes = ("_tokenizer", "preprocessor", "postprocessor")
+    _persistent_attributes = ("_tokenizer", "preprocessor", "postprocessor", "policy_config", "kind")
 
     # -- configuration -------------------------------------------------------------
 
@@ -178,9 +178,10 @@ class LeRobotVLA(VLA):
     def _build(self) -> torch.nn.Module:
         if self.folder is not None:
             return self._policy("meta")
+        on_meta = torch.empty(()).is_meta  # nnsight's meta build: lerobot's `.to(device)` must not leave meta
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tiny.SEED)
-            return self._policy("cpu")
+            return self._policy("meta" if on_meta else "cpu")
 
     def _load_weights(self) -> torch.nn.Module:
         if self.folder is None:

@@ -78,7 +78,7 @@ class OpenVLA(VLA):
         modules={"vision_backbone": "vision", "projector": "projector"},
         run_start="vision_backbone",  # the prefill; each decoding step after it reuses the cache
     )
-    _persistent_attributes = ("_tokenizer", "processor", "action_tokenizer")
+    _persistent_attributes = ("_tokenizer", "processor", "action_tokenizer", "config")  # config: norm statistics
 
     def _configure(self, source: str, unnorm_key: str | None = None, center_crop: bool = False) -> None:
         self.builtin = source if source in (TINY, SMOL) else None
