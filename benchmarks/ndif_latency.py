@@ -74,7 +74,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="ndif-bench-") as tmp:
         mid = write_mid(f"{tmp}/mid")
-        command = [sys.executable, "-m", "nnsight_vla.ndif.stack", "run", "--run", "/tmp/ndif-bench-run",
+        command = [sys.executable, "-m", "nnsight_vla.cli", "serve", "run", "--run", "/tmp/ndif-bench-run",
                    "--deploy", "tiny-openvla", "--deploy", mid, "--",
                    sys.executable, __file__, "--rounds", str(args.rounds), "--client", mid]
         sys.exit(subprocess.run(command).returncode)

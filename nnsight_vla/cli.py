@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:  # its own parser: it passes a command after `--` through
         from .ndif.stack import main as serve
 
-        return serve(argv[1:])
+        status = []
+        return exit_code(lambda: status.append(serve(argv[1:]))) or status[0]
     parser = _Parser(prog="nnsight-vla", description=DESCRIPTION, epilog=EPILOG, formatter_class=_TopFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     lens = commands.add_parser(

@@ -59,7 +59,7 @@ def served(saved_tiny, tmp_path_factory):
     (base / "out").mkdir()
     client = [sys.executable, ROOT / "tests" / "ndif_check.py", base / "out", base / "client-cache", saved_tiny]
     proc = subprocess.run(
-        [sys.executable, "-m", "nnsight_vla.ndif.stack", "run", "--run", run, "--deploy", "tiny-pi0", "--", *client],
+        [sys.executable, "-m", "nnsight_vla.cli", "serve", "run", "--run", run, "--deploy", "tiny-pi0", "--", *client],
         capture_output=True, text=True, timeout=1200,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(base / "server-cache")},
     )

@@ -32,7 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ..errors import StackError, VLAError
+from ..errors import StackError
 
 #: Ports the stack listens on (all on 127.0.0.1, inside the namespace).
 PORTS = {"redis": 6390, "s3": 9010, "ray_gcs": 6395, "ray_client": 10001, "ray_dashboard": 8275, "api": 8011}
@@ -279,9 +279,10 @@ def serve(run: Path, command: list[str], deploys: list[str] = (), env: dict | No
         down(run)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="nnsight-vla serve", description=__doc__.splitlines()[0])
+def main(argv: list[str]) -> int:
+    """``nnsight-vla serve ARGV``: the command's exit code (a project error is raised)."""
+    parser = argparse.ArgumentParser(prog="nnsight-vla serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["run", "up", "deploy", "down"])
     parser.add_argument("target", nargs="?", help="deploy: a built-in name, checkpoint folder, Hub id or model key")
     parser.add_argument("--run", type=Path, default=Path("/tmp/ndif-run"), help="folder for PID files, logs and temporary files")
@@ -290,29 +291,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", help="deploy: the dtype the server loads it in")
     argv, command = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = parser.parse_args(argv)
-    try:
-        if args.step == "run" and not in_loopback_namespace():
-            if problem := namespace_problem():
-                raise StackError(f"cannot make a loopback-only network namespace: {problem}.")
-            inner = [sys.executable, "-m", "nnsight_vla.ndif.stack", *argv, "--", *command]
-            return subprocess.run(loopback_command(inner)).returncode
-        if args.step == "run":
-            return serve(args.run, command, args.deploy)
-        if args.step == "up":
-            print(f"stack up in {up(args.run):.1f} s; clients in this namespace use NDIF_HOST={HOST}")
-        elif args.step == "deploy":
-            if not args.target:
-                raise StackError("deploy needs a model: a built-in name, checkpoint folder, Hub id or model key.")
-            t = time.time()
-            key = deploy(args.run, args.target, args.size_bytes, args.dtype)
-            print(f"deployed {key} in {time.time() - t:.1f} s")
-        else:
-            print("stopped", " ".join(down(args.run)) or "nothing")
-    except VLAError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return _step(args, argv, command) or 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _step(args: argparse.Namespace, argv: list[str], command: list[str]) -> int | None:
+    if args.step == "run" and not in_loopback_namespace():
+        if problem := namespace_problem():
+            raise StackError(f"cannot make a loopback-only network namespace: {problem}.")
+        inner = [sys.executable, "-m", "nnsight_vla.cli", "serve", *argv, "--", *command]
+        return subprocess.run(loopback_command(inner)).returncode
+    if args.step == "run":
+        return serve(args.run, command, args.deploy)
+    if args.step == "up":
+        print(f"stack up in {up(args.run):.1f} s; clients in this namespace use NDIF_HOST={HOST}")
+    elif args.step == "deploy":
+        if not args.target:
+            raise StackError("deploy needs a model: a built-in name, checkpoint folder, Hub id or model key.")
+        t = time.time()
+        key = deploy(args.run, args.target, args.size_bytes, args.dtype)
+        print(f"deployed {key} in {time.time() - t:.1f} s")
+    else:
+        print("stopped", " ".join(down(args.run)) or "nothing")
+    return None
