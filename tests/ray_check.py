@@ -64,5 +64,8 @@ try:
         "pids": sorted({pid for *_, pid in timings}),
     }
 finally:
+    import ray
+
+    ray.shutdown()  # disconnect first: a driver still attached when the cluster is stopped can crash
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
 (out / "result.json").write_text(json.dumps(result))

@@ -63,7 +63,7 @@ def served(saved_tiny, tmp_path_factory):
         capture_output=True, text=True, timeout=1200,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(base / "server-cache")},
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0 and (base / "out" / "result.json").exists(), proc.stdout[-3000:] + proc.stderr[-5000:]
     yield json.loads((base / "out" / "result.json").read_text()), run
     shutil.rmtree(run, ignore_errors=True)
 
