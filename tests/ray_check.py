@@ -1,8 +1,12 @@
 """Run by test_eval_parallel inside a loopback-only network namespace: serial vs Ray rollouts."""
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +50,17 @@ except VLAError as error:
     result["edited"] = f"{type(error).__name__}: {error}"
 
 # tiny-pi0 on an existing cluster, reached by its address.
-subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", "--port=6390", "--num-cpus=2", "--include-dashboard=false",
-                "--disable-usage-stats"], check=True, capture_output=True)
+# Its own process group, stopped by id (`ray stop` would stop every Ray on the machine, such as
+# the NDIF stack another test runs in its own namespace).
+head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port=6390", "--num-cpus=2",
+                         "--include-dashboard=false", "--disable-usage-stats"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+deadline = time.time() + 120
+while time.time() < deadline:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 6390)) == 0:
+            break
+    time.sleep(0.5)
 try:
     model = nnsight_vla.load("tiny-pi0")
     conditions = {"baseline": None, "steered": Clamp([(1, 3)], 4.0, tower="expert")}
@@ -67,5 +80,6 @@ finally:
     import ray
 
     ray.shutdown()  # disconnect first: a driver still attached when the cluster is stopped can crash
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(60)
 (out / "result.json").write_text(json.dumps(result))
