@@ -207,7 +207,7 @@ for name, fn in [("trace", check_trace), ("steering", check_steering), ("predict
 result["client_dispatched"] = client.dispatched
 result["client_files"] = sorted(p.name for p in Path(CLIENT_CACHE).rglob("*") if p.is_file() or p.is_symlink())
 
-# -- Pi0 (deployed by `serve run --deploy tiny-pi0`): the expert's denoising steps -----------------
+# -- Pi0 (deployed by `serve run --deploy tiny-pi0`) and Pi0.5: the expert's denoising steps -------
 pi_client, pi_local = nnsight_vla.load("tiny-pi0", dispatch=False), nnsight_vla.load("tiny-pi0")
 PI_OBS = Observation({"image": image[:64, :64], "image2": image[64:128, :64]}, "pick up the black bowl",
                      state=np.linspace(-1, 1, 8))
@@ -240,4 +240,14 @@ def pi_plain(model, **kw):
 
 
 record("pi0", check_pi0)
+
+
+def check_pi05():  # not deployed beforehand: NDIF provisions it on the first request
+    global pi_client, pi_local
+    pi_client, pi_local = nnsight_vla.load("tiny-pi05", dispatch=False), nnsight_vla.load("tiny-pi05")
+    (vel, chunk), (local_vel, local_chunk) = pi_predict(pi_client, remote=True), pi_predict(pi_local)
+    return {"steps": len(vel), "equal": all(map(same, vel, local_vel)) and same(chunk, local_chunk)}
+
+
+record("pi05", check_pi05)
 (OUT / "result.json").write_text(json.dumps(result, indent=1))

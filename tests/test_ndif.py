@@ -93,6 +93,8 @@ def test_remote_predict_action_iterates_decoding_and_denoising_steps(served):
     assert predict["equal"] and predict["steps"] == 7 and predict["equals_steer"]
     pi0 = passed(result, "pi0")  # Pi0: the VLM once, the expert at each of 10 denoising steps
     assert pi0["steps"] == 10 and pi0["equal"] and pi0["acted"] and pi0["plain_equal"]
+    pi05 = passed(result, "pi05")  # Pi0.5, provisioned on demand by its first request
+    assert pi05["steps"] == 10 and pi05["equal"]
 
 
 def test_remote_session_and_nonblocking_submit_and_poll(served):
@@ -155,11 +157,17 @@ def test_port_taken_and_no_namespace_are_clear_errors(tmp_path):
     assert "REFUSED already in use on 127.0.0.1: api port 8011" in out.stdout, out.stderr[-2000:]
 
 
-def test_cli_serve_errors_name_the_fix(capsys):
+def test_cli_serve_errors_name_the_fix(capsys, monkeypatch):
     from nnsight_vla.cli import main
 
     assert main(["serve", "up", "--run", "/tmp/" + "y" * 50]) == 2
     assert "shorter" in capsys.readouterr().err
+    assert main(["serve", "deploy", "--run", "/tmp/ndif-x"]) == 2
+    assert "deploy needs a model" in capsys.readouterr().err
+    if not stack.in_loopback_namespace():  # no unshare: refused before anything starts
+        monkeypatch.setattr(shutil, "which", lambda name: None)
+        assert main(["serve", "run", "--", "true"]) == 2
+        assert "cannot make a loopback-only network namespace: `unshare` is not installed" in capsys.readouterr().err
 
 
 def test_from_model_key_takes_what_ndif_passes():

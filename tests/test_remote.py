@@ -112,3 +112,26 @@ def test_an_unreachable_hub_names_the_fix(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(nnsight_vla.UnknownModelError, match="could not provide it"):
         nnsight_vla.load("org/not-here")
+
+
+def test_a_pinned_commit_in_the_hub_cache_needs_no_hub(monkeypatch, tmp_path, saved_tiny, tiny, obs):
+    """An offline server rebuilds a key pinned to a commit from its Hub cache (huggingface_hub
+    would ask the Hub for a commit even offline); weights only from a snapshot that has them."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    snapshot = tmp_path / "models--org--tiny-openvla" / "snapshots" / COMMIT
+    shutil.copytree(saved_tiny, snapshot)
+    key = f'{{"dtype": null, "revision": "{COMMIT}", "source": "org/tiny-openvla"}}'
+    model = rebuild("nnsight_vla_openvla.model:OpenVLA", key, dispatch=True)
+    np.testing.assert_array_equal(model.predict_action(obs), tiny.predict_action(obs))
+    for path in snapshot.glob("model*"):
+        path.unlink()  # configuration only: builds on meta, and dispatching asks the Hub
+    meta = rebuild("nnsight_vla_openvla.model:OpenVLA", key)
+    with pytest.raises(nnsight_vla.CheckpointError, match="the Hub was asked"):
+        meta.dispatch()
