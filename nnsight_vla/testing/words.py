@@ -35,6 +35,13 @@ def _pieces() -> list[str]:
     return list(dict.fromkeys(pieces))
 
 
+def _reserved(n: int) -> list[str]:
+    """``n`` characters English text never produces: CJK ideographs from U+4E00 on, then
+    (past U+9FFF, for vocabularies as large as PaliGemma's) the supplementary planes."""
+    first = [chr(0x4E00 + i) for i in range(min(n, 0xA000 - 0x4E00))]
+    return first + [chr(0x20000 + i) for i in range(n - len(first))]
+
+
 def build_word_tokenizer(
     specials: list[str],
     bos: str,
@@ -61,7 +68,7 @@ def build_word_tokenizer(
     for piece in _pieces():
         whole = len(piece) > 2 or (piece.startswith("▁") and len(piece) > 1)
         vocab.append((piece, -2.0 if whole else -8.0))
-    vocab += [(chr(0x4E00 + i), -20.0) for i in range(n_reserved)]
+    vocab += [(piece, -20.0) for piece in _reserved(n_reserved)]
 
     tok = Tokenizer(models.Unigram(vocab, unk_id=specials.index(unk), byte_fallback=True))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])

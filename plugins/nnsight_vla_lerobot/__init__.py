@@ -10,3 +10,12 @@ PI0_FAMILY = Family(
     builtins=("tiny-pi0", "tiny-pi05"),
     recipes={"libero": "nnsight_vla_lerobot.libero:env_actions"},
 )
+
+#: Pi0-FAST (lerobot's ``pi0_fast``): the paper's second model.
+PI0_FAST_FAMILY = Family(
+    name="pi0_fast",
+    model_class="nnsight_vla_lerobot.pi0_fast:Pi0Fast",
+    config_types=("pi0_fast",),
+    builtins=("tiny-pi0_fast",),
+    recipes={"libero": "nnsight_vla_lerobot.libero:env_actions"},
+)

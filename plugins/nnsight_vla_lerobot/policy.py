@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import warnings
@@ -100,7 +101,7 @@ class LeRobotVLA(VLA):
             self.kind = self.kinds[builtin]
             self.folder, self.sizes = None, self.kind.tiny_sizes
             self.policy_config = tiny.tiny_config(self.kind)
-            self._tokenizer = tiny.build_tiny_tokenizer()
+            self._tokenizer = self._tiny_tokenizer()
         else:
             self.folder, self.revision = config_folder(source, self.revision)
             self.policy_config = _read_config(self.folder)
@@ -116,8 +117,23 @@ class LeRobotVLA(VLA):
         if self.torch_dtype is not None:
             config.dtype = str(self.torch_dtype).removeprefix("torch.")
         self.layout = self.kind.layout
-        self.preprocessor, self.postprocessor = self._processors()
+        self._configure_parts()
+        with self._local_parts():
+            self.preprocessor, self.postprocessor = self._processors()
         self.spec = self._spec()
+
+    def _tiny_tokenizer(self) -> Any:
+        """The text tokenizer of the built-in tiny policy."""
+        return tiny.build_tiny_tokenizer()
+
+    def _configure_parts(self) -> None:
+        """Read or build what the kind needs besides its config and text tokenizer (a family
+        hook: Pi0-FAST's action tokenizer)."""
+
+    def _local_parts(self) -> contextlib.AbstractContextManager:
+        """A block in which lerobot's code that would fetch tokenizers or processors by name
+        gets this model's own (a family hook; none here)."""
+        return contextlib.nullcontext()
 
     def _processors(self):
         config = self.policy_config
@@ -172,7 +188,7 @@ class LeRobotVLA(VLA):
     def _policy(self, device: str) -> torch.nn.Module:
         config = copy.copy(self.policy_config)
         config.device = device
-        with sizing.sized(self.kind, self.sizes):
+        with sizing.sized(self.kind, self.sizes), self._local_parts():
             return self.kind.policy_class(config)
 
     def _build(self) -> torch.nn.Module:
@@ -215,12 +231,15 @@ class LeRobotVLA(VLA):
         raw = to_batch(observations, self.cameras, self.spec.state_dim)
         return dict(self.preprocessor(raw))
 
+    #: predict_action's options, and what they are (for the error naming them).
+    _options = {"seed": "the initial noise; None: fresh", "num_steps": "denoising steps"}
+
     def _batch(self, invokes: list[tuple], fn: Any) -> tuple:
-        unknown = sorted({key for _, kwargs in invokes for key in kwargs} - {"seed", "num_steps"})
+        unknown = sorted({key for _, kwargs in invokes for key in kwargs} - set(self._options))
         if unknown:
+            takes = " and ".join(f"{k}= ({v})" for k, v in self._options.items())
             raise InputError(
-                f"{type(self).__name__}'s predict_action has no option {', '.join(map(repr, unknown))}; "
-                "it takes seed= (the initial noise; None: fresh) and num_steps= (denoising steps)."
+                f"{type(self).__name__}'s predict_action has no option {', '.join(map(repr, unknown))}; it takes {takes}."
             )
         return super()._batch(invokes, fn)
 
@@ -247,15 +266,20 @@ class LeRobotVLA(VLA):
         if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer))
                                       or num_steps < 1):
             raise InputError(f"num_steps must be a positive int (denoising steps), got {num_steps!r}.")
-        policy = self._module
         size = batch[TOKENS_KEY].shape[0]
-        noise = self.noise(size, seed)
-        device = next(policy.parameters()).device
-        kwargs = {"noise": None if noise is None else noise.to(device), "num_steps": num_steps}
-        with torch.no_grad():  # lerobot's own defaults stand in for what is not given
-            normalized = policy.predict_action_chunk(batch, **{k: v for k, v in kwargs.items() if v is not None})
+        with torch.no_grad():
+            normalized = self._chunk(batch, seed, num_steps)
         actions = self.postprocessor(normalized).float().cpu().numpy()
         return actions[0] if size == 1 else actions
+
+    def _chunk(self, batch: dict[str, Any], seed: int | None, num_steps: int | None) -> torch.Tensor:
+        """The normalised action chunk of a preprocessed batch (flow matching from seeded noise)."""
+        policy = self._module
+        noise = self.noise(batch[TOKENS_KEY].shape[0], seed)
+        device = next(policy.parameters()).device
+        kwargs = {"noise": None if noise is None else noise.to(device), "num_steps": num_steps}
+        # lerobot's own defaults stand in for what is not given
+        return policy.predict_action_chunk(batch, **{k: v for k, v in kwargs.items() if v is not None})
 
     # -- TransformerLens ---------------------------------------------------------------
 

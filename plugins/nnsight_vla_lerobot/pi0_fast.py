@@ -1,0 +1,220 @@
+"""Pi0-FAST (lerobot's ``pi0_fast``): PaliGemma decoding FAST action tokens, as data, and its model class `Pi0Fast`."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lerobot.policies.pi0_fast import PI0FastConfig, PI0FastPolicy, make_pi0_fast_pre_post_processors
+from lerobot.policies.pi0_fast import modeling_pi0_fast, processor_pi0_fast
+from lerobot.processor import tokenizer_processor
+
+from nnsight_vla import CheckpointError, Layout, ModelSpec, TowerLayout, VLAError
+from nnsight_vla.testing.words import build_word_tokenizer
+
+from . import sizing
+from .kind import PolicyKind
+from .pi0 import TINY_SIZES, _resize
+from .policy import LeRobotVLA
+
+PALI = "model.paligemma_with_expert.paligemma"
+LM = f"{PALI}.model.language_model"
+#: PaliGemma's full vocabulary: a random tiny model can emit any id, so its tokenizer covers all.
+VOCAB = 257152
+#: Where a checkpoint keeps its FAST tokenizer (this project's layout; lerobot reads it by name).
+ACTION_TOKENIZER_DIR = "action_tokenizer"
+
+LAYOUT = Layout(
+    (TowerLayout("vlm", f"{LM}.layers", f"{LM}.norm", unembed=f"{PALI}.lm_head", embed=f"{LM}.embed_tokens", root=LM),),
+    {f"{PALI}.model.vision_tower": "vision", f"{PALI}.model.multi_modal_projector": "projector"},
+    run_start=f"{PALI}.model.vision_tower",  # the images are embedded once, in the prefill
+)
+
+
+def _decoding_calls(config: Any, tower: str) -> range | None:
+    """Every forward of the VLM emits a token: the prefill the first, each decoding step the next
+    (at most ``max_decoding_steps``; greedy decoding stops early at the "|" terminator)."""
+    return range(config.max_decoding_steps) if tower == "vlm" else None
+
+
+def _resize_fast(modeling: Any, sizes: Any) -> dict[str, Any]:
+    """Pi0's resizing (Gemma widths, SigLIP) with the vision tower at the tiny images' size."""
+    return _resize(modeling, {**sizes, "vision": {**sizes["vision"], "image_size": 64}})
+
+
+PI0_FAST = PolicyKind(
+    "pi0_fast", PI0FastConfig, PI0FastPolicy, make_pi0_fast_pre_post_processors, modeling_pi0_fast,
+    processor_pi0_fast, LAYOUT, tokenizer_name="google/paligemma-3b-pt-224", tokenizer_label="PaliGemma",
+    action_calls=_decoding_calls, spec_extra=("max_decoding_steps", "fast_skip_tokens"),
+    tiny_sizes=TINY_SIZES, resize=_resize_fast,
+    tiny_options={"image_resolution": (64, 64), "max_decoding_steps": 12, "tokenizer_max_length": 48,
+                  "validate_action_token_prefix": False},
+)
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_text_tokenizer() -> Any:
+    """Gemma's special-token layout and "|" (FAST's terminator) over English words, padded with
+    reserved pieces to PaliGemma's 257,152 ids (built once per process, ~6 s)."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "|"]
+    words = len(build_word_tokenizer(specials, bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>"))
+    return build_word_tokenizer(specials, bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>",
+                                n_reserved=VOCAB - words)
+
+
+def tiny_action_tokenizer(time_horizon: int = 10, action_dim: int = 7, seed: int = 0) -> Any:
+    """A FAST tokenizer (DCT, rounding, byte-level BPE; lerobot's own implementation) fitted on
+    smooth synthetic chunks: random walks of ``time_horizon`` steps in ``action_dim`` dimensions."""
+    from lerobot.policies.molmoact2.molmoact2_hf_model.action_tokenizer import UniversalActionProcessor
+
+    rng = np.random.default_rng(seed)
+    chunks = [np.cumsum(rng.normal(0, 0.1, (time_horizon, action_dim)), axis=0) for _ in range(200)]
+    return UniversalActionProcessor.fit(chunks, scale=10, vocab_size=1024, time_horizon=time_horizon,
+                                        action_dim=action_dim)
+
+
+class FastDecodingWarning(UserWarning):
+    """Generated tokens that are not a FAST sequence were decoded to the mean action."""
+
+
+class FastDecodingError(VLAError, RuntimeError):
+    """Generated tokens that lerobot refuses to decode (no "Action:" prefix)."""
+
+
+class _Given:
+    """Stands in for ``AutoProcessor``/``AutoTokenizer``: ``from_pretrained`` returns ``value``."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def from_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        return self.value
+
+
+class Pi0Fast(LeRobotVLA):
+    """Pi0-FAST (Physical Intelligence's π0-FAST, as ported by lerobot 0.6.1): PaliGemma reads the
+    cameras, the instruction and the discretised state, then decodes the action chunk as FAST
+    tokens (a DCT over time, rounded, byte-level BPE), one forward per token.
+
+    FAST token ``t`` is PaliGemma id ``vocab_size - 1 - fast_skip_tokens - t``; `token_strings`
+    labels those ids ``[FAST t]``. Every forward of ``layers`` emits a token: the prefill the
+    first, so ``calls="prefill"`` steers the first forward only, the paper's rule for π0-FAST.
+
+    Example:
+        >>> model = nnsight_vla.load("tiny-pi0_fast")
+        >>> with model.predict_action(obs) as tracer:
+        ...     for step in tracer.iter[:3]:                      # the first three tokens
+        ...         token = model.lm_head.output[0, -1].argmax().save()
+    """
+
+    kinds = {"pi0_fast": PI0_FAST}
+    _options = {"seed": "the sampling seed when the config's temperature > 0; greedy decoding ignores it"}
+    _persistent_attributes = (*LeRobotVLA._persistent_attributes, "action_tokenizer")
+
+    def _tiny_tokenizer(self) -> Any:
+        return tiny_text_tokenizer()
+
+    def _configure_parts(self) -> None:
+        config = self.policy_config
+        if self.folder is None:
+            self.action_tokenizer = tiny_action_tokenizer(config.n_action_steps, config.output_features["action"].shape[0])
+            return
+        from lerobot.policies.molmoact2.molmoact2_hf_model.action_tokenizer import UniversalActionProcessor
+
+        local = self.folder / ACTION_TOKENIZER_DIR
+        source = str(local) if local.is_dir() else config.action_tokenizer_name
+        try:
+            self.action_tokenizer = UniversalActionProcessor.from_pretrained_local(source)
+        except Exception as err:
+            raise CheckpointError(
+                f"{self.folder}: no {ACTION_TOKENIZER_DIR}/ folder, and the FAST tokenizer {source!r} could not be "
+                f"read ({type(err).__name__}: {err}); save it into the checkpoint where the Hub is reachable: "
+                f"UniversalActionProcessor.from_pretrained_local({source!r}).save_pretrained('{local}')."
+            ) from err
+
+    def _local_parts(self) -> contextlib.AbstractContextManager:
+        """lerobot's policy and processors fetch both tokenizers by name: they get ours."""
+        stack = contextlib.ExitStack()
+        given = {"AutoProcessor": _Given(self.action_tokenizer), "AutoTokenizer": _Given(self._tokenizer)}
+        stack.enter_context(sizing.replaced(modeling_pi0_fast, given))
+        stack.enter_context(sizing.replaced(tokenizer_processor, given))
+        return stack
+
+    def _spec(self) -> ModelSpec:
+        return replace(super()._spec(), action_token_ids=self.fast_token_ids())
+
+    def fast_token_ids(self) -> range:
+        """The PaliGemma ids of FAST tokens ``vocab_size - 1 - fast_skip_tokens - t``, t < the
+        FAST vocabulary's size."""
+        last = self._tokenizer.vocab_size - 1 - self.policy_config.fast_skip_tokens
+        return range(last - self.action_tokenizer.vocab_size + 1, last + 1)
+
+    def token_strings(self, token_ids) -> list[str]:
+        """Token labels; FAST tokens read ``[FAST t]``."""
+        ids = [int(i) for i in token_ids]
+        fast, last = self.fast_token_ids(), self.fast_token_ids().stop - 1
+        return [f"[FAST {last - i}]" if i in fast else s for i, s in zip(ids, super().token_strings(ids))]
+
+    def _chunk(self, batch: dict[str, Any], seed: int | None, num_steps: int | None) -> torch.Tensor:
+        """Decode FAST tokens (greedy unless the config's temperature > 0, then sampled with ``seed``).
+
+        A row whose tokens are not a FAST sequence (a random or heavily steered model emits ids
+        outside the FAST range, or no "|" terminator before ``max_decoding_steps``) decodes to
+        zeros, as lerobot does: the normalised mean action. That fallback warns
+        (`FastDecodingWarning`). With ``validate_action_token_prefix`` (real checkpoints), output
+        that does not start with "Action:" is a `FastDecodingError`.
+        """
+        policy, problems = self._module, []
+        decode = policy.detokenize_actions
+
+        def checked(tokens: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            problems.extend(self._fast_problems(tokens))
+            return decode(tokens, *args, **kwargs)
+
+        policy.detokenize_actions = checked  # this call only: removed below, exceptions included
+        try:
+            with torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(int(seed))
+                return policy.predict_action_chunk(batch)
+        except AssertionError as err:  # lerobot asserts the "Action:" prefix
+            raise FastDecodingError(
+                f"the decoded tokens are not an action sequence ({err}); a steered model may stop "
+                "writing 'Action: ...'. Set validate_action_token_prefix=False in the policy config "
+                "to decode them anyway (rows that are no FAST sequence become the mean action)."
+            ) from err
+        finally:
+            del policy.detokenize_actions
+            if problems:
+                warnings.warn(
+                    f"{len(problems)} decoded row(s) were not a FAST token sequence ({problems[0]}); lerobot "
+                    "decodes what it can and fills the rest with zeros, i.e. the normalised mean action.",
+                    FastDecodingWarning, stacklevel=3,
+                )
+
+    def _fast_problems(self, tokens: torch.Tensor) -> list[str]:
+        """Why each generated row is not a clean FAST sequence (ids outside the FAST range before
+        the "|" terminator, or no terminator), as lerobot's decoder would read it."""
+        bar = self._tokenizer.convert_tokens_to_ids("|")
+        prefix = set(self._tokenizer.encode("Action: ", add_special_tokens=False))
+        fast, problems = self.fast_token_ids(), []
+        for row in tokens.reshape(-1, tokens.shape[-1]).tolist():
+            ended = bar in row
+            body = [i for i in (row[:row.index(bar)] if ended else row) if i not in prefix]
+            outside = [i for i in body if i not in fast]
+            if outside:
+                problems.append(f"{len(outside)} of {len(body)} ids outside the FAST range, e.g. {outside[0]}")
+            elif not ended:
+                problems.append(f"no '|' terminator in {len(row)} tokens")
+        return problems
+
+    def _save(self, folder: Path, **options: Any) -> None:
+        super()._save(folder, **options)
+        self.action_tokenizer.save_pretrained(folder / ACTION_TOKENIZER_DIR)
