@@ -1,8 +1,8 @@
 """Steered traced `predict_action` vs plain `predict_action` with an equivalent torch hook.
 
 For each model (a mid-size random OpenVLA: 8 Llama layers, width 1024, small vision
-towers; tiny-pi0; tiny-pi05) it times, interleaved in rounds so machine noise hits all
-variants alike:
+towers; tiny-pi0; tiny-pi05; tiny-pi0_fast, steered at each of its 12 decoding forwards)
+it times, interleaved in rounds so machine noise hits all variants alike:
 
   traced   with model.predict_action(obs) as tracer: clamp FFN neurons on every forward
   steer    with model.steer(Clamp(...)): model.predict_action(obs)
@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 import statistics
 import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# tiny-pi0_fast's random weights emit no FAST sequence: its mean-action fallback warns on every call
+warnings.filterwarnings("ignore", message=".*not a FAST token sequence")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -58,7 +61,9 @@ def tiny_pi(name: str):
     model = nnsight_vla.load(name)
     obs = Observation({c: image(i, 64) for i, c in enumerate(model.spec.camera_names)}, "pick up the bowl",
                       state=np.zeros(model.spec.state_dim))
-    return model, obs, "expert", 1, model.spec.extra["num_inference_steps"]
+    if "expert" in model.towers():  # Pi0, Pi0.5: an expert layer at every denoising step
+        return model, obs, "expert", 1, model.spec.extra["num_inference_steps"]
+    return model, obs, "vlm", 1, model.spec.extra["max_decoding_steps"]  # Pi0-FAST: every decoding forward
 
 
 def measure(label: str, model, obs, tower: str, layer: int, steps: int, rounds: int, reps: int) -> None:
@@ -118,7 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--models", default="openvla-mid,tiny-pi0,tiny-pi05")
+    parser.add_argument("--models", default="openvla-mid,tiny-pi0,tiny-pi05,tiny-pi0_fast")
     args = parser.parse_args()
     print(f"torch threads {torch.get_num_threads()}")
     for name in args.models.split(","):
