@@ -1,7 +1,8 @@
 """Steered traced `predict_action` vs plain `predict_action` with an equivalent torch hook.
 
 For each model (a mid-size random OpenVLA: 8 Llama layers, width 1024, small vision
-towers; tiny-pi0; tiny-pi05; tiny-pi0_fast, steered at each of its 12 decoding forwards)
+towers; tiny-pi0; tiny-pi05; tiny-pi0_fast, steered at each of its 12 decoding forwards;
+tiny-smolvla, whose expert layers run as parts)
 it times, interleaved in rounds so machine noise hits all variants alike:
 
   traced   with model.predict_action(obs) as tracer: clamp FFN neurons on every forward
@@ -57,13 +58,14 @@ def mid_openvla(layers: int, width: int):
     return model, obs, "vlm", layers // 2, model.spec.action_dim
 
 
-def tiny_pi(name: str):
+def tiny_lerobot(name: str):
+    """A tiny lerobot policy, steered in its action tower (the expert, else the VLM) at every
+    forward that emits actions: each denoising step, or each of Pi0-FAST's decoding forwards."""
     model = nnsight_vla.load(name)
     obs = Observation({c: image(i, 64) for i, c in enumerate(model.spec.camera_names)}, "pick up the bowl",
                       state=np.zeros(model.spec.state_dim))
-    if "expert" in model.towers():  # Pi0, Pi0.5: an expert layer at every denoising step
-        return model, obs, "expert", 1, model.spec.extra["num_inference_steps"]
-    return model, obs, "vlm", 1, model.spec.extra["max_decoding_steps"]  # Pi0-FAST: every decoding forward
+    tower = "expert" if "expert" in model.towers() else "vlm"
+    return model, obs, tower, 1, len(model.action_calls(tower))
 
 
 def measure(label: str, model, obs, tower: str, layer: int, steps: int, rounds: int, reps: int) -> None:
@@ -123,14 +125,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--models", default="openvla-mid,tiny-pi0,tiny-pi05,tiny-pi0_fast")
+    parser.add_argument("--models", default="openvla-mid,tiny-pi0,tiny-pi05,tiny-pi0_fast,tiny-smolvla")
     args = parser.parse_args()
     print(f"torch threads {torch.get_num_threads()}")
     for name in args.models.split(","):
         if name == "openvla-mid":
             setup, label = mid_openvla(8, 1024), "mid-size OpenVLA (8 layers, width 1024)"
         else:
-            setup, label = tiny_pi(name), name
+            setup, label = tiny_lerobot(name), name
         measure(label, *setup, args.rounds, args.reps)
 
 

@@ -127,7 +127,8 @@ class Recorder:
             want = self.wanted[site]
             ran[site] = call + 1
             if want is None or call in want:
-                seen[site][call] = _select(x, self.positions, site, call).detach().float().cpu()
+                # a copy: some families add into a module's output in place after the hook (SmolVLA)
+                seen[site][call] = _select(x, self.positions, site, call).detach().to("cpu", torch.float32, copy=True)
                 if stop_early and self.finite and all(len(seen[s]) == len(self.wanted[s]) for s in self.sites):
                     raise _Done
             return None

@@ -44,6 +44,10 @@ class TowerLayout:
         runs: 1 when the tower runs once per prediction (Pi0's VLM); None when it runs on
             every forward of the prediction (OpenVLA's decoding steps, Pi0's denoising steps).
         block: Inside one decoder layer, TransformerLens component name -> module path.
+        layers_run: False when the family calls a layer's parts but never the layer module
+            (SmolVLA): a layer's output then never exists, and the residual stream after
+            layer i is read and written (in place) at the input of layer i+1's ``ln1`` (the
+            final norm's after the last layer); see `nnsight_vla.Site`.
     """
 
     name: str
@@ -54,6 +58,7 @@ class TowerLayout:
     root: str | None = None
     runs: int | None = None
     block: Mapping[str, str] = DECODER_BLOCK
+    layers_run: bool = True
 
     def rename(self) -> dict[str, str]:
         """Family path -> standard name for this tower."""
@@ -80,7 +85,8 @@ class Layout:
         modules: Other standard names: family path -> name (``vision``, ``projector``, ...).
         run_start: A module that runs once, first, in every prediction (call counting starts there).
         inert: Modules that cannot change the actions (touching them warns); a path part
-            ``-1`` means the last entry of a layer list, e.g. ``"model.layers.-1.mlp"``.
+            ``-1`` means the last entry of a layer list, e.g. ``"model.layers.-1.mlp"``, and
+            ``*`` every entry (in `inert`, `inert_output` and `idle`).
         inert_output: Modules whose output alone cannot change the actions.
         idle: Modules that never run in a prediction (reading them in a trace is an error).
 
@@ -133,15 +139,28 @@ class Layout:
                 check(f"{tower.layers}.0.{rel}")
             towers.append(TowerLayout(
                 tower.name, check(tower.layers), check(tower.norm), check(tower.unembed),
-                check(tower.embed), check(tower.root), tower.runs, tower.block,
+                check(tower.embed), check(tower.root), tower.runs, tower.block, tower.layers_run,
             ))
         for path in self.modules:
             check(path)
+        def every(paths: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(check(p) for path in paths for p in expand(module, path, where))
+
         return Layout(
             tuple(towers), dict(self.modules), check(self.run_start) if self.run_start else "",
-            tuple(check(p) for p in self.inert), tuple(check(p) for p in self.inert_output),
-            tuple(check(p) for p in self.idle),
+            every(self.inert), every(self.inert_output), every(self.idle),
         )
+
+
+def expand(module: torch.nn.Module, path: str, where: str = "the layout") -> list[str]:
+    """``path`` with each ``*`` part replaced by every index of the list it names."""
+    head, star, tail = path.partition("*")
+    if not star:
+        return [path]
+    listed = find(module, head.rstrip("."), where)[0]
+    if not isinstance(listed, (torch.nn.ModuleList, torch.nn.Sequential)):
+        raise StandardNameError(f"{where} names {path!r}, but {head.rstrip('.')!r} is no module list.")
+    return [p for i in range(len(listed)) for p in expand(module, f"{head}{i}{tail}", where)]
 
 
 def find(module: torch.nn.Module, path: str, where: str = "the layout") -> tuple[torch.nn.Module, str]:

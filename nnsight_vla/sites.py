@@ -98,11 +98,27 @@ class Site:
     def envoy(self, model: Any) -> Any:
         """The envoy whose input or output holds this activation."""
         tower = self.tower_of(model)
-        envoy = tower.layers[tower.layer(self.layer)]
-        component = KINDS[self.kind].component
+        layer = tower.layer(self.layer)
+        if self._at_next_norm(tower):
+            return tower.norm if layer == tower.n_layers - 1 else self._in_layer(tower, layer + 1, "ln1")
+        return self._in_layer(tower, layer, KINDS[self.kind].component)
+
+    @staticmethod
+    def _in_layer(tower: Tower, layer: int, component: str) -> Any:
+        envoy = tower.layers[layer]
         for part in tower.layout.block[component].split(".") if component else []:
             envoy = getattr(envoy, part)
         return envoy
+
+    def _at_next_norm(self, tower: Tower) -> bool:
+        """Whether this is a residual site of a tower whose layers never run as modules
+        (`TowerLayout.layers_run`): it is then the input of the next layer's input norm (the
+        final norm after the last layer), the very tensor that layer adds to, written in place."""
+        return self.kind == "resid" and not tower.layout.layers_run
+
+    def io(self, model: Any) -> str:
+        """Where the activation is: the envoy's ``"input"``, ``"output"``, or ``"in place"`` (its input, changed in place)."""
+        return "in place" if self._at_next_norm(self.tower_of(model)) else KINDS[self.kind].io
 
     def module(self, model: Any) -> torch.nn.Module:
         return module_of(self.envoy(model))
@@ -115,14 +131,22 @@ class Site:
     # -- inside an nnsight trace ---------------------------------------------------
 
     def read(self, model: Any) -> Any:
-        """The activation inside a trace: ``[batch, positions, width]``."""
+        """The activation inside a trace: ``[batch, positions, width]``. Where layers never run
+        as modules, their family adds into its parts' outputs in place (SmolVLA's residual
+        sums): an output is then read as a copy taken when it is made."""
         envoy = self.envoy(model)
-        return envoy.input if KINDS[self.kind].io == "input" else hidden(envoy.output)
+        if self.io(model) != "output":
+            return envoy.input
+        x = hidden(envoy.output)
+        return x if self.tower_of(model).layout.layers_run else x.clone()
 
     def write(self, model: Any, fn: Callable[[Any], Any]) -> None:
         """Replace the activation inside a trace by ``fn(activation)``."""
-        envoy = self.envoy(model)
-        if KINDS[self.kind].io == "input":
+        envoy, io = self.envoy(model), self.io(model)
+        if io == "in place":
+            x = envoy.input
+            x.copy_(fn(x))
+        elif io == "input":
             envoy.input = fn(envoy.input)
         else:
             envoy.output = with_hidden(envoy.output, fn)
@@ -131,8 +155,15 @@ class Site:
 
     def register(self, model: Any, fn: Callable[[torch.Tensor], torch.Tensor | None]):
         """A torch hook applying ``fn`` to the activation (None keeps it); returns its handle."""
-        module = self.module(model)
-        if KINDS[self.kind].io == "input":
+        module, io = self.module(model), self.io(model)
+        if io == "in place":
+            def in_place(mod, args):
+                out = fn(args[0])
+                if out is not None and out is not args[0]:
+                    args[0].copy_(out)
+
+            return module.register_forward_pre_hook(in_place)
+        if io == "input":
             def pre(mod, args):
                 out = fn(args[0])
                 return None if out is None else (out, *args[1:])

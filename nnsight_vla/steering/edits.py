@@ -10,7 +10,7 @@ import torch
 
 from ..envoys import InertEnvoy
 from ..errors import InputError
-from ..sites import KINDS, Site
+from ..sites import Site
 
 #: ``(activation, call) -> activation``: one intervention's effect on one site.
 EditFn = Callable[[torch.Tensor, int], torch.Tensor]
@@ -52,7 +52,7 @@ def bind(model: Any, interventions: Any) -> list[tuple[Site, EditFn]]:
             by_site[edit.site].append(edit.fn)
     for site in by_site:
         envoy = site.envoy(model)
-        if isinstance(envoy, InertEnvoy) and KINDS[site.kind].io in type(envoy).watched:
+        if isinstance(envoy, InertEnvoy) and site.io(model).replace("in place", "input") in type(envoy).watched:
             envoy._warn_inert()
     ordered = sorted(by_site, key=lambda s: (order[s.tower], s.layer, s.kind != "neurons", s.kind))
     return [(site, _compose(by_site[site])) for site in ordered]

@@ -50,13 +50,16 @@ def build_word_tokenizer(
     pad: str,
     n_reserved: int = 0,
     padding_side: str = "right",
+    named: dict[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
     """A deterministic Unigram tokenizer laid out like Llama's and Gemma's.
 
     Ids: ``specials`` first (in order), 256 byte-fallback pieces ``<0x00>``..``<0xFF>``,
     word pieces (``▁up``, ``▁Up``, ``up``, ...), single characters, then ``n_reserved``
     pieces that English text never produces (rare CJK characters). ``pad`` is added after
-    them when it is not among ``specials``. BOS is prepended to every encoding.
+    them when it is not among ``specials``. BOS is prepended to every encoding. ``named``:
+    model-specific special tokens by attribute name (SmolVLM's ``fake_image_token``), each
+    one of ``specials``.
 
     Example:
         >>> tok = build_word_tokenizer(["<unk>", "<s>", "</s>"], "<s>", "</s>", "<unk>", "<PAD>")
@@ -81,7 +84,8 @@ def build_word_tokenizer(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk, padding_side=padding_side
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk, padding_side=padding_side,
+        extra_special_tokens=named,
     )
     if pad in specials:
         fast.pad_token = pad

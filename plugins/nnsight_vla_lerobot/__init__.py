@@ -19,3 +19,12 @@ PI0_FAST_FAMILY = Family(
     builtins=("tiny-pi0_fast",),
     recipes={"libero": "nnsight_vla_lerobot.libero:env_actions"},
 )
+
+#: SmolVLA (lerobot's ``smolvla``): SmolVLM with an interleaved cross-attention action expert.
+SMOLVLA_FAMILY = Family(
+    name="smolvla",
+    model_class="nnsight_vla_lerobot.smolvla:SmolVLA",
+    config_types=("smolvla",),
+    builtins=("tiny-smolvla",),
+    recipes={"libero": "nnsight_vla_lerobot.libero:env_actions"},
+)

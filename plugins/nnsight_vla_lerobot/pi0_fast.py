@@ -88,16 +88,6 @@ class FastDecodingError(VLAError, RuntimeError):
     """Generated tokens that lerobot refuses to decode (no "Action:" prefix)."""
 
 
-class _Given:
-    """Stands in for ``AutoProcessor``/``AutoTokenizer``: ``from_pretrained`` returns ``value``."""
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def from_pretrained(self, *args: Any, **kwargs: Any) -> Any:
-        return self.value
-
-
 class Pi0Fast(LeRobotVLA):
     """Pi0-FAST (Physical Intelligence's π0-FAST, as ported by lerobot 0.6.1): PaliGemma reads the
     cameras, the instruction and the discretised state, then decodes the action chunk as FAST
@@ -142,7 +132,7 @@ class Pi0Fast(LeRobotVLA):
     def _local_parts(self) -> contextlib.AbstractContextManager:
         """lerobot's policy and processors fetch both tokenizers by name: they get ours."""
         stack = contextlib.ExitStack()
-        given = {"AutoProcessor": _Given(self.action_tokenizer), "AutoTokenizer": _Given(self._tokenizer)}
+        given = {"AutoProcessor": sizing.Given(self.action_tokenizer), "AutoTokenizer": sizing.Given(self._tokenizer)}
         stack.enter_context(sizing.replaced(modeling_pi0_fast, given))
         stack.enter_context(sizing.replaced(tokenizer_processor, given))
         return stack

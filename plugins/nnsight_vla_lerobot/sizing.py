@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import threading
 from types import ModuleType
@@ -34,6 +35,17 @@ def replaced(module: ModuleType, replacements: Mapping[str, Any]) -> Iterator[No
         finally:
             for name, value in originals.items():
                 setattr(module, name, value)
+
+
+class Given:
+    """Stands in for a transformers ``Auto*`` class inside `replaced`: ``from_pretrained``
+    returns ``value`` (a deep copy of it with ``fresh``, for values the caller may change)."""
+
+    def __init__(self, value: Any, fresh: bool = False):
+        self.value, self.fresh = value, fresh
+
+    def from_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        return copy.deepcopy(self.value) if self.fresh else self.value
 
 
 @contextlib.contextmanager
