@@ -43,6 +43,8 @@ def test_spec_names_and_the_tied_vocabulary(xvla):
     with pytest.raises(InputError, match="never runs"):
         with xvla.predict_action(xvla_obs()):
             xvla.lm_head.output.save()
+    with pytest.raises(InputError, match="no TransformerLens part 'vlm'"):
+        xvla.bridge_inputs("vlm", [xvla_obs()])  # no Florence-2 adapter under transformer-lens 3.5
 
 
 def test_which_names_fire_per_prediction(xvla):
