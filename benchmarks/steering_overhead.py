@@ -1,7 +1,8 @@
 """Steered traced `predict_action` vs plain `predict_action` with an equivalent torch hook.
 
 For each model (a mid-size random OpenVLA: 8 Llama layers, width 1024, small vision
-towers; tiny-pi0; tiny-pi05; tiny-pi0_fast, steered at each of its 12 decoding forwards)
+towers; tiny-pi0; tiny-pi05; tiny-pi0_fast, steered at each of its 12 decoding forwards; tiny-xvla,
+its action head steered at each of its 4 denoising steps)
 it times, interleaved in rounds so machine noise hits all variants alike:
 
   traced   with model.predict_action(obs) as tracer: clamp FFN neurons on every forward
@@ -61,14 +62,14 @@ def tiny_pi(name: str):
     model = nnsight_vla.load(name)
     obs = Observation({c: image(i, 64) for i, c in enumerate(model.spec.camera_names)}, "pick up the bowl",
                       state=np.zeros(model.spec.state_dim))
-    if "expert" in model.towers():  # Pi0, Pi0.5: an expert layer at every denoising step
-        return model, obs, "expert", 1, model.spec.extra["num_inference_steps"]
+    if "expert" in model.towers():  # Pi0, Pi0.5, X-VLA: an expert layer at every denoising step
+        return model, obs, "expert", 1, len(model.action_calls("expert"))
     return model, obs, "vlm", 1, model.spec.extra["max_decoding_steps"]  # Pi0-FAST: every decoding forward
 
 
 def measure(label: str, model, obs, tower: str, layer: int, steps: int, rounds: int, reps: int) -> None:
     inputs = model._inputs([obs])
-    site = model.towers()[tower].layers[layer].mlp.down_proj
+    site = nnsight_vla.Site(layer, "neurons", tower).envoy(model)  # the FFN output projection
     clamp = nnsight_vla.Clamp([(layer, n) for n in NEURONS], VALUE, tower=tower)
 
     def steered():
@@ -123,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--models", default="openvla-mid,tiny-pi0,tiny-pi05,tiny-pi0_fast")
+    parser.add_argument("--models", default="openvla-mid,tiny-pi0,tiny-pi05,tiny-pi0_fast,tiny-xvla")
     args = parser.parse_args()
     print(f"torch threads {torch.get_num_threads()}")
     for name in args.models.split(","):
