@@ -177,6 +177,26 @@ def test_saved_checkpoint_reloads_identically_and_a_missing_weight_is_refused(xv
         nnsight_vla.load(folder)
 
 
+def test_old_vendored_florence_keys_and_a_missing_tokenizer(xvla, tmp_path):
+    """Checkpoints saved with lerobot's former vendored Florence-2 keys load through lerobot's
+    remap (language model under ``.model.``, the projection a transposed parameter, the
+    generation bias dropped); a checkpoint without tokenizer files, offline, names the fix."""
+    folder = xvla.save_pretrained(tmp_path / "ckpt")
+    tensors, vendored = load_file(folder / "model.safetensors"), {}
+    for key, value in tensors.items():
+        if key == "model.vlm.multi_modal_projector.image_projection.weight":
+            vendored["model.vlm.image_projection"] = value.T.contiguous()
+        else:
+            vendored[key.replace("model.vlm.language_model.", "model.vlm.language_model.model.")] = value
+    vendored["model.vlm.language_model.final_logits_bias"] = torch.zeros(1, 1024)
+    save_file(vendored, folder / "model.safetensors")
+    obs = xvla_obs(6)
+    np.testing.assert_array_equal(nnsight_vla.load(folder).predict_action(obs), xvla.predict_action(obs))
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="facebook/bart-large.*Save the BART tokenizer"):
+        nnsight_vla.load(folder, dispatch=False)
+
+
 @pytest.mark.slow
 def test_two_step_libero_episode_writes_metrics(xvla, tmp_path):
     from nnsight_vla.eval import evaluate
