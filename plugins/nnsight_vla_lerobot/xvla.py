@@ -1,4 +1,4 @@
-"""X-VLA (lerobot's ``xvla``): Florence-2's vision tower and BART encoder, then a soft-prompted flow-matching transformer, as data, and its model class `XVLA`."""
+"""X-VLA (lerobot's ``xvla``): Florence-2's encoder and a flow-matching action head, as data, and class `XVLA`."""
 
 from __future__ import annotations
 
