@@ -92,6 +92,28 @@ def test_steering_in_a_trace_with_steer_and_as_a_torch_hook_is_bit_equal(xvla, t
     assert not np.array_equal(steered, xvla.predict_action(obs))
 
 
+def test_steering_chosen_denoising_steps_equals_a_hook_on_those_calls(xvla):
+    obs, seen = xvla_obs(7), [0]
+
+    def hook(module, args):
+        seen[0] += 1
+        if seen[0] - 1 != 2:
+            return None
+        x = args[0].clone()
+        x[..., NEURONS] = VALUE
+        return (x,)
+
+    handle = FFN_OUT["expert"](xvla)._module.register_forward_pre_hook(hook)
+    try:
+        hooked = xvla.predict_action(obs)
+    finally:
+        handle.remove()
+    with xvla.steer(Clamp([(1, n) for n in NEURONS], VALUE, tower="expert", steps=(2,))):
+        steered = xvla.predict_action(obs)
+    np.testing.assert_array_equal(steered, hooked)
+    assert seen[0] == 4 and not np.array_equal(steered, xvla.predict_action(obs))
+
+
 def test_lens_labels_a_planted_value_vector_with_its_token(xvla):
     target = xvla.tokenizer.convert_tokens_to_ids("▁bowl")
     weight = xvla.layers[1].fc2._module.weight

@@ -57,7 +57,7 @@ LAYOUT = Layout(
         f"{HEAD}.aux_visual_proj": "aux_visual_proj",
     },
     run_start="model.vlm.vision_tower",  # every camera is encoded once, first
-    idle=(NO_FINAL_NORM, f"{ENCODER}.embed_tokens", "model.action_space.mse"),  # mse: the training loss
+    idle=(NO_FINAL_NORM, f"{ENCODER}.embed_tokens"),
 )
 
 #: The tiny policy: two 64-px cameras through a two-stage DaViT, a 2-layer BART encoder
