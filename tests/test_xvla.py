@@ -53,9 +53,11 @@ def test_which_names_fire_per_prediction(xvla):
     names = {"vision": xvla.vision, "projector": xvla.projector, "layers[0]": xvla.layers[0],
              "layers[0].fc2": xvla.layers[0].fc2, "expert.blocks[0]": xvla.expert.blocks[0],
              "action_in_proj": xvla.action_in_proj, "action_out_proj": xvla.action_out_proj,
-             "vlm_proj": xvla.vlm_proj, "aux_visual_proj": xvla.aux_visual_proj}
+             "vlm_proj": xvla.vlm_proj, "aux_visual_proj": xvla.aux_visual_proj,
+             "shared": xvla._module.model.vlm.language_model.shared, "ln_final": xvla.ln_final,
+             "lm_head": xvla.lm_head}
     counts = dict.fromkeys(names, 0)
-    handles = [e._module.register_forward_hook(lambda *a, n=n: counts.__setitem__(n, counts[n] + 1))
+    handles = [getattr(e, "_module", e).register_forward_hook(lambda *a, n=n: counts.__setitem__(n, counts[n] + 1))
                for n, e in names.items()]
     try:
         xvla.predict_action(xvla_obs())
@@ -63,7 +65,8 @@ def test_which_names_fire_per_prediction(xvla):
         for handle in handles:
             handle.remove()
     assert counts == {"vision": 1, "projector": 1, "layers[0]": 1, "layers[0].fc2": 1, "expert.blocks[0]": 4,
-                      "action_in_proj": 4, "action_out_proj": 4, "vlm_proj": 4, "aux_visual_proj": 4}
+                      "action_in_proj": 4, "action_out_proj": 4, "vlm_proj": 4, "aux_visual_proj": 4,
+                      "shared": 1, "ln_final": 0, "lm_head": 0}
 
 
 @pytest.mark.parametrize("tower", ["vlm", "expert"])
