@@ -49,6 +49,23 @@ def test_spec_names_and_the_tied_vocabulary(xvla):
         xvla.bridge_inputs("vlm", [xvla_obs()])  # no Florence-2 adapter under transformer-lens 3.5
 
 
+def test_the_layout_check_reads_the_ffn_output_projection_through_the_block_map():
+    from dataclasses import replace
+
+    from nnsight_vla import StandardNameError
+    from nnsight_vla_lerobot.xvla import XVLA, XVLA_KIND
+
+    vlm = XVLA_KIND.layout.towers[0]
+    wrong = replace(vlm, block={**vlm.block, "mlp.out": "activation_fn"})  # no Linear
+    kind = replace(XVLA_KIND, layout=replace(XVLA_KIND.layout, towers=(wrong, *XVLA_KIND.layout.towers[1:])))
+
+    class Broken(XVLA):
+        kinds = {"xvla": kind}
+
+    with pytest.raises(StandardNameError, match=r"every layers\[i\]\.activation_fn of tower 'vlm' should be one Linear"):
+        Broken("tiny-xvla", dispatch=True)
+
+
 def test_which_names_fire_per_prediction(xvla):
     names = {"vision": xvla.vision, "projector": xvla.projector, "layers[0]": xvla.layers[0],
              "layers[0].fc2": xvla.layers[0].fc2, "expert.blocks[0]": xvla.expert.blocks[0],
