@@ -62,7 +62,7 @@ def test_the_layout_check_reads_the_ffn_output_projection_through_the_block_map(
     class Broken(XVLA):
         kinds = {"xvla": kind}
 
-    with pytest.raises(StandardNameError, match=r"every layers\[i\]\.activation_fn of tower 'vlm' should be one Linear"):
+    with pytest.raises(StandardNameError, match=r"layers\[i\]\.activation_fn of tower 'vlm' should be one Linear"):
         Broken("tiny-xvla", dispatch=True)
 
 
