@@ -2,7 +2,7 @@
 
 For each model (a mid-size random OpenVLA: 8 Llama layers, width 1024, small vision
 towers; tiny-pi0; tiny-pi05; tiny-pi0_fast, steered at each of its 12 decoding forwards;
-tiny-smolvla, whose expert layers run as parts)
+tiny-smolvla, whose expert layers run as parts; tiny-xvla, its action head at each of its 4 denoising steps)
 it times, interleaved in rounds so machine noise hits all variants alike:
 
   traced   with model.predict_action(obs) as tracer: clamp FFN neurons on every forward
@@ -70,7 +70,7 @@ def tiny_lerobot(name: str):
 
 def measure(label: str, model, obs, tower: str, layer: int, steps: int, rounds: int, reps: int) -> None:
     inputs = model._inputs([obs])
-    site = model.towers()[tower].layers[layer].mlp.down_proj
+    site = nnsight_vla.Site(layer, "neurons", tower).envoy(model)  # the FFN output projection
     clamp = nnsight_vla.Clamp([(layer, n) for n in NEURONS], VALUE, tower=tower)
 
     def steered():
@@ -125,7 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--models", default="openvla-mid,tiny-pi0,tiny-pi05,tiny-pi0_fast,tiny-smolvla")
+    parser.add_argument("--models", default="openvla-mid,tiny-pi0,tiny-pi05,tiny-pi0_fast,tiny-smolvla,tiny-xvla")
     args = parser.parse_args()
     print(f"torch threads {torch.get_num_threads()}")
     for name in args.models.split(","):

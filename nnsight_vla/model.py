@@ -24,9 +24,15 @@ from .spec import ModelSpec
 from .steering.runtime import steer
 from .towers import Tower, module_of
 
-def _linear_shape(envoy: Any) -> tuple[int, int] | None:
+def _linear_shape(envoy: Any, tied: bool = False) -> tuple[int, int] | None:
+    """``(in, out)`` of a Linear; with ``tied``, an embedding read as its tied unembedding
+    ``d_model -> vocab`` (X-VLA's BART encoder has no head of its own)."""
     module = module_of(envoy)
-    return (module.in_features, module.out_features) if isinstance(module, torch.nn.Linear) else None
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if tied and isinstance(module, torch.nn.Embedding):
+        return module.embedding_dim, module.num_embeddings
+    return None
 
 
 class VLA(Remotable):
@@ -285,16 +291,18 @@ class VLA(Remotable):
                 raise StandardNameError(f"standard name {name!r} is not bound; add its module path to {where}.")
         towers = self.towers()
         for tower in towers.values():
-            shapes = {_linear_shape(tower.layers[i].mlp.down_proj) for i in range(tower.n_layers)}
+            out = tower.layout.block["mlp.out"]  # the FFN output projection (Llama's mlp.down_proj)
+            shapes = {_linear_shape(module_of(tower.layers[i]).get_submodule(out)) for i in range(tower.n_layers)}
             if len(shapes) != 1 or None in shapes:
                 raise StandardNameError(
-                    f"every layers[i].mlp.down_proj of tower {tower.name!r} should be one Linear "
+                    f"every layers[i].{out} of tower {tower.name!r} should be one Linear "
                     f"d_mlp->d_model, got {sorted(shapes, key=str)}; fix its paths in {where}."
                 )
         vlm = towers["vlm"]
-        head = _linear_shape(self.lm_head)
+        head = _linear_shape(self.lm_head, tied=True)
         if head is None or head[0] != vlm.d_model:
-            raise StandardNameError(f"lm_head should be a Linear from d_model={vlm.d_model}, got {head}; fix it in {where}.")
+            raise StandardNameError(f"lm_head should be a Linear from d_model={vlm.d_model} (or a tied embedding), "
+                                    f"got {head}; fix it in {where}.")
         found = {"n_layers": vlm.n_layers, "d_model": vlm.d_model, "d_mlp": vlm.d_mlp, "vocab_size": head[1]}
         stated = {k: getattr(self.spec, k) for k in found}
         differ = {k: (stated[k], found[k]) for k in found if stated[k] is not None and stated[k] != found[k]}

@@ -28,3 +28,12 @@ SMOLVLA_FAMILY = Family(
     builtins=("tiny-smolvla",),
     recipes={"libero": "nnsight_vla_lerobot.libero:env_actions"},
 )
+
+#: X-VLA (lerobot's ``xvla``): Florence-2 encoder and a flow-matching action head.
+XVLA_FAMILY = Family(
+    name="xvla",
+    model_class="nnsight_vla_lerobot.xvla:XVLA",
+    config_types=("xvla",),
+    builtins=("tiny-xvla",),
+    recipes={"libero": "nnsight_vla_lerobot.libero:env_actions"},
+)

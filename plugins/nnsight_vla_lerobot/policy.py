@@ -295,12 +295,18 @@ class LeRobotVLA(VLA):
             parts[name] = BridgePart(spec.path, spec.architecture, config, spec.unfoldable)
         return parts
 
+    def _bridge_spec(self, part: str) -> Any:
+        if part not in self.kind.bridges:
+            raise InputError(f"{type(self).__name__} has no TransformerLens part {part!r}; it has "
+                             f"{sorted(self.kind.bridges) or 'none (no adapter for its architecture yet)'}.")
+        return self.kind.bridges[part]
+
     def bridge_inputs(self, part: str, observations: list[Observation]) -> dict[str, Any]:
         """The keyword arguments the part's tower gets in the first forward of a seed-0
         prediction, read in a trace (``inputs_embeds`` becomes the bridge's ``input``; None
         values and ``use_cache`` are left out). A KV cache comes as a `PrefixCache`, so the
         same inputs serve any number of runs."""
-        tower = self.get(self.layout.tower(self.kind.bridges[part].tower).root)
+        tower = self.get(self.layout.tower(self._bridge_spec(part).tower).root)
         with self.trace(observations, seed=0) as tracer:
             args, kwargs = tower.inputs
             if args:
@@ -321,6 +327,7 @@ class LeRobotVLA(VLA):
 
         from nnsight_vla.transformer_lens import TokenPrompt
 
+        self._bridge_spec(part)
         if part != "vlm":
             raise InputError(f"part {part!r} takes no token ids (it reads the VLM's keys and values); "
                              "use bridge_inputs(model, obs, part) for it.")

@@ -1,0 +1,189 @@
+"""X-VLA (lerobot's ``xvla``): Florence-2's encoder and a flow-matching action head, as data, and class `XVLA`."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from lerobot.policies.xvla import XVLAConfig, XVLAPolicy
+from lerobot.policies.xvla import modeling_xvla, processor_xvla
+from lerobot.policies.xvla.processor_xvla import make_xvla_pre_post_processors
+from lerobot.utils.constants import OBS_LANGUAGE_TOKENS as TOKENS_KEY
+from torch.overrides import TorchFunctionMode
+
+from nnsight_vla import Layout, SetupError, TowerLayout
+from nnsight_vla.testing.words import build_word_tokenizer
+
+from .kind import PolicyKind
+from .policy import LeRobotVLA
+
+LM = "model.vlm.language_model"  # a BartModel whose decoder lerobot deletes
+ENCODER = f"{LM}.encoder"
+HEAD = "model.transformer"  # lerobot's SoftPromptedTransformer
+#: BART is post-LN: every encoder layer ends in its own LayerNorm and no norm follows the
+#: last one. This identity, attached by `XVLA` (no weights, never run), is the tower's final norm.
+NO_FINAL_NORM = f"{ENCODER}.final_norm"
+SHARED, EMBED = f"{LM}.shared.weight", f"{ENCODER}.embed_tokens.weight"  # one tied matrix
+#: The tiny text vocabulary: the word tokenizer, padded with reserved pieces to this size.
+VOCAB = 1024
+
+#: Inside a BART encoder layer (post-LN: attention, add, norm; fc1, GELU, fc2, add, norm).
+BART_BLOCK = {
+    "attn": "self_attn", "attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj",
+    "attn.v": "self_attn.v_proj", "attn.o": "self_attn.out_proj", "ln1_post": "self_attn_layer_norm",
+    "mlp": "fc2", "mlp.in": "fc1", "mlp.out": "fc2", "ln2_post": "final_layer_norm",
+}
+#: Inside an action-head block (pre-LN ViT-style: norm1, attn, norm2, mlp).
+HEAD_BLOCK = {
+    "ln1": "norm1", "attn": "attn", "attn.o": "attn.proj",
+    "ln2": "norm2", "mlp": "mlp", "mlp.in": "mlp.fc1", "mlp.out": "mlp.fc2",
+}
+
+LAYOUT = Layout(
+    (
+        # lerobot embeds the ids with ``shared`` and feeds the encoder embeddings, so the
+        # encoder's own ``embed_tokens`` (the same tied matrix) never runs: it is the unembedding.
+        TowerLayout("vlm", f"{ENCODER}.layers", NO_FINAL_NORM, unembed=f"{ENCODER}.embed_tokens",
+                    embed=f"{LM}.shared", root=ENCODER, runs=1, block=BART_BLOCK),
+        TowerLayout("expert", f"{HEAD}.blocks", f"{HEAD}.norm", root=HEAD, block=HEAD_BLOCK),
+    ),
+    {
+        "model.vlm.vision_tower": "vision",
+        "model.vlm.multi_modal_projector": "projector",
+        f"{HEAD}.action_encoder": "action_in_proj",
+        f"{HEAD}.action_decoder": "action_out_proj",
+        f"{HEAD}.vlm_proj": "vlm_proj",
+        f"{HEAD}.aux_visual_proj": "aux_visual_proj",
+    },
+    run_start="model.vlm.vision_tower",  # every camera is encoded once, first
+    idle=(NO_FINAL_NORM, f"{ENCODER}.embed_tokens"),
+)
+
+#: The tiny policy: two 64-px cameras through a two-stage DaViT, a 2-layer BART encoder
+#: (d_model 32) and a 2-block action head (width 32), 4 denoising steps.
+TINY_FLORENCE = {
+    "vision_config": {
+        "depths": [1, 1], "patch_size": [7, 3], "patch_stride": [4, 2], "patch_padding": [3, 1],
+        "patch_prenorm": [False, True], "embed_dim": [16, 32], "num_heads": [2, 4], "num_groups": [2, 4],
+        "window_size": 4, "projection_dim": 32, "max_position_embeddings": 16, "drop_path_rate": 0.0,
+    },
+    "text_config": {
+        "vocab_size": VOCAB, "d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
+        "encoder_ffn_dim": 64, "decoder_layers": 1, "decoder_attention_heads": 2, "decoder_ffn_dim": 64,
+        "max_position_embeddings": 128,
+    },
+}
+
+
+def _denoising_steps(config: Any, tower: str) -> range | None:
+    """The action head runs once per denoising step, and each step predicts the chunk."""
+    return range(config.num_denoising_steps) if tower == "expert" else None
+
+
+def _xvla_keys(policy: Any, state_dict: dict) -> dict:
+    """lerobot's loading: old vendored-Florence keys renamed, and the one tied embedding
+    restored under whichever of its two names safetensors dropped on saving."""
+    if modeling_xvla._is_vendored_florence_state_dict(state_dict):
+        state_dict = modeling_xvla._remap_vendored_florence_state_dict(state_dict)
+    for have, alias in ((SHARED, EMBED), (EMBED, SHARED)):
+        if have in state_dict and alias not in state_dict:
+            state_dict[alias] = state_dict[have]
+    return state_dict
+
+
+XVLA_KIND = PolicyKind(
+    "xvla", XVLAConfig, XVLAPolicy, make_xvla_pre_post_processors, modeling_xvla, processor_xvla,
+    LAYOUT, tokenizer_name="facebook/bart-large", tokenizer_label="BART",
+    action_calls=_denoising_steps, spec_extra=("num_denoising_steps", "action_mode"),
+    remap_keys=_xvla_keys,
+    tiny_options={
+        "florence_config": TINY_FLORENCE, "hidden_size": 32, "depth": 2, "num_heads": 2,
+        "len_soft_prompts": 4, "num_domains": 2, "num_denoising_steps": 4, "action_mode": "auto",
+        "tokenizer_max_length": 16,
+    },
+)
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_text_tokenizer() -> Any:
+    """BART's special-token layout (``<s>, <pad>, </s>, <unk>``) over English words, padded
+    with reserved pieces to the tiny vocabulary's `VOCAB` ids."""
+    args = (["<s>", "<pad>", "</s>", "<unk>"],)
+    names = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"}
+    return build_word_tokenizer(*args, **names, n_reserved=VOCAB - len(build_word_tokenizer(*args, **names)))
+
+
+class _InitialNoise(TorchFunctionMode):
+    """Within the block (this thread only), the first ``torch.randn`` of ``noise``'s shape
+    returns ``noise`` on the requested device and dtype; everything else runs unchanged."""
+
+    def __init__(self, noise: torch.Tensor):
+        super().__init__()
+        self.noise: torch.Tensor | None = noise
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.randn and self.noise is not None and torch.Size(args) == self.noise.shape:
+            noise, self.noise = self.noise, None
+            return noise.to(device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+        return func(*args, **kwargs)
+
+
+class XVLA(LeRobotVLA):
+    """X-VLA (2toINF's X-VLA, as ported by lerobot 0.6.1).
+
+    Florence-2's DaViT vision tower encodes every camera; the first camera's tokens and the
+    instruction's go through the BART encoder (lerobot deletes the decoder); a soft-prompted
+    transformer then denoises the action chunk over ``num_denoising_steps`` flow-matching
+    steps, reading the encoder's output and the other cameras' tokens. Standard names:
+    ``vision``, ``projector``, ``layers`` (the encoder's, ``layers[i].fc2`` is the FFN output
+    projection), ``ln_final`` (an identity: BART is post-LN), ``lm_head`` (the tied token
+    embedding, which nothing unembeds with in X-VLA), ``expert`` (``expert.blocks[i].mlp.fc2``),
+    ``action_in_proj``, ``action_out_proj`` (its output is each step's predicted chunk),
+    ``vlm_proj`` and ``aux_visual_proj``.
+
+    Example:
+        >>> model = nnsight_vla.load("tiny-xvla")
+        >>> chunk = model.predict_action(obs, seed=0)          # (chunk_size, action_dim)
+        >>> with model.predict_action(obs) as tracer:
+        ...     for step in tracer.iter[:4]:                   # the denoising steps
+        ...         chunk_at_step = model.action_out_proj.output.save()
+    """
+
+    kinds = {"xvla": XVLA_KIND}
+
+    def _tiny_tokenizer(self) -> Any:
+        return tiny_text_tokenizer()
+
+    def _policy(self, device: str) -> torch.nn.Module:
+        policy = super()._policy(device)
+        policy.get_submodule(ENCODER).add_module(NO_FINAL_NORM.rpartition(".")[2], torch.nn.Identity())
+        return policy
+
+    def noise(self, batch_size: int, seed: int | None) -> torch.Tensor | None:
+        """The initial flow-matching noise ``[batch, chunk_size, model action dims]``: the same
+        ``seed`` gives every row the same noise."""
+        if seed is None:
+            return None
+        dims = (1, self.policy_config.chunk_size, self._module.model.dim_action)
+        row = torch.randn(dims, generator=torch.Generator().manual_seed(int(seed)))
+        return row.expand(batch_size, -1, -1).contiguous()
+
+    def _chunk(self, batch: dict[str, Any], seed: int | None, num_steps: int | None) -> torch.Tensor:
+        """lerobot's ``predict_action_chunk`` with ``num_steps`` denoising steps, its noise
+        (drawn inside ``generate_actions``) replaced by the seeded `noise`."""
+        policy = self._module
+        inputs = policy._build_model_inputs(batch)
+        steps = num_steps or policy.config.num_denoising_steps
+        noise = self.noise(batch[TOKENS_KEY].shape[0], seed)
+        if noise is None:
+            return policy.model.generate_actions(**inputs, steps=steps)
+        with _InitialNoise(noise) as mode:
+            actions = policy.model.generate_actions(**inputs, steps=steps)
+        if mode.noise is not None:
+            raise SetupError(
+                f"lerobot's XVLAModel.generate_actions drew no noise of shape {tuple(noise.shape)}, so "
+                "seeds cannot apply; this XVLA port matches lerobot 0.6.1 (pip install lerobot==0.6.1)."
+            )
+        return actions
