@@ -16,7 +16,7 @@ from lerobot.policies.pi0_fast import PI0FastConfig, PI0FastPolicy, make_pi0_fas
 from lerobot.policies.pi0_fast import modeling_pi0_fast, processor_pi0_fast
 from lerobot.processor import tokenizer_processor
 
-from nnsight_vla import CheckpointError, Layout, ModelSpec, TowerLayout, VLAError
+from nnsight_vla import Layout, ModelSpec, TowerLayout, VLAError
 from nnsight_vla.testing.words import build_word_tokenizer
 
 from . import sizing
@@ -118,16 +118,8 @@ class Pi0Fast(LeRobotVLA):
             return
         from lerobot.policies.molmoact2.molmoact2_hf_model.action_tokenizer import UniversalActionProcessor
 
-        local = self.folder / ACTION_TOKENIZER_DIR
-        source = str(local) if local.is_dir() else config.action_tokenizer_name
-        try:
-            self.action_tokenizer = UniversalActionProcessor.from_pretrained_local(source)
-        except Exception as err:
-            raise CheckpointError(
-                f"{self.folder}: no {ACTION_TOKENIZER_DIR}/ folder, and the FAST tokenizer {source!r} could not be "
-                f"read ({type(err).__name__}: {err}); save it into the checkpoint where the Hub is reachable: "
-                f"UniversalActionProcessor.from_pretrained_local({source!r}).save_pretrained('{local}')."
-            ) from err
+        self.action_tokenizer = self._read_part(ACTION_TOKENIZER_DIR, config.action_tokenizer_name,
+                                                UniversalActionProcessor.from_pretrained_local, "FAST tokenizer")
 
     def _local_parts(self) -> contextlib.AbstractContextManager:
         """lerobot's policy and processors fetch both tokenizers by name: they get ours."""

@@ -130,6 +130,23 @@ class LeRobotVLA(VLA):
         """Read or build what the kind needs besides its config and text tokenizer (a family
         hook: Pi0-FAST's action tokenizer)."""
 
+    def _read_part(self, subfolder: str, hub_name: str, reader: Any, what: str) -> Any:
+        """A part the checkpoint keeps in ``subfolder`` (written by `_save`), else ``hub_name``
+        (the Hub or its cache), read by ``reader`` (a class with ``from_pretrained``, or a
+        function of the source); neither readable: a `CheckpointError` saying how to save it."""
+        local = self.folder / subfolder
+        source = str(local) if local.is_dir() else hub_name
+        read = getattr(reader, "from_pretrained", reader)
+        try:
+            return read(source)
+        except Exception as err:
+            name = getattr(read, "__qualname__", "read")
+            raise CheckpointError(
+                f"{self.folder}: no {subfolder}/ folder, and the {what} {source!r} could not be read "
+                f"({type(err).__name__}: {err}); save it into the checkpoint where the Hub is reachable: "
+                f"{name}({source!r}).save_pretrained('{local}')."
+            ) from err
+
     def _local_parts(self) -> contextlib.AbstractContextManager:
         """A block in which lerobot's code that would fetch tokenizers or processors by name
         gets this model's own (a family hook; none here)."""

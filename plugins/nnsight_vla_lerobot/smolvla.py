@@ -12,7 +12,7 @@ import torch
 from lerobot.policies.smolvla import SmolVLAConfig, SmolVLAPolicy, make_smolvla_pre_post_processors
 from lerobot.policies.smolvla import modeling_smolvla, processor_smolvla, smolvlm_with_expert
 
-from nnsight_vla import CheckpointError, Layout, TowerLayout
+from nnsight_vla import Layout, TowerLayout
 from nnsight_vla.layout import DECODER_BLOCK
 from nnsight_vla.testing.words import build_word_tokenizer
 
@@ -131,16 +131,7 @@ class SmolVLA(LeRobotVLA):
             return
         from transformers import AutoConfig
 
-        local = self.folder / VLM_DIR
-        source = str(local) if local.is_dir() else config.vlm_model_name
-        try:
-            self.vlm_config = AutoConfig.from_pretrained(source)
-        except Exception as err:
-            raise CheckpointError(
-                f"{self.folder}: no {VLM_DIR}/ folder, and the VLM config {source!r} could not be read "
-                f"({type(err).__name__}: {err}); save it into the checkpoint where the Hub is reachable: "
-                f"AutoConfig.from_pretrained({source!r}).save_pretrained('{local}')."
-            ) from err
+        self.vlm_config = self._read_part(VLM_DIR, config.vlm_model_name, AutoConfig, "VLM config")
 
     def _local_parts(self) -> contextlib.AbstractContextManager:
         """lerobot builds SmolVLM from its config and processor fetched by name; it reads only the
