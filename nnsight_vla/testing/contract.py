@@ -35,8 +35,8 @@ def example_observation(model: Any, seed: int = 0, instruction: str = "pick up t
 
 
 def prediction_steps(model: Any) -> int:
-    """Forwards of one prediction that a trace iterates over (the longest action-emitting run)."""
-    counts = [len(calls) for t in model.towers() if (calls := model.action_calls(t)) is not None]
+    """Forwards of one prediction that a trace iterates over (the tower that runs most often)."""
+    counts = [n for t in model.towers() if (n := model.calls_per_prediction(t)) is not None]
     return max(counts, default=1)
 
 

@@ -25,9 +25,11 @@ DEFAULT_NORMALIZE = [
 class OpenVLAConfig:
     """The fields of an OpenVLA ``config.json`` that define the network and the actions.
 
-    ``timm_overrides`` and ``unpadded_vocab_size`` are this project's extensions (absent from
-    official checkpoints): per-backbone keyword overrides for ``timm.create_model`` (the small
-    instances), and the vocabulary size before padding for backbones other than Llama-2.
+    ``timm_overrides``, ``unpadded_vocab_size`` and ``phrase_tokens`` are this project's
+    extensions (absent from official checkpoints): per-backbone keyword overrides for
+    ``timm.create_model`` (the small instances), the vocabulary size before padding for
+    backbones other than Llama-2, and how many words a verbalising model says before its
+    action tokens (``mini-openvla``; 0: none, as OpenVLA).
     """
 
     text_config: dict[str, Any]
@@ -40,6 +42,7 @@ class OpenVLAConfig:
     pad_to_multiple_of: int = 64
     timm_overrides: list[dict[str, Any]] | None = None
     unpadded_vocab_size: int | None = None
+    phrase_tokens: int = 0
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -136,4 +139,6 @@ class OpenVLAConfig:
         for extension in ("timm_overrides", "unpadded_vocab_size"):
             if getattr(self, extension) is not None:
                 out[extension] = getattr(self, extension)
+        if self.phrase_tokens:
+            out["phrase_tokens"] = self.phrase_tokens
         return out

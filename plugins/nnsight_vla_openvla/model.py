@@ -13,7 +13,7 @@ from nnsight_vla.checkpoint import load_module, read_state_dict
 from nnsight_vla.observation import DEFAULT_CAMERA as CAMERA
 from nnsight_vla.remote import config_folder, weights_folder
 
-from . import SMOL, TINY, smol, tiny
+from . import SMOL, TINY, mini, smol, tiny
 from .actions import ActionTokenizer, normalize, select_stats, unnormalize
 from .checkpoint import EMBED, LM_HEAD, from_checkpoint_key, read_tokenizer, save_checkpoint
 from .config import OpenVLAConfig
@@ -60,7 +60,12 @@ class OpenVLA(VLA):
     the checkpoint has several) and ``center_crop`` (the 0.9-area crop that the LIBERO
     fine-tunes need). Inputs: one camera, ``"image"``, and no state (`check_observation`);
     ``predict_action(obs, unnorm_key=None, seed=None)`` accepts ``seed`` like every family,
-    without effect (decoding is greedy). Built-ins: ``tiny-openvla`` (random) and ``smol-openvla`` (SmolLM2-135M).
+    without effect (decoding is greedy). Built-ins: ``tiny-openvla`` (random), ``smol-openvla``
+    (SmolLM2-135M) and ``mini-openvla`` / ``mini-openvla-act`` (smol-openvla taught to follow
+    motion instructions; option ``adapters``: another adapter file than the shipped one). A
+    verbalising model (``config.phrase_tokens`` > 0, ``mini-openvla``) says that many words before
+    its actions: ``predict_action(obs, with_phrase=True)`` returns them too, ``phrase="up fast"``
+    makes it say those instead.
 
     Example:
         >>> model = nnsight_vla.load("openvla/openvla-7b-finetuned-libero-10",
@@ -80,16 +85,20 @@ class OpenVLA(VLA):
     )
     _persistent_attributes = ("_tokenizer", "processor", "action_tokenizer", "config")  # config: norm statistics
 
-    def _configure(self, source: str, unnorm_key: str | None = None, center_crop: bool = False) -> None:
-        self.builtin = source if source in (TINY, SMOL) else None
+    def _configure(self, source: str, unnorm_key: str | None = None, center_crop: bool = False,
+                   adapters: str | None = None) -> None:
+        self.builtin = source if source in (TINY, SMOL, *mini.BUILTINS) else None
+        if adapters is not None and source not in mini.BUILTINS:
+            raise InputError(f"adapters= is for the mini-openvla built-ins {sorted(mini.BUILTINS)}, not {source!r}.")
+        self.adapters = mini.adapter_file(source) if adapters is None and source in mini.BUILTINS else adapters
         if source == TINY:
             self.folder = None
             self.config = tiny.tiny_config()
             self._tokenizer = tiny.build_tiny_tokenizer()
             self.processor = OpenVLAProcessor(self._tokenizer, center_crop=center_crop)
-        elif source == SMOL:
+        elif source == SMOL or source in mini.BUILTINS:
             self.folder = None
-            self.config = smol.smol_config()
+            self.config = smol.smol_config() if source == SMOL else mini.configure(smol.smol_config(), source)
             # One read of the GGUF file gives the tokenizer and the weights; the weights wait here
             # for `_load_weights` (a lazy build drops them and dispatch reads the file again).
             self._tokenizer, self._gguf_tensors = smol.read_gguf(self.config)
@@ -124,10 +133,12 @@ class OpenVLA(VLA):
     def _load_weights(self) -> torch.nn.Module:
         if self.builtin == TINY:
             return self._build()
-        if self.builtin == SMOL:
+        if self.builtin is not None:  # smol-openvla, or it with a mini-openvla's adapters merged in
             language = self.__dict__.pop("_gguf_tensors", None) or smol.read_gguf(self.config)[1]
             tensors = {**smol.random_parts(self.config), **language}
-            where = f"{SMOL} ({smol.GGUF_FILE})"
+            if self.builtin in mini.BUILTINS:
+                tensors = mini.with_adapters(tensors, self.adapters, self.config.llama.num_hidden_layers)
+            where = f"{self.builtin} ({smol.GGUF_FILE})"
         else:
             weights = read_state_dict(weights_folder(self.name_or_path, self.revision))
             tensors = {from_checkpoint_key(k): v for k, v in weights.items()}
@@ -172,33 +183,54 @@ class OpenVLA(VLA):
         pixel_values: torch.Tensor,
         unnorm_key: str | None = None,
         seed: int | None = None,
+        phrase: str | None = None,
+        with_phrase: bool = False,
         **unknown: Any,
-    ) -> np.ndarray:
+    ) -> np.ndarray | tuple[np.ndarray, list[str]]:
         # ``seed`` is accepted so that code written for every family (the LIBERO recipes, Pi0's
         # seeded noise) runs unchanged; greedy decoding draws nothing, so it changes nothing.
         if unknown:
             raise InputError(
                 f"OpenVLA's predict_action has no option {', '.join(map(repr, sorted(unknown)))}; it takes "
-                "unnorm_key= (which dataset's statistics) and seed= (accepted, no effect: decoding is greedy)."
+                "unnorm_key= (which dataset's statistics), seed= (accepted, no effect: decoding is greedy) "
+                "and, on a verbalising model, phrase= (the words to say instead of its own) and with_phrase=True "
+                "(return the words said too)."
             )
         # Check the statistics before spending a forward pass.
         _, stats = select_stats(self.config.norm_stats, unnorm_key or self.unnorm_key)
-        n_tokens = len(stats["q01"])
+        n_words, n_tokens = self.config.phrase_tokens, len(stats["q01"])
+        forced = None if phrase is None else self._phrase_ids(phrase).expand(input_ids.shape[0], -1)
         net = self._module
         with torch.no_grad():
             out = net(input_ids, attention_mask, pixel_values, use_cache=True, logits_to_keep=1)
             mask = net.multimodal_mask(attention_mask)
             tokens = []
-            for step in range(n_tokens):  # greedy, as the reference generate(do_sample=False)
-                token = out.logits[:, -1].argmax(-1)
+            for step in range(n_words + n_tokens):  # greedy, as the reference generate(do_sample=False)
+                token = out.logits[:, -1].argmax(-1) if forced is None or step >= n_words else forced[:, step]
                 tokens.append(token)
-                if step + 1 < n_tokens:
+                if step + 1 < n_words + n_tokens:
                     mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
                     out = net(token[:, None], mask, past_key_values=out.past_key_values,
                               use_cache=True, logits_to_keep=1)
         ids = torch.stack(tokens, dim=1).cpu().numpy()
-        actions = self.decode_actions(ids, unnorm_key)
-        return actions[0] if actions.shape[0] == 1 else actions
+        actions = self.decode_actions(ids[:, n_words:], unnorm_key)
+        actions = actions[0] if actions.shape[0] == 1 else actions
+        if not with_phrase:
+            return actions
+        said = [self._tokenizer.decode(row).strip() for row in ids[:, :n_words]]
+        return actions, said[0] if len(said) == 1 else said
+
+    def _phrase_ids(self, phrase: str) -> torch.Tensor:
+        """``[1, phrase_tokens]``: the ids of the words a verbalising model is made to say."""
+        n = self.config.phrase_tokens
+        ids = self._tokenizer.encode(" " + phrase.strip(), add_special_tokens=False) if n else []
+        if not n or len(ids) != n:
+            raise InputError(
+                f"phrase={phrase!r}: " + (f"this model says {n} token(s) before its actions, and the phrase is "
+                                          f"{len(ids)}; give {n} words such as 'up fast'." if n else
+                                          "this model says nothing before its actions (phrase_tokens=0); drop phrase=.")
+            )
+        return torch.tensor([ids])
 
     def bridge_parts(self) -> dict:
         """The language model, bridged through the adapter registered as ``OpenVLAForActionPrediction``."""
@@ -225,8 +257,13 @@ class OpenVLA(VLA):
         return TokenPrompt(tokens, slice(1, 1 + n), embeds[:, 1 : 1 + n])
 
     def action_calls(self, tower: str) -> range | None:
-        """One greedy decoding forward per action dimension; the first is the prefill."""
-        return range(self.spec.action_dim) if tower == "vlm" else None
+        """One greedy decoding forward per action dimension, after the phrase of a verbalising
+        model (none for OpenVLA: the first is the prefill)."""
+        n = self.config.phrase_tokens
+        return range(n, n + self.spec.action_dim) if tower == "vlm" else None
+
+    def calls_per_prediction(self, tower: str) -> int | None:
+        return self.config.phrase_tokens + self.spec.action_dim if tower == "vlm" else None
 
     def _save(self, folder: Path, max_shard_bytes: int = 5 * 2**30) -> None:
         save_checkpoint(folder, self.config, self._module, self._tokenizer, self.processor, max_shard_bytes)

@@ -1,0 +1,48 @@
+"""``mini-openvla``: smol-openvla taught to follow motion instructions (adapters shipped in ``data/``), and how it is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nnsight_vla import CheckpointError
+
+from .. import MINI
+
+#: Built-in name -> training recipe (see `train.Settings`).
+BUILTINS = dict(zip(MINI, ("verbalise", "act")))
+DATA = Path(__file__).parent / "data"
+#: The statistics of the synthetic motion data: normalised = un-normalised for the six deltas.
+STATS = {"mini_motion": {"action": {"q01": [-1.0] * 6 + [0.0], "q99": [1.0] * 6 + [1.0],
+                                    "mask": [True] * 6 + [False]},
+                         "num_transitions": 0, "num_trajectories": 0}}
+
+
+def adapter_file(name: str) -> Path:
+    return DATA / f"{name}.safetensors"
+
+
+def configure(config, name: str):
+    """smol-openvla's config for the built-in ``name``: the motion statistics, and two words said
+    before the actions for a verbalising recipe."""
+    config.norm_stats = STATS
+    config.phrase_tokens = 2 if BUILTINS[name] == "verbalise" else 0
+    config.raw = {**config.raw, "llm_backbone_id": f"smollm2-135m-instruct+{name}"}
+    return config
+
+
+def with_adapters(tensors: dict[str, torch.Tensor], path: str | Path, n_layers: int) -> dict[str, torch.Tensor]:
+    """smol-openvla's weights with the adapters in ``path`` merged in (strictly)."""
+    from safetensors import safe_open
+
+    from . import lora
+    from .train import FIRST_TRAINED
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"the adapters {path} are missing; rebuild them with "
+                              f"`python -m nnsight_vla_openvla.mini.build --ship` (see its --help).")
+    with safe_open(str(path), "pt") as f:
+        adapters = {k: f.get_tensor(k) for k in f.keys()}
+    return lora.merged(tensors, adapters, lora.target_paths(range(FIRST_TRAINED, n_layers)), str(path))

@@ -1,0 +1,78 @@
+"""mini-openvla: the shipped adapters follow held-out instructions, load strictly, save and reload; the verbalising decode."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import nnsight_vla
+from nnsight_vla import CheckpointError, InputError
+from nnsight_vla_openvla.mini import adapter_file, check, frames, instructions, lora
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return nnsight_vla.load("mini-openvla")
+
+
+@pytest.fixture(scope="module")
+def shipped_frames():
+    return frames.load()[-4:]  # the frames kept for checking: initial states of tasks never trained on
+
+
+def test_merging_adds_b_times_a_and_refuses_what_does_not_fit():
+    weights = {"x.weight": torch.eye(3)}
+    a, b = torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([[1.0], [0.0], [-1.0]])
+    out = lora.merged(weights, {"x.lora_A": a, "x.lora_B": b}, ["x"], "here")
+    assert torch.equal(out["x.weight"], torch.tensor([[2.0, 2.0, 0.0], [0.0, 1.0, 0.0], [-1.0, -2.0, 1.0]]))
+    with pytest.raises(CheckpointError, match="miss"):
+        lora.merged(weights, {"x.lora_A": a}, ["x"], "here")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        lora.merged(weights, {"x.lora_A": a[:, :2], "x.lora_B": b}, ["x"], "here")
+
+
+def test_held_out_instructions_are_followed(mini, shipped_frames):
+    """Open-loop, from the shipped weights: templates and scenes never trained on."""
+    held_out = instructions.examples(held_out=True)[::7]
+    result = check.accuracy(mini, shipped_frames, held_out, progress=False)
+    assert result["direction"] >= 0.95 and result["words"] >= 0.95, result
+
+
+def test_the_verbalising_decode(mini, shipped_frames):
+    obs = nnsight_vla.Observation(shipped_frames[0], "move up quickly")
+    action, said = mini.predict_action(obs, with_phrase=True)
+    assert said == "up fast" and check.direction(action) == "up"
+    np.testing.assert_array_equal(mini.predict_action(obs), action)
+    forced, words = mini.predict_action(obs, phrase="down slow", with_phrase=True)
+    assert words == "down slow"
+    assert mini.action_calls("vlm") == range(2, 9) and mini.calls_per_prediction("vlm") == 9
+    with mini.predict_action(obs) as tracer:  # the two word forwards, then the seven action forwards
+        tokens = list().save()
+        for step in tracer.iter[:9]:
+            tokens.append(mini.lm_head.output[0, -1].argmax(-1).item())
+    assert mini.tokenizer.decode(tokens[:2]).strip() == "up fast"
+    assert all(t in mini.spec.action_token_ids for t in tokens[2:])
+    with pytest.raises(InputError, match="2 words"):
+        mini.predict_action(obs, phrase="up")
+
+
+def test_adapters_load_strictly(tmp_path):
+    tensors = load_file(adapter_file("mini-openvla"))
+    broken = dict(tensors)
+    del broken[next(k for k in broken if k.endswith("layers.27.mlp.up_proj.lora_B"))]
+    save_file(broken, tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match="up_proj"):
+        nnsight_vla.load("mini-openvla", adapters=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(InputError, match="adapters="):
+        nnsight_vla.load("smol-openvla", adapters=str(tmp_path / "missing.safetensors"))
+
+
+def test_a_saved_mini_reloads_identically(mini, shipped_frames, tmp_path):
+    folder = mini.save_pretrained(tmp_path / "mini")
+    loaded = nnsight_vla.load(folder)
+    obs = nnsight_vla.Observation(shipped_frames[1], "go left gently")
+    assert loaded.config.phrase_tokens == 2
+    a, said = loaded.predict_action(obs, with_phrase=True)
+    b, said_here = mini.predict_action(obs, with_phrase=True)
+    np.testing.assert_array_equal(a, b)
+    assert said == said_here
