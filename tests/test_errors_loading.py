@@ -114,7 +114,7 @@ def test_unknown_options_list_the_familys(monkeypatch):
     with pytest.raises(InputError) as info:
         nnsight_vla.load("tiny-openvla", centre_crop=True, foo=1)
     message = str(info.value)
-    assert message.startswith("OpenVLA has no option centre_crop=, foo=; its options are center_crop=, unnorm_key=")
+    assert message.startswith("OpenVLA has no option centre_crop=, foo=; its options are adapters=, center_crop=, unnorm_key=")
     assert "Did you mean center_crop= for centre_crop=?" in message
     assert configured == []
 
@@ -134,7 +134,7 @@ def test_openvla_accepts_a_seed_that_changes_nothing(tiny, obs):
     with tiny.predict_action(obs, seed=5) as tracer:
         traced = tracer.result.save()
     np.testing.assert_array_equal(traced, plain)
-    with pytest.raises(InputError, match="has no option 'temperature'; it takes unnorm_key= .* and seed="):
+    with pytest.raises(InputError, match="has no option 'temperature'; it takes unnorm_key= .*, seed= .*phrase= .*with_phrase=True"):
         tiny.predict_action(obs, temperature=0.5)
 
 
@@ -216,7 +216,10 @@ def official_decode(config: dict, token_ids: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("name", FAMILY.builtins)
 def test_every_builtin_ends_action_ids_where_the_official_code_does(name):
-    config = {"tiny-openvla": tiny_config, "smol-openvla": smol_config}[name]()
+    from nnsight_vla_openvla import mini
+
+    smol = smol_config if name == "smol-openvla" else lambda: mini.configure(smol_config(), name)
+    config = tiny_config() if name == "tiny-openvla" else smol()
     end = config.text_config["vocab_size"] - config.pad_to_multiple_of
     assert config.official_action_end == config.tokenizer_vocab_size == end
     if name == "tiny-openvla":  # smol's tokenizer is read from its GGUF file: tests/test_lens_smol.py

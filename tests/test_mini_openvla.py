@@ -76,3 +76,21 @@ def test_a_saved_mini_reloads_identically(mini, shipped_frames, tmp_path):
     b, said_here = mini.predict_action(obs, with_phrase=True)
     np.testing.assert_array_equal(a, b)
     assert said == said_here
+
+
+def test_a_reduced_open_loop_experiment_writes_its_table(mini, shipped_frames, tmp_path):
+    """One concept cluster from the lens, three random controls, a neutral instruction, two scenes."""
+    from nnsight_vla import Clamp, Observation, lens
+    from nnsight_vla.steering import open_loop
+
+    table = lens.project_value_vectors(mini, top_k=10, progress=False)
+    up = lens.cluster(table, "up", size=10)
+    obs = [Observation(frame, "move the arm") for frame in shipped_frames[:2]]
+    result = open_loop(mini, obs, {"up": Clamp(up, 4.0)}, controls=3, progress=False, with_phrase=True)
+    assert set(result.words) == {"baseline", "up", "up/random0", "up/random1", "up/random2"}
+    np.testing.assert_array_equal(result.actions["baseline"][1], mini.predict_action(obs[1]))
+    with mini.steer(Clamp(up, 4.0)):
+        np.testing.assert_array_equal(result.actions["up"][0], mini.predict_action(obs[0]))
+    rows = [r for r in result.table() if r["measure"] == "dz"]
+    assert len(rows) == 1 and rows[0]["controls"] == 3 and rows[0]["observations"] == 2
+    assert result.save(tmp_path).is_file() and (tmp_path / "actions.npz").is_file()

@@ -241,3 +241,25 @@ def test_steering_an_inert_site_warns_and_changes_nothing(pi0):
         with pi0.steer([Clamp([(2, 0), (2, 5)], 4.0), Add(torch.ones(64), layer=2, alpha=3.0)]):
             steered = pi0.predict_action(obs)
     np.testing.assert_array_equal(steered, base)
+
+
+def test_open_loop_table_scores_a_shift_against_its_random_controls(tmp_path):
+    """Hand-computed: baseline z 0; the steering moves z by +0.5; three controls by 0, 0.1, 0.2."""
+    from nnsight_vla.steering import OpenLoopResult
+
+    base = np.zeros((2, 7))
+
+    def moved(dz):
+        out = base.copy()
+        out[:, 2] = dz
+        return out
+
+    actions = {"baseline": base, "up": moved(0.5), "up/random0": moved(0.0), "up/random1": moved(0.1),
+               "up/random2": moved(0.2)}
+    result = OpenLoopResult(actions, ["up"], 3)
+    row = next(r for r in result.table() if r["measure"] == "dz")
+    assert row["shift"] == 0.5 and abs(row["random_mean"] - 0.1) < 1e-12 and abs(row["random_std"] - 0.1) < 1e-12
+    assert abs(row["z"] - 4.0) < 1e-9
+    speed = next(r for r in result.table() if r["measure"] == "speed")
+    assert speed["shift"] == 0.5
+    assert result.save(tmp_path).read_text().splitlines()[0].startswith("steering,measure,shift")
