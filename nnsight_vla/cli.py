@@ -162,6 +162,9 @@ def _print_summary(result) -> None:
         values = "  ".join(f"{k} {'-' if means[k] is None else format(means[k], '.4g')}" for k in METRICS)
         failed = f", {means['failed']} failed" if means["failed"] else ""
         print(f"{condition:9s} {values}  ({means['episodes']} episodes{failed})")
+    for name, scored in result.statistics.get("vs_random", {}).items():
+        print(f"{name} vs its {scored['success']['controls']} random controls, z: "
+              + "  ".join(f"{k} {scored[k]['z']:+.2f}" for k in METRICS if k != "success"))
     table = result.per_task
     conditions = list(table)
     print("success rate per task (failed episodes count as failures):")
@@ -197,7 +200,8 @@ def eval_command(args) -> None:
         result = evaluate(model, args.suite, tasks, args.episodes, steering=steering, seed=args.seed,
                           max_steps=args.max_steps, camera_size=args.camera_size,
                           record_video=args.video, out_dir=args.out, workers=args.workers,
-                          ray_address=args.ray_address, resume=args.resume)
+                          ray_address=args.ray_address, resume=args.resume, random_controls=args.random_controls,
+                          instruction=args.instruction)
     except KeyboardInterrupt:
         episodes = args.out / "episodes.jsonl"
         done = sum(1 for _ in episodes.open()) if episodes.is_file() else 0
@@ -338,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluation.add_argument("--max-steps", type=int, default=None, help="step limit of an episode (default: the suite's limit)")
     evaluation.add_argument("--camera-size", type=int, default=256, help="side of the rendered camera images, in pixels")
     evaluation.add_argument("--video", action="store_true", help="write an MP4 per episode")
+    evaluation.add_argument("--random-controls", type=int, default=1,
+                            help="random clusters per steering (>= 2 adds z-scores against them: statistics.json vs_random)")
+    evaluation.add_argument("--instruction", default=None,
+                            help="said instead of each task's instruction, e.g. 'move the arm'")
     evaluation.add_argument("--out", required=True, type=Path, help="output folder")
     evaluation.add_argument("--workers", type=int, default=1, help="Ray worker processes (1: serial, no Ray)")
     evaluation.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local Ray)")

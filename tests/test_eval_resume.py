@@ -14,7 +14,9 @@ from nnsight_vla import InputError, NeuronCluster
 from nnsight_vla.cli import main, parse_steer
 from nnsight_vla.eval import evaluate
 from nnsight_vla.eval import rollout as rollout_module
-from nnsight_vla.eval.evaluate import EvalResult, _csv, _statistics, _summary
+from nnsight_vla.eval.evaluate import EvalResult
+from nnsight_vla.eval.records import rows_csv
+from nnsight_vla.eval.stats import condition_means, paired_statistics
 from nnsight_vla.eval.plots import plot_metrics, plot_trajectories
 
 evaluate_module = importlib.import_module("nnsight_vla.eval.evaluate")  # the package exports the function
@@ -238,23 +240,24 @@ def test_failures_before_the_first_step_and_their_accounting(tmp_path):
                 "length": 0 if none else 1, "path_length": path_length,
                 "axis_displacement": {a: None if none else 0.0 for a in "xyz"},
                 "net_displacement": {a: None if none else 0.0 for a in "xyz"},
-                **{m: None if none else 0.1 for m in ("displacement_per_step", "mean_speed", "max_speed", "min_height")},
+                **{m: None if none else 0.1 for m in ("displacement_per_step", "z_displacement", "mean_speed", "max_speed",
+                                                    "min_height")},
                 "extra": {}, "path": [] if none else [list(p) for p in path], "actions": [], "error": error}
 
     crash = {"type": "RuntimeError", "message": "the simulator died", "where": ""}
     rows = [row(0, 0, "baseline", 0.1, success=True), row(0, 0, "steered", None, error=crash),
             row(0, 1, "baseline", 0.3), row(0, 1, "steered", 0.5, success=True),
             row(0, 2, "baseline", 0.2), row(0, 2, "steered", 0.4)]
-    summary = _summary(rows, ["baseline", "steered"], [0])
+    summary = condition_means(rows, ["baseline", "steered"], [0])
     assert summary["steered"]["success"] == pytest.approx(1 / 3)  # the crash is a failure
     assert summary["steered"]["path_length"] == pytest.approx(0.45)  # (0.5 + 0.4) / 2
     assert (summary["steered"]["failed"], summary["steered"]["task0_failed"]) == (1, 1)
-    stats = _statistics(rows, ["baseline", "steered"])["steered"]
+    stats = paired_statistics(rows, ["baseline", "steered"])["steered"]
     assert stats["path_length"]["n"] == 2 and stats["path_length"]["mean_difference"] == pytest.approx(0.2)
     assert stats["success"]["n"] == 3 and stats["success"]["mean_difference"] == pytest.approx(0.0)
-    all_failed = _summary([row(0, 0, "baseline", None, error=crash)], ["baseline"], [0])["baseline"]
+    all_failed = condition_means([row(0, 0, "baseline", None, error=crash)], ["baseline"], [0])["baseline"]
     assert all_failed["path_length"] is None and all_failed["success"] == 0.0
-    assert "RuntimeError,the simulator died" in _csv(rows)
+    assert "RuntimeError,the simulator died" in rows_csv(rows)
     plot_trajectories(rows, tmp_path / "t.png")
     plot_metrics(rows, tmp_path / "m.png")
     assert (tmp_path / "t.png").stat().st_size and (tmp_path / "m.png").stat().st_size

@@ -36,6 +36,36 @@ def test_evaluate_end_to_end(name, steering, tmp_path):
     assert rows[1]["path_length"] == pytest.approx(result.episodes[1]["path_length"])
 
 
+def test_named_steerings_with_random_controls_under_a_neutral_instruction(tiny, tmp_path):
+    """The paper's design: each named steering vs its own random controls, every condition told
+    "move the arm" instead of the task's instruction; vs_random from the rows by hand."""
+    from nnsight_vla.eval.libero import env_actions, make_env, reset_to
+
+    steering = {"a": Clamp([(1, 3), (1, 17)], 8.0), "b": Clamp([(0, 5)], -4.0)}
+    result = evaluate(tiny, "libero_spatial", [0], episodes=1, steering=steering, random_controls=3, max_steps=3,
+                      camera_size=64, instruction="move the arm", record_video=True, out_dir=tmp_path, seed=7)
+    names = ["baseline", "a", "a/random0", "a/random1", "a/random2", "b", "b/random0", "b/random1", "b/random2"]
+    assert [r["condition"] for r in result.episodes] == names
+    env = make_env("libero_spatial", 0, 64)
+    try:
+        first, _ = reset_to(env, 0, 7)
+        told = np.asarray(env_actions(tiny, first, "move the arm", seed=7))[0]
+        own = np.asarray(env_actions(tiny, first, env.call("task_description")[0], seed=7))[0]
+    finally:
+        env.close()
+    np.testing.assert_allclose(result.episodes[0]["actions"][0], told)  # the model was told "move the arm"
+    assert not np.allclose(told, own)
+    rows = {r["condition"]: r for r in result.episodes}
+    path = {c: rows[c]["path_length"] - rows["baseline"]["path_length"] for c in names}
+    controls = [path[f"a/random{k}"] for k in range(3)]
+    scored = result.statistics["vs_random"]["a"]["path_length"]
+    assert scored["shift"] == pytest.approx(path["a"]) and scored["random_mean"] == pytest.approx(np.mean(controls))
+    assert scored["z"] == pytest.approx((path["a"] - np.mean(controls)) / np.std(controls, ddof=1))
+    assert set(result.statistics) == set(names[1:]) | {"vs_random"}
+    assert json.loads((tmp_path / "run.json").read_text())["settings"]["instruction"] == "move the arm"
+    assert (tmp_path / "videos" / "a__random2_task0_ep0.mp4").is_file()
+
+
 def test_random_control_keeps_layers_and_size(tiny):
     steering = [Clamp([(1, 3), (1, 17), (0, 42)], 8.0), nnsight_vla.Add(np.ones(64), layer=0, alpha=2.0)]
     control = random_control(steering, seed=0, model=tiny)
@@ -50,7 +80,9 @@ def test_random_control_keeps_layers_and_size(tiny):
     [({"suite": "libero_100"}, "unknown LIBERO suite"), ({"tasks": [12]}, "tasks 0..9"),
      ({"controls": ("baseline", "shuffled")}, "unknown controls"), ({"episodes": 0}, "at least 1"),
      ({"workers": 0}, "workers must be at least 1"),
-     ({"steering": Clamp([(5, 0)], 1.0)}, "layer 5 is out of range")],
+     ({"steering": Clamp([(5, 0)], 1.0)}, "layer 5 is out of range"),
+     ({"instruction": " "}, "instruction must be a non-empty string"), ({"random_controls": 0}, "random_controls"),
+     ({"steering": {"up/1": Clamp([(1, 3)], 1.0)}}, "without '/'"), ({"steering": {}}, "empty dict")],
 )
 def test_bad_inputs(tiny, kwargs, message):
     args = {"suite": "libero_spatial", "tasks": [0], "episodes": 1, **kwargs}
@@ -66,10 +98,12 @@ def test_cli_eval(tmp_path, tiny, capsys):
     NeuronCluster([(1, 3), (0, 42)], name="up_2", tokens=[["up"], ["up"]], d_mlp=256).to_yaml(tmp_path / "c.yaml")
     out = tmp_path / "run"
     argv = ["eval", "tiny-openvla", "--suite", "libero_spatial", "--tasks", "0", "--episodes", "1",
-            "--steer", f"{tmp_path / 'c.yaml'}:6.0", "--max-steps", "11", "--camera-size", "64", "--out", str(out)]
+            "--steer", f"{tmp_path / 'c.yaml'}:6.0", "--max-steps", "11", "--camera-size", "64",
+            "--random-controls", "2", "--instruction", "move the arm", "--out", str(out)]
     assert main(argv) == 0
-    assert "steered" in json.loads((out / "summary.json").read_text())
-    assert f"wrote {out}" in capsys.readouterr().out
+    assert set(json.loads((out / "summary.json").read_text())) == {"baseline", "steered", "random0", "random1"}
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "steered vs its 2 random controls, z: length" in printed
     assert main(argv[:-2] + ["--steer", f"{tmp_path / 'c.yaml'}:fast", "--out", str(out)]) == 2
     assert "is not a number" in capsys.readouterr().err
 

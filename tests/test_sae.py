@@ -230,7 +230,7 @@ def test_random_control_keeps_the_sae_and_the_count(tiny):
     assert control.sae is clamp.sae and len(control.features) == 3 and control.value == 2.0
     assert control.features != clamp.features
     # evaluation runs record the steering: the hook, the features and a hash of the SAE's weights
-    from nnsight_vla.eval.evaluate import describe_steering
+    from nnsight_vla.eval.records import describe_steering
 
     described = describe_steering(clamp)[0]
     json.dumps(described)

@@ -11,7 +11,8 @@ from ..errors import InputError
 AXES = ("x", "y", "z")
 
 #: Per-episode metrics summarised, compared and plotted by `evaluate`.
-METRICS = ("success", "length", "path_length", "displacement_per_step", "mean_speed", "max_speed", "min_height")
+METRICS = ("success", "length", "path_length", "displacement_per_step", "z_displacement", "mean_speed", "max_speed",
+           "min_height")
 
 
 @dataclass
@@ -26,6 +27,7 @@ class EpisodeMetrics:
         net_displacement: p[T] - p[0] per axis.
         displacement_per_step: path_length / length — the displacement controlled for episode
             length (longer episodes travel further whatever the steering).
+        z_displacement: The net change of height, p[T].z - p[0].z (the "up"/"down" measure).
         mean_speed, max_speed: |Δp| per second at the control frequency.
         min_height: The lowest z reached.
 
@@ -41,6 +43,7 @@ class EpisodeMetrics:
     axis_displacement: dict[str, float]
     net_displacement: dict[str, float]
     displacement_per_step: float
+    z_displacement: float
     mean_speed: float
     max_speed: float
     min_height: float
@@ -74,6 +77,7 @@ def episode_metrics(path, success: bool, control_hz: float = 20.0) -> EpisodeMet
         axis_displacement={a: float(np.abs(steps[:, i]).sum()) for i, a in enumerate(AXES)},
         net_displacement={a: float(path[-1, i] - path[0, i]) for i, a in enumerate(AXES)},
         displacement_per_step=float(lengths.sum() / n) if n else 0.0,
+        z_displacement=float(path[-1, 2] - path[0, 2]),
         mean_speed=float(speeds.mean()) if n else 0.0,
         max_speed=float(speeds.max()) if n else 0.0,
         min_height=float(path[:, 2].min()),

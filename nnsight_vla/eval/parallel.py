@@ -66,13 +66,15 @@ class Worker:
                     "memory. Save it with model.save_pretrained(DIR) and evaluate nnsight_vla.load(DIR)."
                 )
 
-    def run(self, job: Job, steps: int, steering: Any, seed: int, record_video: bool, collector: Any = None):
+    def run(self, job: Job, steps: int, steering: Any, seed: int, record_video: bool, collector: Any = None,
+            instruction: str | None = None):
         """One job, as a serial run does it (`rollout.run_job`): an episode that raises comes
         back as a failed `Episode`; the worker writes only the collector's shard."""
         from .rollout import run_job
 
         start = time.time()
-        run = run_job(self.model, self.simulators, job, steps, steering, seed, record_video, collector=collector)
+        run = run_job(self.model, self.simulators, job, steps, steering, seed, record_video, collector=collector,
+                      instruction=instruction)
         return job, run, (start, time.time(), os.getpid())
 
     def close(self) -> None:
@@ -98,6 +100,7 @@ def run_parallel(
     on_result: Callable[[Job, Episode], None] | None = None,
     done: int = 0,
     collector: Any = None,
+    instruction: str | None = None,
 ) -> dict[Job, Episode]:
     """Run ``jobs`` on ``workers`` (>= 1) Ray actors; returns the episodes by job, as a serial run would.
 
@@ -115,6 +118,7 @@ def run_parallel(
     the run with a `VLAError` (the episodes that arrived before are kept by ``on_result``).
     ``done``: jobs finished before (a resumed run), for the progress bar. ``collector``: a
     bound `nnsight_vla.probes.RolloutCollector`; each worker writes its episodes' shards.
+    ``instruction``: said instead of each task's own (None: the task's).
     """
     try:
         import ray
@@ -144,7 +148,7 @@ def run_parallel(
         except ray.exceptions.RayTaskError as error:
             raise _cause(error) from error
         return _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings, on_result, done,
-                         collector)
+                         collector, instruction)
     finally:
         for actor in actors:
             try:
@@ -157,7 +161,7 @@ def run_parallel(
 
 
 def _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings, on_result=None,
-              done_before=0, collector=None) -> dict[Job, Episode]:
+              done_before=0, collector=None, instruction=None) -> dict[Job, Episode]:
     """Keep every actor busy; an idle actor takes the next job of a task it has a simulator for."""
     pending, running, done = list(jobs), {}, {}
     has: dict[Any, set[int]] = {a: set() for a in actors}
@@ -166,7 +170,7 @@ def _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings,
         job = next((j for j in pending if j[0] in has[actor]), pending[0])
         pending.remove(job)
         has[actor].add(job[0])
-        ref = actor.run.remote(job, steps, conditions[job[2]], seed, record_video, collector)
+        ref = actor.run.remote(job, steps, conditions[job[2]], seed, record_video, collector, instruction)
         running[ref] = actor
 
     with tqdm(total=done_before + len(jobs), initial=done_before, desc=f"rollouts on {len(actors)} workers",

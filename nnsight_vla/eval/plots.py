@@ -12,6 +12,13 @@ from .metrics import METRICS
 COLORS = {"baseline": "tab:gray", "steered": "tab:red", "random": "tab:blue"}
 
 
+def condition_color(condition: str) -> str:
+    """Gray for the baseline, blue for random controls (``random``, ``random3``, ``up/random3``), else red/green."""
+    if condition.rsplit("/", 1)[-1].startswith("random"):
+        return COLORS["random"]
+    return COLORS.get(condition, "tab:green")
+
+
 def plot_trajectories(rows: list[dict], path: Path) -> Path:
     """Top (x-y) and side (x-z) views of every episode's end-effector path, by condition.
     A failed episode's path (up to the failure) is dashed and ends in a cross."""
@@ -22,9 +29,10 @@ def plot_trajectories(rows: list[dict], path: Path) -> Path:
         p = np.asarray(row["path"], dtype=np.float64).reshape(-1, 3)
         if not len(p):
             continue  # failed before its first observation
-        color = COLORS.get(row["condition"], "tab:green")
-        label = None if row["condition"] in labelled else row["condition"]
-        labelled.add(row["condition"])
+        color = condition_color(row["condition"])
+        group = "random controls" if color == COLORS["random"] and row["condition"] != "random" else row["condition"]
+        label = None if group in labelled else group
+        labelled.add(group)
         failed = row.get("error") is not None
         style = {"color": color, "alpha": 0.7, "linestyle": "--" if failed else "-"}
         axes[0].plot(p[:, 0], p[:, 1], label=label, **style)
@@ -55,7 +63,7 @@ def plot_metrics(rows: list[dict], path: Path, seed: int = 0) -> Path:
                 continue
             boot = values[rng.integers(0, len(values), (2000, len(values)))].mean(1)
             low, high = np.quantile(boot, [0.025, 0.975])
-            ax.bar(i, values.mean(), color=COLORS.get(condition, "tab:green"))
+            ax.bar(i, values.mean(), color=condition_color(condition))
             ax.errorbar(i, values.mean(), yerr=[[values.mean() - low], [high - values.mean()]], color="black", capsize=3)
         ax.set_xticks(range(len(conditions)), conditions, rotation=30)
         ax.set_title(metric, fontsize=9)

@@ -49,6 +49,7 @@ def rollout(
     record_video: bool = False,
     progress: Callable[[int], None] | None = None,
     rows: Any = None,
+    instruction: str | None = None,
 ) -> Episode:
     """Run ``model`` on init state ``episode`` of ``env`` for at most ``max_steps`` steps.
 
@@ -61,14 +62,15 @@ def rollout(
     success, and keeps the path and actions up to the failure. ``KeyboardInterrupt`` (and
     other non-``Exception`` signals) still propagate. ``progress(step)`` is called after
     every step. ``rows`` (a collector's `EpisodeRows`) records each prediction's activations
-    and, after its step, the step's targets.
+    and, after its step, the step's targets. ``instruction`` replaces the task's own
+    language instruction (None: the task's).
     """
     path: list[np.ndarray] = []
     actions: list[np.ndarray] = []
     frames: list[np.ndarray] = []
     success, error = False, None
     try:
-        task = env.call("task_description")[0]
+        task = env.call("task_description")[0] if instruction is None else instruction
         obs, _ = reset_to(env, episode, seed)
         path.append(obs["robot_state"]["eef"]["pos"][0].copy())
         queue: list[np.ndarray] = []
@@ -122,8 +124,8 @@ def no_metrics() -> EpisodeMetrics:
     no steps, and no value (None) for every measure of motion."""
     none = {a: None for a in AXES}
     return EpisodeMetrics(success=False, length=0, path_length=None, axis_displacement=dict(none),
-                          net_displacement=dict(none), displacement_per_step=None, mean_speed=None,
-                          max_speed=None, min_height=None)
+                          net_displacement=dict(none), displacement_per_step=None, z_displacement=None,
+                          mean_speed=None, max_speed=None, min_height=None)
 
 
 class Simulators:
@@ -170,6 +172,7 @@ def run_job(
     record_video: bool,
     progress: Callable[[int], None] | None = None,
     collector: Any = None,
+    instruction: str | None = None,
 ) -> Episode:
     """One ``(task, episode, condition)`` job: the rollout, in the task's simulator (rebuilt
     after a failure), and its collected activations written (``collector``: a bound
@@ -177,7 +180,7 @@ def run_job(
     task, episode, _ = job
     rows = None if collector is None else collector.episode(model, job)
     run = rollout(model, simulators.get(task), episode, steps, steering=steering, seed=seed,
-                  record_video=record_video, progress=progress, rows=rows)
+                  record_video=record_video, progress=progress, rows=rows, instruction=instruction)
     if rows is not None:
         collector.write(rows)
     if run.failed:

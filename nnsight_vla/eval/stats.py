@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..steering.controls import z_against
+from .metrics import METRICS
 
 
 @dataclass
@@ -72,3 +75,96 @@ def paired_comparison(
         wilcoxon_pvalue=1.0 if not d.any() else float(stats.wilcoxon(d).pvalue),
         effect_size=0.0 if sd == 0 else float(d.mean() / sd),
     )
+
+
+def failed(row: dict) -> bool:
+    """Whether an episode's row records an exception that ended it."""
+    return row.get("error") is not None
+
+
+def condition_means(rows: list[dict], conditions: list[str], tasks: list[int]) -> dict:
+    """Per condition: each metric's mean (success over every episode, failed ones as 0; the
+    others over the episodes that did not fail; None when none is left), ``episodes``,
+    ``failed``, and per task ``task<t>_success_rate``, ``task<t>_episodes``, ``task<t>_failed``."""
+    out = {}
+    for condition in conditions:
+        mine = [r for r in rows if r["condition"] == condition]
+        finished = [r for r in mine if not failed(r)]
+        means: dict[str, Any] = {}
+        for metric in METRICS:
+            used = mine if metric == "success" else finished
+            means[metric] = float(np.mean([r[metric] for r in used])) if used else None
+        means["episodes"], means["failed"] = len(mine), len(mine) - len(finished)
+        for task in tasks:
+            of_task = [r for r in mine if r["task"] == task]
+            means[f"task{task}_success_rate"] = float(np.mean([r["success"] for r in of_task]))
+            means[f"task{task}_episodes"] = len(of_task)
+            means[f"task{task}_failed"] = sum(map(failed, of_task))
+        out[condition] = means
+    return out
+
+
+def paired_statistics(rows: list[dict], conditions: list[str]) -> dict:
+    """Paired comparisons with the baseline. Success uses every pair (a failed episode is a
+    failure); the other metrics leave out the pairs where either episode failed, and then
+    say how many (``failed_pairs_left_out``)."""
+    if "baseline" not in conditions:
+        return {}
+    by = {(r["task"], r["episode"], r["condition"]): r for r in rows}
+    keys = sorted({(r["task"], r["episode"]) for r in rows})
+    out = {}
+    for condition in conditions:
+        if condition == "baseline":
+            continue
+        out[condition] = {}
+        intact = [k for k in keys if not failed(by[k + ("baseline",)]) and not failed(by[k + (condition,)])]
+        for metric in METRICS:
+            used = keys if metric == "success" else intact
+            base = [float(by[k + ("baseline",)][metric]) for k in used]
+            other = [float(by[k + (condition,)][metric]) for k in used]
+            if len(used) >= 2:
+                entry = paired_comparison(base, other).to_dict()
+            elif used:
+                entry = {"n": 1, "mean_difference": other[0] - base[0], "note": "one pair: no test"}
+            else:
+                entry = {"n": 0, "note": "no pair without a failed episode: no comparison"}
+            if len(used) < len(keys):
+                entry["failed_pairs_left_out"] = len(keys) - len(used)
+            out[condition][metric] = entry
+    return out
+
+
+def versus_random(rows: list[dict], groups: dict[str, list[str]]) -> dict:
+    """Each steering's paired shift from the baseline against its random controls' shifts:
+    ``{steering: {metric: {"shift", "random_mean", "random_std", "z", "controls", "pairs"}}}``.
+
+    A shift is the mean of ``condition - baseline`` over the episodes where neither failed
+    (success: over all); its z-score among the controls' shifts is `steering.z_against`'s.
+    Steerings without controls are left out.
+
+    Example:
+        >>> versus_random(rows, {"up": ["up/random0", "up/random1", "up/random2"]})["up"]["z_displacement"]["z"]
+    """
+    by = {(r["task"], r["episode"], r["condition"]): r for r in rows}
+    keys = sorted({(r["task"], r["episode"]) for r in rows})
+
+    def shift(condition: str, metric: str) -> tuple[float, int]:
+        used = [k for k in keys if metric == "success"
+                or not (failed(by[k + ("baseline",)]) or failed(by[k + (condition,)]))]
+        if not used:
+            return float("nan"), 0
+        return float(np.mean([float(by[k + (condition,)][metric]) - float(by[k + ("baseline",)][metric])
+                              for k in used])), len(used)
+
+    out: dict = {}
+    for name, labels in groups.items():
+        if not labels:
+            continue
+        out[name] = {}
+        for metric in METRICS:
+            own, pairs = shift(name, metric)
+            randoms = [shift(label, metric)[0] for label in labels]
+            mean, std, z = z_against(own, randoms)
+            out[name][metric] = {"shift": own, "random_mean": mean, "random_std": std, "z": z,
+                                 "controls": int(np.isfinite(randoms).sum()), "pairs": pairs}
+    return out

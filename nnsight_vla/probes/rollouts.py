@@ -71,7 +71,7 @@ class RolloutCollector:
         """The episode's shard (nothing for an episode that never predicted)."""
         if len(rows.buffer):
             task, episode, condition = rows.job
-            rows.buffer.flush(ShardFolder(Path(self.out), self.manifest), f"{condition}-task{task:03d}-ep{episode:03d}")
+            rows.buffer.flush(ShardFolder(Path(self.out), self.manifest), f"{condition.replace('/', '__')}-task{task:03d}-ep{episode:03d}")
 
 
 def _has_bins(model: Any) -> bool:

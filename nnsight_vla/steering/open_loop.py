@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from .controls import random_control
+from .controls import random_control, z_against
 from .runtime import steer
 
 #: The columns of the effect table: shifts of each translation axis and of the speed (their norm).
@@ -47,17 +47,15 @@ class OpenLoopResult:
 
     def table(self) -> list[dict]:
         """Per steering and measure: its shift, its controls' mean and standard deviation, and
-        the z-score of the shift among the controls (``(shift - mean) / std``; NaN with < 2 controls)."""
+        the z-score of the shift among the controls (`z_against`: ``(shift - mean) / std``)."""
         rows = []
         for name in self.names:
             own = self.shift(name)
             randoms = np.array([self.shift(f"{name}/random{k}") for k in range(self.controls)]).reshape(-1, len(MEASURES))
-            mean = randoms.mean(axis=0) if len(randoms) else np.full(len(MEASURES), np.nan)
-            std = randoms.std(axis=0, ddof=1) if len(randoms) > 1 else np.full(len(MEASURES), np.nan)
             for i, measure in enumerate(MEASURES):
-                z = (own[i] - mean[i]) / std[i] if std[i] > 0 else (0.0 if own[i] == mean[i] else np.inf * np.sign(own[i] - mean[i]))
-                rows.append({"steering": name, "measure": measure, "shift": float(own[i]), "random_mean": float(mean[i]),
-                             "random_std": float(std[i]), "z": float(z), "controls": self.controls,
+                mean, std, z = z_against(own[i], randoms[:, i])
+                rows.append({"steering": name, "measure": measure, "shift": float(own[i]), "random_mean": mean,
+                             "random_std": std, "z": z, "controls": self.controls,
                              "observations": len(self.actions["baseline"])})
         return rows
 

@@ -1,6 +1,7 @@
-"""The paper's experiment on a mini-openvla, open-loop: concept clusters from the lens clamped vs random clusters, on a neutral instruction.
+"""The paper's experiment on a mini-openvla: the lens's concept clusters clamped vs random clusters, on a neutral instruction, open-loop and closed-loop.
 
-    python -m nnsight_vla_openvla.mini.experiment --out runs/mini-open-loop --sizes 20 --values 2,4,8 --controls 10
+    python -m nnsight_vla_openvla.mini.experiment open-loop --out runs/mini/open-loop --sizes 10,20,40 --values 0.5,2,8
+    python -m nnsight_vla_openvla.mini.experiment closed-loop --out runs/mini/closed-loop --size 20 --value 8
 """
 
 from __future__ import annotations
@@ -10,61 +11,104 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
+#: The paper's motion concepts: the open-loop measure and the closed-loop metric each should move, and which way.
+CONCEPTS = {"up": ("dz", "z_displacement", 1), "down": ("dz", "z_displacement", -1),
+            "fast": ("speed", "mean_speed", 1), "slow": ("speed", "mean_speed", -1)}
+#: The neutral instruction: it names no direction, so only the steering can.
+NEUTRAL = "move the arm"
+#: Closed-loop scenes: a task whose initial states were held out of training (`build.CHECK_TASKS`).
+SUITE, TASK = "libero_spatial", 4
 
-#: The paper's motion concepts and the measure each should move (and which way).
-CONCEPTS = {"up": ("dz", 1), "down": ("dz", -1), "fast": ("speed", 1), "slow": ("speed", -1)}
+
+def concept_clusters(model, sizes: list[int]) -> dict:
+    """``{(concept, size): NeuronCluster}`` from the value-vector lens (the paper's cosine rule)."""
+    from nnsight_vla import lens
+
+    table = lens.project_value_vectors(model, top_k=10)
+    return {(concept, size): lens.cluster(table, concept, size=size) for concept in CONCEPTS for size in sizes}
 
 
-def run(model_name: str, out: Path, sizes: list[int], values: list[float], controls: int, instruction: str,
-        frames_used: int, seed: int = 0) -> list[dict]:
-    import nnsight_vla
-    from nnsight_vla import Clamp, Observation, lens
+def open_loop_grid(model, name: str, out: Path, sizes: list[int], values: list[float], controls: int,
+                   instruction: str = NEUTRAL, frames_used: int = 4, seed: int = 0) -> list[dict]:
+    """Every concept × size × value on held-out frames vs ``controls`` random clusters each;
+    writes `OpenLoopResult.save`'s files and ``summary.json`` (each steering's expected measure)."""
+    from nnsight_vla import Clamp, Observation
     from nnsight_vla.steering import open_loop
 
     from . import frames
 
-    model = nnsight_vla.load(model_name)
-    table = lens.project_value_vectors(model, top_k=10)
-    scenes = frames.load()[-frames_used:]
-    obs = [Observation(frame, instruction) for frame in scenes]
-    steering = {}
-    for concept in CONCEPTS:
-        for size in sizes:
-            cluster = lens.cluster(table, concept, size=size)
-            for value in values:
-                steering[f"{concept}_{size}@{value:g}"] = Clamp(cluster, value)
+    obs = [Observation(frame, instruction) for frame in frames.load()[-frames_used:]]
+    steering = {f"{concept}_{size}@{value:g}": Clamp(cluster, value)
+                for (concept, size), cluster in concept_clusters(model, sizes).items() for value in values}
     options = {"with_phrase": True} if model.config.phrase_tokens else {}
     result = open_loop(model, obs, steering, controls=controls, seed=seed, **options)
-    result.meta.update(model=model_name, instruction=instruction, frames=len(scenes))
+    result.meta.update(model=name, instruction=instruction, frames=len(obs))
     result.save(out)
     rows = []
     for row in result.table():
         concept = row["steering"].split("_")[0]
-        measure, sign = CONCEPTS[concept]
+        measure, _, sign = CONCEPTS[concept]
         if row["measure"] == measure:
-            rows.append({**row, "expected_sign": sign, "words": result.words.get(row["steering"], [])})
+            said = result.words.get(row["steering"], [])
+            rows.append({**row, "expected_sign": sign, "words": said,
+                         "says_concept": sum(concept in words.split() for words in said) / max(1, len(said)),
+                         "random_says_concept": _random_says(result.words, row["steering"], concept, controls)})
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
+def _random_says(words: dict, name: str, concept: str, controls: int) -> float:
+    said = [w for k in range(controls) for w in words.get(f"{name}/random{k}", [])]
+    return sum(concept in w.split() for w in said) / max(1, len(said))
+
+
+def closed_loop(model, out: Path, size: int, value: float, controls: int, episodes: int = 2, max_steps: int = 15,
+                instruction: str = NEUTRAL, seed: int = 7, concepts: list[str] | None = None):
+    """Each concept cluster (one size, one value) vs ``controls`` random clusters each, in
+    LIBERO, every condition told ``instruction``; `evaluate`'s files and statistics."""
+    from nnsight_vla import Clamp
+    from nnsight_vla.eval import evaluate
+
+    clusters = concept_clusters(model, [size])
+    steering = {f"{concept}_{size}@{value:g}": Clamp(clusters[concept, size], value) for concept in concepts or CONCEPTS}
+    return evaluate(model, SUITE, [TASK], episodes, steering=steering, random_controls=controls, seed=seed,
+                    max_steps=max_steps, camera_size=256, instruction=instruction, out_dir=out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("open-loop", "closed-loop"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="mini-openvla")
-    parser.add_argument("--sizes", default="20", help="cluster sizes, comma-separated (the paper: 10,20,40)")
-    parser.add_argument("--values", default="2,4,8", help="clamp values, comma-separated")
+    parser.add_argument("--sizes", default="20", help="open-loop: cluster sizes, comma-separated (the paper: 10,20,40)")
+    parser.add_argument("--values", default="0.5,2,8", help="open-loop: clamp values, comma-separated")
+    parser.add_argument("--size", type=int, default=20, help="closed-loop: the cluster size")
+    parser.add_argument("--value", type=float, default=8.0, help="closed-loop: the clamp value")
     parser.add_argument("--controls", type=int, default=10, help="random clusters per steering")
-    parser.add_argument("--instruction", default="move the arm", help="the neutral instruction")
-    parser.add_argument("--frames", type=int, default=4, help="held-out scenes used")
+    parser.add_argument("--instruction", default=NEUTRAL, help="the neutral instruction")
+    parser.add_argument("--frames", type=int, default=4, help="open-loop: held-out scenes used")
+    parser.add_argument("--episodes", type=int, default=2, help="closed-loop: init states")
+    parser.add_argument("--max-steps", type=int, default=15, help="closed-loop: steps per episode")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    rows = run(args.model, args.out, [int(s) for s in args.sizes.split(",")], [float(v) for v in args.values.split(",")],
-               args.controls, args.instruction, args.frames)
-    for row in rows:
-        print(f"{row['steering']:>14s} {row['measure']:>5s} shift {row['shift']:+.3f}  random {row['random_mean']:+.3f}"
-              f" ± {row['random_std']:.3f}  z {row['z']:+.2f}  (expected {'+' if row['expected_sign'] > 0 else '-'})"
-              f"  words {sorted(set(row['words']))}")
+    import nnsight_vla
+
+    model = nnsight_vla.load(args.model)
+    if args.mode == "open-loop":
+        rows = open_loop_grid(model, args.model, args.out, [int(s) for s in args.sizes.split(",")],
+                              [float(v) for v in args.values.split(",")], args.controls, args.instruction, args.frames)
+        for row in rows:
+            print(f"{row['steering']:>14s} {row['measure']:>5s} shift {row['shift']:+.3f}  random {row['random_mean']:+.3f}"
+                  f" ± {row['random_std']:.3f}  z {row['z']:+.2f} (expected {'+' if row['expected_sign'] > 0 else '-'})"
+                  f"  says it {row['says_concept']:.0%} (random {row['random_says_concept']:.0%})")
+        return
+    result = closed_loop(model, args.out, args.size, args.value, args.controls, args.episodes, args.max_steps,
+                         args.instruction)
+    for name, scored in result.statistics["vs_random"].items():
+        _, metric, sign = CONCEPTS[name.split("_")[0]]
+        s = scored[metric]
+        print(f"{name:>12s} {metric}: shift {s['shift']:+.4f}  random {s['random_mean']:+.4f} ± {s['random_std']:.4f}"
+              f"  z {s['z']:+.2f} (expected {'+' if sign > 0 else '-'}); path_length z {scored['path_length']['z']:+.2f}")
 
 
 if __name__ == "__main__":
