@@ -94,3 +94,13 @@ def test_a_reduced_open_loop_experiment_writes_its_table(mini, shipped_frames, t
     rows = [r for r in result.table() if r["measure"] == "dz"]
     assert len(rows) == 1 and rows[0]["controls"] == 3 and rows[0]["observations"] == 2
     assert result.save(tmp_path).is_file() and (tmp_path / "actions.npz").is_file()
+
+
+def test_the_instructions_contrast_and_their_gap_by_hand():
+    from nnsight_vla_openvla.mini import explain
+
+    features = {(0, 0): np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 3.0], [9.0, 9.0]])}
+    labels = ["up", "up", "down", "down", "left"]
+    unit = explain.contrast(features, labels)[0, 0]  # mean(up) - mean(down) = (2, -2), normed
+    np.testing.assert_allclose(unit, np.array([1.0, -1.0]) / np.sqrt(2))
+    assert explain.separation(features, labels, {(0, 0): unit})[0, 0] == pytest.approx(2 * np.sqrt(2))

@@ -70,6 +70,8 @@ def build(out: Path, names: list[str], settings: dict, episodes: int, ship: bool
             result["follows_words"] = check.follows_words(model, checked, held_out[::2])
         report[name], logs[name] = result, log
         print(json.dumps({name: result}, indent=1))
+        print(f"{name}: trained in {log['seconds_total']:.0f} s ({log['seconds_frozen_layers']:.0f} s caching the frozen "
+              f"layers), {log['examples_per_second']:.1f} examples/s")
         del model
     report["seconds_total"] = time.perf_counter() - start
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
