@@ -1,18 +1,22 @@
-"""Value-vector projection: this lens vs the bare matmuls (floor) vs the paper's procedure.
+"""Value-vector projection: this lens vs the bare matmuls (floor) vs the paper's procedure, in float32 and bf16.
 
 On one model (default: smol-openvla, the real SmolLM2-135M: 30 layers x 1536 value vectors,
-vocabulary 49152), in one run, interleaved in rounds so machine noise hits all variants alike:
+vocabulary 49152), in one run, interleaved in rounds so machine noise hits all variants alike,
+each in float32 and in bfloat16 (the paper's reference code's default):
 
+  machine    one chunk-shaped matmul repeated on the same buffers: the machine's speed here
   floor      the chunked matmuls of every value vector with the unembedding, nothing else
   reference  the paper's code path: an identity matrix through each down_proj, full logits
              per batch of 2048, topk, then Python decoding of every token, row by row, and
-             the text file
-  lens       project_value_vectors + the text file, end to end
+             the text file (in bf16 only: its default)
+  lens       project_value_vectors(dtype=...) + the text file, end to end
 
-Prints the median time and peak memory (resident-set growth) of each, the ratios lens/floor
-(target <= 1.3) and lens/reference (target < 1), whether lens and reference agree on every
-top-k id, and the lens's peak for fewer layers and other chunk sizes (it should follow the
-chunk size, not the layer count).
+Prints the median time and peak memory (resident-set growth) of each, per dtype the ratio
+lens/floor (target <= 1.10) and floor/machine throughput (target >= 0.8), the bf16 lens's
+speed-up over the float32 lens, bf16's top-1 and top-10 agreement with float32, lens/reference
+(target < 0.5 in bf16), whether lens and reference agree on every top-k id, and the lens's
+peak for fewer layers and other chunk sizes (it should follow the chunk size, not the layer
+count).
 """
 
 from __future__ import annotations
@@ -65,9 +69,20 @@ def floor(vectors, unembed, batch):
         torch.mm(chunk, unembed.T, out=logits[: len(chunk)])
 
 
+def machine(batch, unembed, repeats: int = 5) -> float:
+    """Seconds per chunk-shaped matmul, repeated on the same (hot) buffers."""
+    chunk = torch.randn(batch, unembed.shape[1]).to(unembed.dtype)
+    logits = torch.empty(batch, unembed.shape[0], dtype=unembed.dtype)
+    torch.mm(chunk, unembed.T, out=logits)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(chunk, unembed.T, out=logits)
+    return (time.perf_counter() - start) / repeats
+
+
 def reference(model, modules, unembed, out: Path):
     """The paper repository's procedure, re-implemented: identity through down_proj, logits per
-    batch, topk, one tokenizer.decode per token id, a text line per vector."""
+    batch, topk, one tokenizer.decode per token id, a text line per vector (in ``unembed``'s dtype)."""
     actions = model.spec.action_token_ids
 
     def label(token: int) -> str:
@@ -76,7 +91,7 @@ def reference(model, modules, unembed, out: Path):
         return repr(model.tokenizer.decode([token]))
 
     with torch.no_grad():
-        vectors = torch.cat([m(torch.eye(m.in_features, dtype=unembed.dtype)) for m in modules])
+        vectors = torch.cat([m(torch.eye(m.in_features, dtype=m.weight.dtype)) for m in modules]).to(unembed.dtype)
         all_ids, texts = [], []
         for a in range(0, len(vectors), REFERENCE_BATCH):
             logits = (vectors[a : a + REFERENCE_BATCH] @ unembed.T).float()
@@ -111,11 +126,14 @@ def main() -> None:
     modules = [tower.layers[i].mlp.down_proj._module for i in range(n)]
     batch = max(1, CHUNK_LOGITS // unembed.shape[0])
     all_vectors = torch.cat([w.T for w in weights])  # made before timing: the floor is matmuls only
+    bf16 = (all_vectors.bfloat16(), unembed.bfloat16())
     tmp = Path(tempfile.mkdtemp())
     variants = {
-        "floor": lambda: floor(all_vectors, unembed, batch),
-        "reference": lambda: reference(model, modules, unembed, tmp / "reference.txt"),
-        "lens": lambda: lens(model, tmp / "lens.txt"),
+        "floor fp32": lambda: floor(all_vectors, unembed, batch),
+        "floor bf16": lambda: floor(*bf16, batch),
+        "reference bf16": lambda: reference(model, modules, bf16[1], tmp / "reference.txt"),
+        "lens fp32": lambda: lens(model, tmp / "lens.txt", dtype="float32"),
+        "lens bf16": lambda: lens(model, tmp / "lens.txt", dtype="bfloat16"),
     }
     times = {name: [] for name in variants}
     peaks = {name: [] for name in variants}
@@ -125,8 +143,10 @@ def main() -> None:
             results[name], seconds, peak = measured(fn)
             times[name].append(seconds)
             peaks[name].append(peak)
+    speed = {"fp32": machine(batch, unembed), "bf16": machine(batch, bf16[1])}
 
     vectors = n * weights[0].shape[1]
+    flops = 2 * vectors * unembed.shape[0] * unembed.shape[1]
     print(
         f"{args.model}: {n} layers x {weights[0].shape[1]} value vectors = {vectors}, vocabulary "
         f"{unembed.shape[0]}, d_model {unembed.shape[1]}; torch threads {torch.get_num_threads()}; "
@@ -134,11 +154,21 @@ def main() -> None:
     )
     med = {name: statistics.median(t) for name, t in times.items()}
     for name in variants:
-        print(f"  {name:9s} {med[name]:7.2f} s   peak +{max(peaks[name]) / 2**20:7.1f} MiB")
-    print(f"ratio lens/floor     = {med['lens'] / med['floor']:.3f}   (target <= 1.3)")
-    print(f"ratio lens/reference = {med['lens'] / med['reference']:.3f}   (target < 1)")
-    same = np.array_equal(results["lens"].ids.reshape(vectors, TOP_K), results["reference"])
-    print(f"top-{TOP_K} ids identical (lens vs reference): {same}")
+        print(f"  {name:15s} {med[name]:7.2f} s   peak +{max(peaks[name]) / 2**20:7.1f} MiB")
+    for dtype in ("fp32", "bf16"):
+        peak = 2 * batch * unembed.shape[0] * unembed.shape[1] / speed[dtype] / 1e9
+        achieved = flops / med[f"floor {dtype}"] / 1e9
+        print(f"{dtype}: machine {peak:.0f} GFLOP/s for the chunk's shape, floor {achieved:.0f} GFLOP/s "
+              f"(floor/machine {achieved / peak:.2f}, target >= 0.8); "
+              f"lens/floor {med[f'lens {dtype}'] / med[f'floor {dtype}']:.3f} (target <= 1.10)")
+    print(f"bf16 lens speed-up over the fp32 lens: {med['lens fp32'] / med['lens bf16']:.2f}x")
+    print(f"lens bf16/reference bf16 = {med['lens bf16'] / med['reference bf16']:.3f}   (target < 0.5)")
+    exact, rounded = results["lens fp32"].ids.reshape(vectors, TOP_K), results["lens bf16"].ids.reshape(vectors, TOP_K)
+    shared = np.mean([len(set(a) & set(b)) / TOP_K for a, b in zip(exact, rounded)])
+    print(f"bf16 vs fp32: top-1 agreement {np.mean(exact[:, 0] == rounded[:, 0]):.4f}, "
+          f"top-{TOP_K} set overlap {shared:.4f}")
+    same = np.array_equal(rounded, results["reference bf16"])
+    print(f"top-{TOP_K} ids identical (bf16 lens vs bf16 reference): {same}")
 
     print("lens peak memory by layers and chunk size (it should follow the chunk, not the layers):")
     for layers, size in [(3, batch), (n, batch), (n, 4 * batch), (n, batch // 4)]:
@@ -149,7 +179,7 @@ def main() -> None:
             f"  {layers:3d} layers, chunk {size:5d} vectors ({mib:6.1f} MiB of logits): "
             f"peak +{peak / 2**20:7.1f} MiB, {seconds:6.2f} s"
         )
-    table = results["lens"]
+    table = results["lens fp32"]
     counts = {}
     for word in (" up", " down", " left", " fast"):
         (token,) = model.tokenizer(word, add_special_tokens=False).input_ids

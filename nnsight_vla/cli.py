@@ -73,6 +73,8 @@ def lens_command(args: argparse.Namespace) -> None:
         layers=args.layers,
         batch_size=args.batch_size,
         tower=args.tower,
+        dtype=args.dtype,
+        device=args.device,
     )
     out = table.save(out)
     print(f"wrote {out / lens.table.ARRAYS} and {out / lens.table.META}")
@@ -315,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     lens.add_argument("--tower", default=None, help="which tower (omit for the VLM)")
     lens.add_argument("--batch-size", type=int, default=None,
                       help="value vectors per chunk (omit for 256 MiB of logits)")
+    lens.add_argument("--dtype", default=None, help="bfloat16 (the paper's), float16 or float32 (omit for the model's)")
+    lens.add_argument("--device", default=None, help="where the matmuls run, e.g. cuda (omit for the model's device)")
     lens.add_argument("--out", required=True, type=Path, help="folder for table, text file, plot")
 
     clusters = commands.add_parser(

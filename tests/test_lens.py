@@ -178,6 +178,29 @@ def test_rewired_fraction_on_a_hand_built_table(tmp_path):
         rewired_fraction(no_actions, k=4)
 
 
+def test_bf16_keeps_every_top_token_whose_margin_exceeds_the_rounding_bound(tiny):
+    """bf16 and float32 tables agree on the top-1 token wherever the float32 margin between the
+    first two tokens exceeds both scores' bf16 error bounds (60 % of tiny's neurons); an
+    explicit device gives the default path's table exactly."""
+    from nnsight_vla.lens.value_vectors import bf16_error_bound
+    from nnsight_vla.towers import get_tower
+
+    exact = project_value_vectors(tiny, top_k=2, progress=False)
+    rounded = project_value_vectors(tiny, top_k=2, dtype=torch.bfloat16, progress=False)
+    assert rounded.info["dtype"] == "bfloat16" and exact.info["dtype"] == "float32"
+    tw = get_tower(tiny, None)
+    norms = torch.stack([tw.value_vectors(i).float().norm(dim=0) for i in exact.layers]).numpy()
+    widest = float(tw.unembedding(None).float().norm(dim=1).max())
+    first, second = exact.scores[..., 0], exact.scores[..., 1]
+    sure = first - second > bf16_error_bound(norms, widest, first) + bf16_error_bound(norms, widest, second)
+    assert sure.mean() > 0.5
+    np.testing.assert_array_equal(rounded.ids[..., 0][sure], exact.ids[..., 0][sure])
+    assert np.abs(rounded.scores - exact.scores).max() < 0.05 * np.abs(exact.scores).max()
+    here = project_value_vectors(tiny, top_k=2, device="cpu", progress=False)
+    np.testing.assert_array_equal(here.ids, exact.ids)
+    np.testing.assert_array_equal(here.scores, exact.scores)
+
+
 BAD_INPUTS = [
     (
         "unknown concept",
@@ -236,6 +259,8 @@ BAD_INPUTS = [
         InputError,
         r"batch_size=0 must be a positive int \(value vectors per chunk\), or None",
     ),
+    ("projection dtype", lambda m, t: project_value_vectors(m, dtype="int8"), InputError, r"dtype='int8': use one of"),
+    ("projection device", lambda m, t: project_value_vectors(m, device="tpu:9"), InputError, r"device='tpu:9' cannot"),
     ("duplicate pair", lambda m, t: NeuronCluster([(0, 1), (0, 1)]), InputError, "more than once"),
     (
         "flat index needs d_mlp",

@@ -35,6 +35,8 @@ def project_value_vectors(
     batch_size: int | None = None,
     tower: str | None = None,
     unembed: Any = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
     progress: bool = True,
 ) -> ValueVectorTable:
     """Project the FFN value vectors of a model's layers onto its vocabulary.
@@ -55,6 +57,14 @@ def project_value_vectors(
         tower: Which of ``model.towers()`` (default ``"vlm"``).
         unembed: Another ``[vocab, d_model]`` matrix (or a module with one) instead of the
             tower's unembedding, e.g. a family's input embedding.
+        dtype: The matmuls' dtype: None (default) the unembedding's (the model's), or
+            ``"bfloat16"`` (the paper's reference code), ``"float16"``, ``"float32"``. Scores
+            come back as float32 either way. bf16 keeps 8 significant bits: scores closer
+            than about ``2**-7 * |v| * |u|`` may swap or tie, so a bf16 table's order among
+            near-equal tokens can differ from a float32 one (see `bf16_error_bound`).
+        device: Where the matmuls run (default: the unembedding's device, e.g. CUDA for a model
+            there); chunks of vectors go there and only each chunk's top-k comes back to the
+            CPU, so device memory follows the chunk too.
         progress: Show a tqdm bar.
 
     Example:
@@ -71,6 +81,7 @@ def project_value_vectors(
     ensure_dispatched(model)
     tw = get_tower(model, tower)
     weight_u = tw.unembedding(unembed)
+    compute = (_dtype(dtype) or weight_u.dtype, _device(device) or weight_u.device)
     vocab, d_model = weight_u.shape
     if not isinstance(top_k, int) or not 1 <= top_k <= vocab:
         raise InputError(f"top_k={top_k!r} must be an int in 1..{vocab} (the vocabulary size).")
@@ -92,7 +103,8 @@ def project_value_vectors(
     total = len(chosen) * d_mlp
     ids = torch.empty(total, top_k, dtype=torch.int32)
     scores = torch.empty(total, top_k, dtype=torch.float32)
-    logits = torch.empty(min(batch, total), vocab, dtype=weight_u.dtype, device=weight_u.device)
+    unembedding = weight_u.to(dtype=compute[0], device=compute[1])  # no copy when already there
+    logits = torch.empty(min(batch, total), vocab, dtype=compute[0], device=compute[1])
     with (
         torch.no_grad(),
         tqdm(total=total, desc="value vectors", unit="vec", disable=not progress) as bar,
@@ -101,8 +113,9 @@ def project_value_vectors(
             stop = min(start + batch, total)
             vectors = _value_vectors(weights, d_mlp, start, stop).to(weight_u.dtype)
             if normalize is not None:
-                vectors = normalize(vectors)
-            block = torch.mm(vectors, weight_u.T, out=logits[: stop - start])
+                vectors = normalize(vectors)  # where the norm's weights are, in their dtype
+            vectors = vectors.to(dtype=compute[0], device=compute[1])
+            block = torch.mm(vectors, unembedding.T, out=logits[: stop - start])
             best = block.topk(top_k, dim=1)
             ids[start:stop] = best.indices.cpu()
             scores[start:stop] = best.values.float().cpu()
@@ -123,6 +136,48 @@ def project_value_vectors(
             "tower": tw.name,
             "norm": bool(norm),
             "unembed": "tower" if unembed is None else "custom",
+            "dtype": str(compute[0]).removeprefix("torch."),
         },
         embeddings=weight_u.half().cpu().numpy(),
     )
+
+
+#: The dtypes the projection may run in.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(value: Any) -> torch.dtype | None:
+    if value is None:
+        return None
+    name = str(value).removeprefix("torch.")
+    if name not in DTYPES:
+        raise InputError(f"dtype={value!r}: use one of {sorted(DTYPES)} (or the torch dtypes), or None for the model's.")
+    return DTYPES[name]
+
+
+def _device(value: Any) -> torch.device | None:
+    if value is None:
+        return None
+    try:
+        device = torch.device(value)
+        torch.empty(0, device=device)
+    except (RuntimeError, TypeError, AssertionError) as error:
+        raise InputError(f"device={value!r} cannot be used here ({error}); use 'cpu', 'cuda', 'cuda:1' or None "
+                         "(the model's).") from error
+    return device
+
+
+def bf16_error_bound(vector_norms: Any, unembed_norm: float, scores: Any) -> Any:
+    """A bound on how far a bf16 score can lie from the exact one: inputs rounded to 8
+    significant bits (relative error ``2**-8`` each, so ``2**-7 * |v| * |u|`` on the dot
+    product by Cauchy-Schwarz, with float32 accumulation) and the result rounded once more
+    (``2**-8 * |score|``). Two tokens whose exact scores differ by more than the sum of their
+    bounds keep their order in bf16.
+
+    Example:
+        >>> bf16_error_bound(np.array([1.0]), 2.0, np.array([0.5]))   # 2**-7 * 2 + 2**-8 * 0.5
+        array([0.01757812])
+    """
+    import numpy as np
+
+    return 2.0**-7 * np.asarray(vector_norms) * unembed_norm + 2.0**-8 * np.abs(np.asarray(scores))
