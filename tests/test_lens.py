@@ -201,6 +201,22 @@ def test_bf16_keeps_every_top_token_whose_margin_exceeds_the_rounding_bound(tiny
     np.testing.assert_array_equal(here.scores, exact.scores)
 
 
+@pytest.mark.parametrize("vocab, k", [(49152, 10), (32064, 40), (1344, 10), (130, 3), (50, 10)])
+def test_the_two_pass_top_k_is_torch_topk(vocab, k):
+    """The same values, in order, and the same sets of ids as torch.topk (the order of equal
+    values may differ); planted maxima in one run and in the columns that fill no run are found."""
+    from nnsight_vla.lens.value_vectors import top_k_of
+
+    x = torch.randn(23, vocab, generator=torch.Generator().manual_seed(vocab))
+    x[0, :k] = 100 + torch.arange(k, dtype=torch.float32)  # all in the first run
+    x[1, -k:] = 50 + torch.arange(k, dtype=torch.float32)  # at the end: in the rest when it is one
+    values, ids = top_k_of(x, k)
+    exact = x.topk(k, dim=1)
+    assert torch.equal(values, exact.values)
+    assert [set(r) for r in ids.tolist()] == [set(r) for r in exact.indices.tolist()]
+    assert torch.equal(x.gather(1, ids), values)
+
+
 BAD_INPUTS = [
     (
         "unknown concept",
