@@ -486,11 +486,12 @@ MINI_VLA = [
     ),
     new_markdown_cell(
         "Open-loop (single frames, the neutral instruction \"move the arm\"): each cluster clamped "
-        "at one value vs 3 random clusters of the same size and layers (the full run: sizes "
-        "10/20/40, three values, 10 random clusters, 4 scenes)."
+        "at 2 (about 4x its neurons' typical maximum, a quarter of the largest) vs 3 random clusters "
+        "of the same size and layers (the full run: sizes 10/20/40, values 0.5/2/8, 10 random "
+        "clusters, 4 scenes)."
     ),
     new_code_cell(
-        "rows = experiment.open_loop_grid(mini, \"mini-openvla\", Path(\"work/open-loop\"), sizes=[20], values=[8.0],\n"
+        "rows = experiment.open_loop_grid(mini, \"mini-openvla\", Path(\"work/open-loop\"), sizes=[20], values=[2.0],\n"
         "                                 controls=3, frames_used=2)\n"
         "for r in rows:\n"
         "    print(f\"{r['steering']:10s} {r['measure']:5s} shift {r['shift']:+.3f}  z {r['z']:+.2f}  says {sorted(set(r['words']))}\")"
@@ -501,9 +502,9 @@ MINI_VLA = [
         "clusters, for 3 steps (the full run: 4 concepts, 10 random clusters each, 2 init states, 15 steps)."
     ),
     new_code_cell(
-        "result = experiment.closed_loop(mini, Path(\"work/closed-loop\"), size=20, value=8.0, controls=2,\n"
+        "result = experiment.closed_loop(mini, Path(\"work/closed-loop\"), size=20, value=2.0, controls=2,\n"
         "                                episodes=1, max_steps=3, concepts=[\"up\"])\n"
-        "scored = result.statistics[\"vs_random\"][\"up_20@8\"]\n"
+        "scored = result.statistics[\"vs_random\"][\"up_20@2\"]\n"
         "print({metric: round(scored[metric][\"z\"], 2) for metric in (\"z_displacement\", \"mean_speed\", \"path_length\")})\n"
         "Image(\"work/closed-loop/trajectories.png\")"
     ),

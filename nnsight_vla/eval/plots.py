@@ -10,13 +10,27 @@ from ..plotting import figure, save_png
 from .metrics import METRICS
 
 COLORS = {"baseline": "tab:gray", "steered": "tab:red", "random": "tab:blue"}
+#: Colours of named steerings, in the order they first appear.
+NAMED = ("tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
-def condition_color(condition: str) -> str:
-    """Gray for the baseline, blue for random controls (``random``, ``random3``, ``up/random3``), else red/green."""
-    if condition.rsplit("/", 1)[-1].startswith("random"):
+def is_control(condition: str) -> bool:
+    """A random control: ``random``, ``random3`` or ``up/random3``."""
+    return condition.rsplit("/", 1)[-1].startswith("random")
+
+
+def condition_color(condition: str, named: list[str] | None = None) -> str:
+    """Gray for the baseline, blue for random controls, red for ``steered``, and a colour per
+    named steering (by its place in ``named``)."""
+    if is_control(condition):
         return COLORS["random"]
-    return COLORS.get(condition, "tab:green")
+    if condition in COLORS or not named or condition not in named:
+        return COLORS.get(condition, "tab:green")
+    return NAMED[named.index(condition) % len(NAMED)]
+
+
+def _named(rows: list[dict]) -> list[str]:
+    return [c for c in dict.fromkeys(r["condition"] for r in rows) if c not in COLORS and not is_control(c)]
 
 
 def plot_trajectories(rows: list[dict], path: Path) -> Path:
@@ -24,17 +38,18 @@ def plot_trajectories(rows: list[dict], path: Path) -> Path:
     A failed episode's path (up to the failure) is dashed and ends in a cross."""
     fig = figure(10, 4.5)
     axes = fig.subplots(1, 2)
-    labelled = set()
-    for row in rows:
+    labelled, named = set(), _named(rows)
+    for row in sorted(rows, key=lambda r: not is_control(r["condition"])):  # controls first, steerings on top
         p = np.asarray(row["path"], dtype=np.float64).reshape(-1, 3)
         if not len(p):
             continue  # failed before its first observation
-        color = condition_color(row["condition"])
-        group = "random controls" if color == COLORS["random"] and row["condition"] != "random" else row["condition"]
+        color = condition_color(row["condition"], named)
+        group = "random controls" if is_control(row["condition"]) and row["condition"] != "random" else row["condition"]
         label = None if group in labelled else group
         labelled.add(group)
         failed = row.get("error") is not None
-        style = {"color": color, "alpha": 0.7, "linestyle": "--" if failed else "-"}
+        style = {"color": color, "alpha": 0.4 if is_control(row["condition"]) else 0.9,
+                 "linestyle": "--" if failed else "-"}
         axes[0].plot(p[:, 0], p[:, 1], label=label, **style)
         axes[1].plot(p[:, 0], p[:, 2], **style)
         if failed:
@@ -63,7 +78,7 @@ def plot_metrics(rows: list[dict], path: Path, seed: int = 0) -> Path:
                 continue
             boot = values[rng.integers(0, len(values), (2000, len(values)))].mean(1)
             low, high = np.quantile(boot, [0.025, 0.975])
-            ax.bar(i, values.mean(), color=condition_color(condition))
+            ax.bar(i, values.mean(), color=condition_color(condition, _named(rows)))
             ax.errorbar(i, values.mean(), yerr=[[values.mean() - low], [high - values.mean()]], color="black", capsize=3)
         ax.set_xticks(range(len(conditions)), conditions, rotation=30)
         ax.set_title(metric, fontsize=9)

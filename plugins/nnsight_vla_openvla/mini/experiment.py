@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 #: The paper's motion concepts: the open-loop measure and the closed-loop metric each should move, and which way.
 CONCEPTS = {"up": ("dz", "z_displacement", 1), "down": ("dz", "z_displacement", -1),
@@ -29,48 +30,60 @@ def concept_clusters(model, sizes: list[int]) -> dict:
 
 
 def open_loop_grid(model, name: str, out: Path, sizes: list[int], values: list[float], controls: int,
-                   instruction: str = NEUTRAL, frames_used: int = 4, seed: int = 0) -> list[dict]:
+                   instruction: str = NEUTRAL, frames_used: int = 4, seed: int = 0, calls: Any = "all") -> list[dict]:
     """Every concept × size × value on held-out frames vs ``controls`` random clusters each;
-    writes `OpenLoopResult.save`'s files and ``summary.json`` (each steering's expected measure)."""
+    writes `OpenLoopResult.save`'s files and ``summary.json`` (each steering's expected measure).
+    ``calls``: the forwards clamped (`Clamp`'s; ``"all"`` is the paper's OpenVLA rule,
+    ``"prefill"`` its π0-FAST rule)."""
     from nnsight_vla import Clamp, Observation
     from nnsight_vla.steering import open_loop
 
     from . import frames
 
     obs = [Observation(frame, instruction) for frame in frames.load()[-frames_used:]]
-    steering = {f"{concept}_{size}@{value:g}": Clamp(cluster, value)
+    steering = {f"{concept}_{size}@{value:g}": Clamp(cluster, value, calls=calls)
                 for (concept, size), cluster in concept_clusters(model, sizes).items() for value in values}
     options = {"with_phrase": True} if model.config.phrase_tokens else {}
     result = open_loop(model, obs, steering, controls=controls, seed=seed, **options)
-    result.meta.update(model=name, instruction=instruction, frames=len(obs))
+    result.meta.update(model=name, instruction=instruction, frames=len(obs), calls=calls)
     result.save(out)
     rows = []
     for row in result.table():
         concept = row["steering"].split("_")[0]
         measure, _, sign = CONCEPTS[concept]
         if row["measure"] == measure:
-            said = result.words.get(row["steering"], [])
-            rows.append({**row, "expected_sign": sign, "words": said,
-                         "says_concept": sum(concept in words.split() for words in said) / max(1, len(said)),
-                         "random_says_concept": _random_says(result.words, row["steering"], concept, controls)})
+            rows.append({**row, "expected_sign": sign})
+    rows = with_words(rows, result.words, controls)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
-def _random_says(words: dict, name: str, concept: str, controls: int) -> float:
-    said = [w for k in range(controls) for w in words.get(f"{name}/random{k}", [])]
-    return sum(concept in w.split() for w in said) / max(1, len(said))
+def with_words(rows: list[dict], words: dict[str, list[str]], controls: int) -> list[dict]:
+    """Each row with what the model said under its steering, how often that names the concept,
+    and how often it does under the steering's random controls."""
+    out = []
+    for row in rows:
+        concept, said = row["steering"].split("_")[0], words.get(row["steering"], [])
+        randoms = [w for k in range(controls) for w in words.get(f"{row['steering']}/random{k}", [])]
+        out.append({**row, "words": said, "says_concept": _share(said, concept),
+                    "random_says_concept": _share(randoms, concept)})
+    return out
+
+
+def _share(said: list[str], concept: str) -> float:
+    return sum(concept in words.split() for words in said) / max(1, len(said))
 
 
 def closed_loop(model, out: Path, size: int, value: float, controls: int, episodes: int = 2, max_steps: int = 15,
-                instruction: str = NEUTRAL, seed: int = 7, concepts: list[str] | None = None):
+                instruction: str = NEUTRAL, seed: int = 7, concepts: list[str] | None = None, calls: Any = "all"):
     """Each concept cluster (one size, one value) vs ``controls`` random clusters each, in
     LIBERO, every condition told ``instruction``; `evaluate`'s files and statistics."""
     from nnsight_vla import Clamp
     from nnsight_vla.eval import evaluate
 
     clusters = concept_clusters(model, [size])
-    steering = {f"{concept}_{size}@{value:g}": Clamp(clusters[concept, size], value) for concept in concepts or CONCEPTS}
+    steering = {f"{concept}_{size}@{value:g}": Clamp(clusters[concept, size], value, calls=calls)
+                for concept in concepts or CONCEPTS}
     return evaluate(model, SUITE, [TASK], episodes, steering=steering, random_controls=controls, seed=seed,
                     max_steps=max_steps, camera_size=256, instruction=instruction, out_dir=out)
 
@@ -89,21 +102,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=4, help="open-loop: held-out scenes used")
     parser.add_argument("--episodes", type=int, default=2, help="closed-loop: init states")
     parser.add_argument("--max-steps", type=int, default=15, help="closed-loop: steps per episode")
+    parser.add_argument("--concepts", default=",".join(CONCEPTS), help="closed-loop: concepts, comma-separated")
+    parser.add_argument("--calls", default="all", help="forwards clamped: all (the paper's OpenVLA rule), prefill "
+                        "(its π0-FAST rule) or comma-separated indices")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import nnsight_vla
 
     model = nnsight_vla.load(args.model)
+    calls = args.calls if args.calls in ("all", "prefill") else [int(c) for c in args.calls.split(",")]
     if args.mode == "open-loop":
         rows = open_loop_grid(model, args.model, args.out, [int(s) for s in args.sizes.split(",")],
-                              [float(v) for v in args.values.split(",")], args.controls, args.instruction, args.frames)
+                              [float(v) for v in args.values.split(",")], args.controls, args.instruction, args.frames,
+                              calls=calls)
         for row in rows:
             print(f"{row['steering']:>14s} {row['measure']:>5s} shift {row['shift']:+.3f}  random {row['random_mean']:+.3f}"
                   f" ± {row['random_std']:.3f}  z {row['z']:+.2f} (expected {'+' if row['expected_sign'] > 0 else '-'})"
                   f"  says it {row['says_concept']:.0%} (random {row['random_says_concept']:.0%})")
         return
     result = closed_loop(model, args.out, args.size, args.value, args.controls, args.episodes, args.max_steps,
-                         args.instruction)
+                         args.instruction, concepts=args.concepts.split(","), calls=calls)
     for name, scored in result.statistics["vs_random"].items():
         _, metric, sign = CONCEPTS[name.split("_")[0]]
         s = scored[metric]

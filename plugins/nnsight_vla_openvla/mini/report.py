@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .experiment import CONCEPTS
+from nnsight_vla.eval.plots import plot_trajectories
+
+from .experiment import CONCEPTS, with_words
 
 #: Run folders under ``--runs``, per built-in: open-loop and closed-loop.
 RUNS = {"mini-openvla": ("open-loop", "closed-loop"), "mini-openvla-act": ("act-open-loop", "act-closed-loop")}
@@ -71,8 +73,8 @@ def report(runs: Path, out: Path) -> Path:
         lines += [f"## {name}", ""]
         summary = runs / open_dir / "summary.json"
         if summary.is_file():
-            rows = json.loads(summary.read_text())
             meta = json.loads((runs / open_dir / "meta.json").read_text())
+            rows = with_words(json.loads(summary.read_text()), meta["words"], meta["controls"])
             tables[name] = rows
             lines += [f"### Open-loop: {meta['frames']} held-out scenes, instruction {meta['instruction']!r}, "
                       f"{meta['controls']} random clusters per row", "", *open_loop_table(rows), ""]
@@ -82,7 +84,8 @@ def report(runs: Path, out: Path) -> Path:
             lines += [f"### Closed-loop: LIBERO {settings['suite']} task {settings['tasks']}, {settings['episodes']} "
                       f"init states, {settings['max_steps']} steps, instruction {settings['instruction']!r}", "",
                       *closed_loop_table(json.loads(statistics.read_text())), ""]
-            shutil.copy(runs / closed_dir / "trajectories.png", out / f"{name}-closed-loop-trajectories.png")
+            rows = [json.loads(line) for line in (runs / closed_dir / "episodes.jsonl").read_text().splitlines()]
+            plot_trajectories(rows, out / f"{name}-closed-loop-trajectories.png")
     if tables:
         plot_z(tables, out / "open_loop_z.png")
     explained = runs / "explain" / "explain.png"
