@@ -479,7 +479,8 @@ MINI_VLA = [
         "neurons often carry opposite words together, so \"up\" and \"down\" share neurons:"
     ),
     new_code_cell(
-        "clusters = experiment.concept_clusters(mini, [20])\n"
+        "table = lens.project_value_vectors(mini, top_k=10, progress=False)\n"
+        "clusters = experiment.concept_clusters(mini, [20], table)\n"
         "for (concept, size), cluster in clusters.items():\n"
         "    print(cluster.description)\n"
         "print(\"up and down share\", len(set(clusters['up', 20]) & set(clusters['down', 20])), \"of 20 neurons\")"
@@ -492,7 +493,7 @@ MINI_VLA = [
     ),
     new_code_cell(
         "rows = experiment.open_loop_grid(mini, \"mini-openvla\", Path(\"work/open-loop\"), sizes=[20], values=[2.0],\n"
-        "                                 controls=3, frames_used=2)\n"
+        "                                 controls=3, frames_used=2, table=table)\n"
         "for r in rows:\n"
         "    print(f\"{r['steering']:10s} {r['measure']:5s} shift {r['shift']:+.3f}  z {r['z']:+.2f}  says {sorted(set(r['words']))}\")"
     ),
@@ -503,7 +504,7 @@ MINI_VLA = [
     ),
     new_code_cell(
         "result = experiment.closed_loop(mini, Path(\"work/closed-loop\"), size=20, value=2.0, controls=2,\n"
-        "                                episodes=1, max_steps=3, concepts=[\"up\"])\n"
+        "                                episodes=1, max_steps=3, concepts=[\"up\"], table=table)\n"
         "scored = result.statistics[\"vs_random\"][\"up_20@2\"]\n"
         "print({metric: round(scored[metric][\"z\"], 2) for metric in (\"z_displacement\", \"mean_speed\", \"path_length\")})\n"
         "Image(\"work/closed-loop/trajectories.png\")"

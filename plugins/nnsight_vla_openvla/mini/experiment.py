@@ -21,16 +21,18 @@ NEUTRAL = "move the arm"
 SUITE, TASK = "libero_spatial", 4
 
 
-def concept_clusters(model, sizes: list[int]) -> dict:
-    """``{(concept, size): NeuronCluster}`` from the value-vector lens (the paper's cosine rule)."""
+def concept_clusters(model, sizes: list[int], table: Any = None) -> dict:
+    """``{(concept, size): NeuronCluster}`` from the value-vector lens (the paper's cosine rule);
+    ``table``: the model's `ValueVectorTable` when already projected (top_k=10)."""
     from nnsight_vla import lens
 
-    table = lens.project_value_vectors(model, top_k=10)
+    table = table if table is not None else lens.project_value_vectors(model, top_k=10)
     return {(concept, size): lens.cluster(table, concept, size=size) for concept in CONCEPTS for size in sizes}
 
 
 def open_loop_grid(model, name: str, out: Path, sizes: list[int], values: list[float], controls: int,
-                   instruction: str = NEUTRAL, frames_used: int = 4, seed: int = 0, calls: Any = "all") -> list[dict]:
+                   instruction: str = NEUTRAL, frames_used: int = 4, seed: int = 0, calls: Any = "all",
+                   table: Any = None) -> list[dict]:
     """Every concept × size × value on held-out frames vs ``controls`` random clusters each;
     writes `OpenLoopResult.save`'s files and ``summary.json`` (each steering's expected measure).
     ``calls``: the forwards clamped (`Clamp`'s; ``"all"`` is the paper's OpenVLA rule,
@@ -42,7 +44,7 @@ def open_loop_grid(model, name: str, out: Path, sizes: list[int], values: list[f
 
     obs = [Observation(frame, instruction) for frame in frames.load()[-frames_used:]]
     steering = {f"{concept}_{size}@{value:g}": Clamp(cluster, value, calls=calls)
-                for (concept, size), cluster in concept_clusters(model, sizes).items() for value in values}
+                for (concept, size), cluster in concept_clusters(model, sizes, table).items() for value in values}
     options = {"with_phrase": True} if model.config.phrase_tokens else {}
     result = open_loop(model, obs, steering, controls=controls, seed=seed, **options)
     result.meta.update(model=name, instruction=instruction, frames=len(obs), calls=calls)
@@ -75,13 +77,14 @@ def _share(said: list[str], concept: str) -> float:
 
 
 def closed_loop(model, out: Path, size: int, value: float, controls: int, episodes: int = 2, max_steps: int = 15,
-                instruction: str = NEUTRAL, seed: int = 7, concepts: list[str] | None = None, calls: Any = "all"):
+                instruction: str = NEUTRAL, seed: int = 7, concepts: list[str] | None = None, calls: Any = "all",
+                table: Any = None):
     """Each concept cluster (one size, one value) vs ``controls`` random clusters each, in
     LIBERO, every condition told ``instruction``; `evaluate`'s files and statistics."""
     from nnsight_vla import Clamp
     from nnsight_vla.eval import evaluate
 
-    clusters = concept_clusters(model, [size])
+    clusters = concept_clusters(model, [size], table)
     steering = {f"{concept}_{size}@{value:g}": Clamp(clusters[concept, size], value, calls=calls)
                 for concept in concepts or CONCEPTS}
     return evaluate(model, SUITE, [TASK], episodes, steering=steering, random_controls=controls, seed=seed,
