@@ -16,8 +16,11 @@ from nnsight_vla.eval.plots import plot_trajectories
 
 from .experiment import CONCEPTS, with_words
 
-#: Run folders under ``--runs``, per built-in: open-loop and closed-loop.
-RUNS = {"mini-openvla": ("open-loop", "closed-loop"), "mini-openvla-act": ("act-open-loop", "act-closed-loop")}
+#: Run folders under ``--runs``: a title, the open-loop run, the closed-loop run (files of the
+#: built-in's name prefix the figures).
+RUNS = (("mini-openvla", "open-loop", "closed-loop"),
+        ("mini-openvla, clamped at the prefill only", "prefill-open-loop", None),
+        ("mini-openvla-act", "act-open-loop", "act-closed-loop"))
 #: Closed-loop metrics reported, besides each concept's own.
 CLOSED = ("z_displacement", "mean_speed", "path_length", "displacement_per_step")
 
@@ -69,7 +72,7 @@ def report(runs: Path, out: Path) -> Path:
     """Write ``results.md``, ``open_loop_z.png`` and copies of the closed-loop and explanation figures."""
     out.mkdir(parents=True, exist_ok=True)
     lines, tables = ["# mini-openvla: clamping semantic clusters vs random clusters", ""], {}
-    for name, (open_dir, closed_dir) in RUNS.items():
+    for name, open_dir, closed_dir in RUNS:
         lines += [f"## {name}", ""]
         summary = runs / open_dir / "summary.json"
         if summary.is_file():
@@ -77,9 +80,10 @@ def report(runs: Path, out: Path) -> Path:
             rows = with_words(json.loads(summary.read_text()), meta["words"], meta["controls"])
             tables[name] = rows
             lines += [f"### Open-loop: {meta['frames']} held-out scenes, instruction {meta['instruction']!r}, "
-                      f"{meta['controls']} random clusters per row", "", *open_loop_table(rows), ""]
-        statistics = runs / closed_dir / "statistics.json"
-        if statistics.is_file():
+                      f"{meta['controls']} random clusters per row, forwards clamped: {meta.get('calls', 'all')}",
+                      "", *open_loop_table(rows), ""]
+        statistics = runs / str(closed_dir) / "statistics.json"
+        if closed_dir is not None and statistics.is_file():
             settings = json.loads((runs / closed_dir / "run.json").read_text())["settings"]
             lines += [f"### Closed-loop: LIBERO {settings['suite']} task {settings['tasks']}, {settings['episodes']} "
                       f"init states, {settings['max_steps']} steps, instruction {settings['instruction']!r}", "",
