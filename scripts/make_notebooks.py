@@ -486,14 +486,14 @@ MINI_VLA = [
         "print(\"up and down share\", len(set(clusters['up', 20]) & set(clusters['down', 20])), \"of 20 neurons\")"
     ),
     new_markdown_cell(
-        "Open-loop (single frames, the neutral instruction \"move the arm\"): each cluster clamped "
-        "at 2 (about 4x its neurons' typical maximum, a quarter of the largest) vs 3 random clusters "
+        "Open-loop (single frames, the neutral instruction \"move the arm\"): the up and down clusters clamped "
+        "at 2 (about 4x their neurons' typical maximum, a quarter of the largest) vs 3 random clusters "
         "of the same size and layers (the full run: sizes 10/20/40, values 0.5/2/8, 10 random "
         "clusters, 4 scenes)."
     ),
     new_code_cell(
         "rows = experiment.open_loop_grid(mini, \"mini-openvla\", Path(\"work/open-loop\"), sizes=[20], values=[2.0],\n"
-        "                                 controls=3, frames_used=2, table=table)\n"
+        "                                 controls=3, frames_used=2, table=table, concepts=[\"up\", \"down\"])\n"
         "for r in rows:\n"
         "    print(f\"{r['steering']:10s} {r['measure']:5s} shift {r['shift']:+.3f}  z {r['z']:+.2f}  says {sorted(set(r['words']))}\")"
     ),

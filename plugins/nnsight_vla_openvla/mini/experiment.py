@@ -32,7 +32,7 @@ def concept_clusters(model, sizes: list[int], table: Any = None) -> dict:
 
 def open_loop_grid(model, name: str, out: Path, sizes: list[int], values: list[float], controls: int,
                    instruction: str = NEUTRAL, frames_used: int = 4, seed: int = 0, calls: Any = "all",
-                   table: Any = None) -> list[dict]:
+                   table: Any = None, concepts: list[str] | None = None) -> list[dict]:
     """Every concept × size × value on held-out frames vs ``controls`` random clusters each;
     writes `OpenLoopResult.save`'s files and ``summary.json`` (each steering's expected measure).
     ``calls``: the forwards clamped (`Clamp`'s; ``"all"`` is the paper's OpenVLA rule,
@@ -44,7 +44,8 @@ def open_loop_grid(model, name: str, out: Path, sizes: list[int], values: list[f
 
     obs = [Observation(frame, instruction) for frame in frames.load()[-frames_used:]]
     steering = {f"{concept}_{size}@{value:g}": Clamp(cluster, value, calls=calls)
-                for (concept, size), cluster in concept_clusters(model, sizes, table).items() for value in values}
+                for (concept, size), cluster in concept_clusters(model, sizes, table).items()
+                if concept in (concepts or CONCEPTS) for value in values}
     options = {"with_phrase": True} if model.config.phrase_tokens else {}
     result = open_loop(model, obs, steering, controls=controls, seed=seed, **options)
     result.meta.update(model=name, instruction=instruction, frames=len(obs), calls=calls)
