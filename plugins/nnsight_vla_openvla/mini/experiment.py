@@ -113,8 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import nnsight_vla
 
+    try:
+        calls = args.calls if args.calls in ("all", "prefill") else [int(c) for c in args.calls.split(",")]
+    except ValueError as error:
+        from nnsight_vla import InputError
+
+        raise InputError(f"--calls {args.calls!r}: use all, prefill or comma-separated ints, e.g. 0,1.") from error
     model = nnsight_vla.load(args.model)
-    calls = args.calls if args.calls in ("all", "prefill") else [int(c) for c in args.calls.split(",")]
     if args.mode == "open-loop":
         rows = open_loop_grid(model, args.model, args.out, [int(s) for s in args.sizes.split(",")],
                               [float(v) for v in args.values.split(",")], args.controls, args.instruction, args.frames,
