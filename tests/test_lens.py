@@ -201,20 +201,26 @@ def test_bf16_keeps_every_top_token_whose_margin_exceeds_the_rounding_bound(tiny
     np.testing.assert_array_equal(here.scores, exact.scores)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("vocab, k", [(49152, 10), (32064, 40), (1344, 10), (130, 3), (50, 10)])
-def test_the_two_pass_top_k_is_torch_topk(vocab, k):
-    """The same values, in order, and the same sets of ids as torch.topk (the order of equal
-    values may differ); planted maxima in one run and in the columns that fill no run are found."""
+def test_the_two_pass_top_k_is_torch_topk(vocab, k, dtype):
+    """The same values, in order, as torch.topk, at distinct ids holding them (equal values may
+    come at other ids); planted maxima in one run and in the columns that fill no run are found,
+    and rows of negatives only (or with fewer than k runs holding a non-negative) too."""
     from nnsight_vla.lens.value_vectors import top_k_of
 
     x = torch.randn(23, vocab, generator=torch.Generator().manual_seed(vocab))
     x[0, :k] = 100 + torch.arange(k, dtype=torch.float32)  # all in the first run
     x[1, -k:] = 50 + torch.arange(k, dtype=torch.float32)  # at the end: in the rest when it is one
+    x[2] = -x[2].abs() - 1  # negatives only
+    x[2, 5] = -0.0
+    x[3] = -x[3].abs()  # a non-negative in two places only
+    x[3, [0, vocab // 2]] = 0.5
+    x = x.to(dtype)
     values, ids = top_k_of(x, k)
-    exact = x.topk(k, dim=1)
-    assert torch.equal(values, exact.values)
-    assert [set(r) for r in ids.tolist()] == [set(r) for r in exact.indices.tolist()]
+    assert torch.equal(values, x.topk(k, dim=1).values)
     assert torch.equal(x.gather(1, ids), values)
+    assert all(len(set(row)) == k for row in ids.tolist())
 
 
 BAD_INPUTS = [
@@ -442,3 +448,18 @@ def test_a_table_folder_without_write_permission(table, tmp_path, monkeypatch):
     with pytest.raises(InputError, match=rf"table folder {locked} is not writable: no write permission"):
         table.save(locked)
     assert list(locked.iterdir()) == []
+
+
+def test_labels_decode_every_token_as_the_tokenizer_does(planted):
+    """The batched decode gives ``tokenizer.decode([i])`` for every id, with the tokenizer's
+    clean-up of spaces off (the backend path) and on (``batch_decode``)."""
+    from nnsight_vla.lens.labels import _decode_each
+
+    tokenizer, ids = planted.tokenizer, list(range(len(planted.tokenizer)))
+    saved = tokenizer.clean_up_tokenization_spaces
+    try:
+        for clean_up in (False, True):
+            tokenizer.clean_up_tokenization_spaces = clean_up
+            assert _decode_each(tokenizer, ids) == [tokenizer.decode([i]) for i in ids]
+    finally:
+        tokenizer.clean_up_tokenization_spaces = saved

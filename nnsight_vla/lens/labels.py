@@ -31,7 +31,7 @@ def token_labels(model: Any, n: int | None = None) -> list[str]:
     tokenizer = model.tokenizer
     family = model.token_strings(ids)
     pieces = tokenizer.convert_ids_to_tokens(ids)
-    texts = tokenizer.batch_decode([[i] for i in ids])
+    texts = _decode_each(tokenizer, ids)
     out = []
     for i, label, piece, text in zip(ids, family, pieces, texts):
         if label is not None and label != piece:
@@ -43,3 +43,12 @@ def token_labels(model: Any, n: int | None = None) -> list[str]:
         else:
             out.append(text)
     return out
+
+
+def _decode_each(tokenizer: Any, ids: list[int]) -> list[str]:
+    """``tokenizer.decode([i])`` for every id: in one batch through a fast tokenizer's backend
+    when decoding adds nothing to it (no clean-up of spaces), else through ``batch_decode``."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return backend.decode_batch([[i] for i in ids], skip_special_tokens=False)
+    return tokenizer.batch_decode([[i] for i in ids])

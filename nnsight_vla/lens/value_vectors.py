@@ -158,14 +158,38 @@ def top_k_of(block: torch.Tensor, k: int, width: int = 64) -> tuple[torch.Tensor
     if runs <= 2 * k:  # too few runs to save work
         best = block.topk(k, dim=1)
         return best.values, best.indices
-    maxima = block[:, : runs * width].reshape(rows, runs, width).amax(-1)
-    chosen = maxima.topk(k, dim=1).indices  # [rows, k]
+    chosen = _top_runs(block[:, : runs * width].reshape(rows, runs, width), k)  # [rows, k]
     columns = (chosen[..., None] * width + torch.arange(width, device=block.device)).flatten(1)
     if runs * width < vocab:  # the rest, always a candidate
         rest = torch.arange(runs * width, vocab, device=block.device).expand(rows, -1)
         columns = torch.cat([columns, rest], 1)
     best = block.gather(1, columns).topk(k, dim=1)
     return best.values, columns.gather(1, best.indices)
+
+
+#: Integer types of the same width: a float's bits read as one of these keep the order of
+#: non-negative floats, and a reduction over them is vectorised where a bf16/fp16 one is not.
+_BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32,
+         torch.float64: torch.int64}
+
+
+def _top_runs(runs: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` runs (``runs[row, run, :]``) with the largest maxima in each row.
+
+    The maxima are taken over the floats' bits as integers: exact for every run holding a
+    non-negative value (negative floats read as negative integers, below them all). A row whose
+    ``k``-th run holds only negatives (rare: logits of ``k`` whole runs below zero) is redone
+    on the floats.
+    """
+    bits = _BITS.get(runs.dtype)
+    if bits is None:
+        return runs.amax(-1).topk(k, dim=1).indices
+    maxima = runs.view(bits).amax(-1)
+    best = maxima.topk(k, dim=1)
+    negative = best.values[:, -1] < 0
+    if bool(negative.any()):
+        best.indices[negative] = runs[negative].amax(-1).topk(k, dim=1).indices
+    return best.indices
 
 
 #: The dtypes the projection may run in.
