@@ -6,11 +6,15 @@ tiny-smolvla, whose expert layers run as parts; tiny-xvla, its action head at ea
 it times, interleaved in rounds so machine noise hits all variants alike:
 
   traced   with model.predict_action(obs) as tracer: clamp FFN neurons on every forward
+  empty    the same trace with no intervention in it (what tracing alone costs)
   steer    with model.steer(Clamp(...)): model.predict_action(obs)
   plain    model.predict_action(obs) with a torch forward-pre-hook doing the same clamp
   raw      the family's prediction on the bare torch module, same hook (no nnsight at all)
 
-and prints the medians and the ratios traced/plain and steer/plain (targets <= 1.10).
+and prints the medians, the ratios traced/plain and steer/plain (targets <= 1.10), and where
+the traced time goes: the module calls one predict_action makes, what a trace costs per module
+call (empty - plain: nnsight asks at every wrapped module's call whether an intervention waits
+there), and what each intervened forward adds (traced - empty, per step).
 """
 
 from __future__ import annotations
@@ -93,8 +97,14 @@ def measure(label: str, model, obs, tower: str, layer: int, steps: int, rounds: 
                 handle.remove()
         return run
 
+    def empty():
+        with model.predict_action(obs) as tracer:
+            result = tracer.result.save()
+        return result
+
     variants = {
         "traced": traced,
+        "empty": empty,
         "steer": steered,
         "plain": with_hook(lambda: model.predict_action(obs)),
         "raw": with_hook(lambda: model._predict_action(**inputs)),
@@ -102,6 +112,7 @@ def measure(label: str, model, obs, tower: str, layer: int, steps: int, rounds: 
     results = {name: fn() for name, fn in variants.items()}  # warm-up and a correctness check
     for name in ("steer", "plain", "raw"):
         assert np.array_equal(results["traced"], results[name]), (name, results)
+    calls = module_calls(lambda: model.predict_action(obs))
     start = time.perf_counter()
     variants["plain"]()
     reps = max(reps, int(0.5 / (time.perf_counter() - start)))  # >= 0.5 s per measurement
@@ -119,6 +130,24 @@ def measure(label: str, model, obs, tower: str, layer: int, steps: int, rounds: 
     print(f"  ratio traced/plain = {med['traced'] / med['plain']:.3f}   (target <= 1.10)")
     print(f"  ratio steer/plain  = {med['steer'] / med['plain']:.3f}   (target <= 1.10)")
     print(f"  ratio traced/raw   = {med['traced'] / med['raw']:.3f}")
+    print(f"  {calls} module calls per predict_action; a trace costs "
+          f"{(med['empty'] - med['plain']) / calls * 1e6:+.1f} us per module call (empty - plain), "
+          f"each intervened forward {(med['traced'] - med['empty']) / steps * 1e3:+.2f} ms (traced - empty)")
+
+
+def module_calls(fn) -> int:
+    """How many ``nn.Module`` calls ``fn`` makes."""
+    count = [0]
+
+    def tick(module, args):
+        count[0] += 1
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(tick)
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return count[0]
 
 
 def main() -> None:
