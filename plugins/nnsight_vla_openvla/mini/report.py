@@ -16,11 +16,12 @@ from nnsight_vla.eval.plots import plot_trajectories
 
 from .experiment import CONCEPTS, with_words
 
-#: Run folders under ``--runs``: a title, the open-loop run, the closed-loop run (files of the
-#: built-in's name prefix the figures).
-RUNS = (("mini-openvla", "open-loop", "closed-loop"),
-        ("mini-openvla, clamped at the prefill only", "prefill-open-loop", None),
-        ("mini-openvla-act", "act-open-loop", "act-closed-loop"))
+#: Run folders under ``--runs``: a title (it names the figures), the open-loop run, the
+#: closed-loop runs (one per cluster size and clamp value).
+RUNS = (("mini-openvla", "open-loop",
+         ("closed-loop-s10", "closed-loop", "closed-loop-s40", "closed-loop-v0.5", "closed-loop-v8")),
+        ("mini-openvla, clamped at the prefill only", "prefill-open-loop", ()),
+        ("mini-openvla-act", "act-open-loop", ("act-closed-loop",)))
 #: Closed-loop metrics reported, besides each concept's own.
 CLOSED = ("z_displacement", "mean_speed", "path_length", "displacement_per_step")
 
@@ -49,7 +50,29 @@ def closed_loop_table(statistics: dict) -> list[str]:
     return lines
 
 
-def plot_z(tables: dict[str, list[dict]], path: Path) -> Path:
+def own_metric_rows(statistics: dict) -> list[dict]:
+    """Each steering of a closed-loop run, scored on its concept's own metric (`plot_z`'s rows)."""
+    rows = []
+    for name, scored in statistics["vs_random"].items():
+        _, metric, sign = CONCEPTS[name.split("_")[0]]
+        paired = statistics[name][metric]
+        rows.append({"steering": name, "measure": metric, "expected_sign": sign, **scored[metric],
+                     "ci": (paired.get("ci_low"), paired.get("ci_high"))})
+    return rows
+
+
+def grid_table(rows: list[dict]) -> list[str]:
+    """One line per closed-loop steering: its own metric's shift, interval, random band and z."""
+    lines = ["| cluster @ value | metric | shift [95 % CI], paired | random clusters (mean ± sd) | z |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        ci = f" [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]" if r["ci"][0] is not None else ""
+        lines.append(f"| {r['steering']} | {r['measure']} ({'+' if r['expected_sign'] > 0 else '−'} expected) | "
+                     f"{r['shift']:+.4f}{ci} | {r['random_mean']:+.4f} ± {r['random_std']:.4f} | {r['z']:+.2f} |")
+    return lines
+
+
+def plot_z(tables: dict[str, list[dict]], path: Path, protocol: str = "open-loop") -> Path:
     """Per recipe: each cluster's z-score against its random clusters, signed so that the
     paper's hypothesis predicts a positive bar; dashed at ±2."""
     from nnsight_vla.plotting import figure, save_png
@@ -64,15 +87,16 @@ def plot_z(tables: dict[str, list[dict]], path: Path) -> Path:
         ax.axhline(-2, color="black", linestyle="--", linewidth=0.8)
         ax.set_xticks(range(len(rows)), [r["steering"] for r in rows], rotation=90, fontsize=7)
         ax.set_ylabel("signed z vs random (clipped ±10)")
-        ax.set_title(f"{name}, open-loop: does the cluster move its measure the expected way?", fontsize=9)
+        ax.set_title(f"{name}, {protocol}: does the cluster move its measure the expected way?", fontsize=9)
     return save_png(fig, path)
 
 
 def report(runs: Path, out: Path) -> Path:
-    """Write ``results.md``, ``open_loop_z.png`` and copies of the closed-loop and explanation figures."""
+    """Write ``results.md``, ``open_loop_z.png``, ``closed_loop_z.png``, each closed-loop run's
+    trajectories and a copy of the explanation figure."""
     out.mkdir(parents=True, exist_ok=True)
-    lines, tables = ["# mini-openvla: clamping semantic clusters vs random clusters", ""], {}
-    for name, open_dir, closed_dir in RUNS:
+    lines, tables, grids = ["# mini-openvla: clamping semantic clusters vs random clusters", ""], {}, {}
+    for name, open_dir, closed_dirs in RUNS:
         lines += [f"## {name}", ""]
         summary = runs / open_dir / "summary.json"
         if summary.is_file():
@@ -82,16 +106,24 @@ def report(runs: Path, out: Path) -> Path:
             lines += [f"### Open-loop: {meta['frames']} held-out scenes, instruction {meta['instruction']!r}, "
                       f"{meta['controls']} random clusters per row, forwards clamped: {meta.get('calls', 'all')}",
                       "", *open_loop_table(rows), ""]
-        statistics = runs / str(closed_dir) / "statistics.json"
-        if closed_dir is not None and statistics.is_file():
-            settings = json.loads((runs / closed_dir / "run.json").read_text())["settings"]
+        done = [d for d in closed_dirs if (runs / d / "statistics.json").is_file()]
+        runs_statistics = {d: json.loads((runs / d / "statistics.json").read_text()) for d in done}
+        grid = [row for d in done for row in own_metric_rows(runs_statistics[d])]
+        if len(done) > 1:
+            grids[name] = grid
+            lines += ["### Closed-loop, every size and value: each cluster on its own metric", "",
+                      *grid_table(grid), ""]
+        for d in done:
+            settings = json.loads((runs / d / "run.json").read_text())["settings"]
             lines += [f"### Closed-loop: LIBERO {settings['suite']} task {settings['tasks']}, {settings['episodes']} "
                       f"init states, {settings['max_steps']} steps, instruction {settings['instruction']!r}", "",
-                      *closed_loop_table(json.loads(statistics.read_text())), ""]
-            rows = [json.loads(line) for line in (runs / closed_dir / "episodes.jsonl").read_text().splitlines()]
-            plot_trajectories(rows, out / f"{name}-closed-loop-trajectories.png")
+                      *closed_loop_table(runs_statistics[d]), ""]
+            rows = [json.loads(line) for line in (runs / d / "episodes.jsonl").read_text().splitlines()]
+            plot_trajectories(rows, out / f"{d}-trajectories.png")
     if tables:
         plot_z(tables, out / "open_loop_z.png")
+    if grids:
+        plot_z(grids, out / "closed_loop_z.png", "closed-loop")
     explained = runs / "explain" / "explain.png"
     if explained.is_file():
         shutil.copy(explained, out / "explain.png")
