@@ -104,3 +104,25 @@ def test_the_instructions_contrast_and_their_gap_by_hand():
     unit = explain.contrast(features, labels)[0, 0]  # mean(up) - mean(down) = (2, -2), normed
     np.testing.assert_allclose(unit, np.array([1.0, -1.0]) / np.sqrt(2))
     assert explain.separation(features, labels, {(0, 0): unit})[0, 0] == pytest.approx(2 * np.sqrt(2))
+
+
+def test_the_closed_loop_grid_scores_each_cluster_on_its_own_metric():
+    """Hand-made statistics: "up" is read on z_displacement (+ expected), "slow" on mean_speed
+    (− expected), with the paired interval of that metric; the other metrics stay out."""
+    from nnsight_vla_openvla.mini import report
+
+    def scored(shift, z):
+        return {"shift": shift, "random_mean": 0.0, "random_std": 1.0, "z": z}
+
+    statistics = {
+        "vs_random": {"up_20@2": {"z_displacement": scored(0.04, 4.5), "mean_speed": scored(0.09, 0.5)},
+                      "slow_10@8": {"z_displacement": scored(0.0, 0.1), "mean_speed": scored(-0.2, -2.5)}},
+        "up_20@2": {"z_displacement": {"ci_low": 0.03, "ci_high": 0.05}, "mean_speed": {}},
+        "slow_10@8": {"z_displacement": {}, "mean_speed": {}},
+    }
+    rows = report.own_metric_rows(statistics)
+    assert [(r["steering"], r["measure"], r["expected_sign"], r["z"]) for r in rows] == [
+        ("up_20@2", "z_displacement", 1, 4.5), ("slow_10@8", "mean_speed", -1, -2.5)]
+    table = report.grid_table(rows)
+    assert table[2] == "| up_20@2 | z_displacement (+ expected) | +0.0400 [+0.0300, +0.0500] | +0.0000 ± 1.0000 | +4.50 |"
+    assert table[3] == "| slow_10@8 | mean_speed (− expected) | -0.2000 | +0.0000 ± 1.0000 | -2.50 |"
