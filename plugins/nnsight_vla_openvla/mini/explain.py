@@ -1,4 +1,4 @@
-"""Why a cluster does or does not steer: where the instruction's direction is readable (per-layer probes), its up-minus-down contrast, and each cluster's push along it.
+"""Why a cluster does or does not steer: where the instruction's direction is readable (per-layer probes, the logit lens), its up-minus-down contrast, and each cluster's push along it.
 
     python -m nnsight_vla_openvla.mini.explain --out runs/mini/explain --value 8
 """
@@ -17,9 +17,15 @@ import torch
 from . import frames as frame_files
 from . import instructions
 
-#: Forward calls read: the prefill (whose last position says the first word) and, for a
-#: verbalising model, the first action forward (after its two words).
-CALLS = {"verbalise": (0, 2), "act": (0,)}
+#: Forward calls read: the prefill (whose last position says the first word, or for the act
+#: recipe emits the x action), the first action forward of a verbalising model (after its
+#: two words), and the forward that emits the z action (up/down).
+CALLS = {"verbalise": (0, 2, 4), "act": (0, 2)}
+
+
+def z_call(model: Any) -> int:
+    """The forward whose last position emits the z (up/down) action token."""
+    return model.action_calls("vlm")[2]
 
 
 def instructed(model: Any, scenes: np.ndarray, per_direction: int = 2, seed: int = 0,
@@ -72,24 +78,77 @@ def contrast(features: dict, labels: list[str], a: str = "up", b: str = "down") 
     return out
 
 
-def pushes(model: Any, scenes: np.ndarray, clamps: dict[str, Any], directions: dict, call: int,
-           instruction: str = "move the arm") -> dict[str, np.ndarray]:
-    """``{name: [layers]}``: how far each clamp moves the residual along the contrast at each
-    layer, at the last position of ``call`` of a neutral instruction, averaged over scenes
-    (`separation` is how far apart "up" and "down" instructions are there)."""
+def neutral_residuals(model: Any, scenes: np.ndarray, clamps: dict[str, Any], calls: list[int],
+                      instruction: str = "move the arm") -> dict[str, dict[int, np.ndarray]]:
+    """``{name: {call: [scenes, layers, width]}}``: the residual after every layer at the last
+    position of each call, on a neutral instruction, unsteered (``"baseline"``) and under each clamp."""
     from nnsight_vla import Observation, Site, collect
 
     obs = [Observation(scene, instruction) for scene in scenes]
     sites = [Site(layer, "resid") for layer in range(model.spec.n_layers)]
-
-    def residual(steering):
+    out = {}
+    for name, steering in {"baseline": None, **clamps}.items():
         with model.steer(steering):
-            acts = collect(model, obs, sites, calls=[call], positions="last")
-        return np.stack([acts[s][:, 0, -1].float().numpy() for s in sites], 1)  # [scenes, layers, width]
+            acts = collect(model, obs, sites, calls=calls, positions="last")
+        out[name] = {call: np.stack([acts[s][:, i, -1].float().numpy() for s in sites], 1)
+                     for i, call in enumerate(calls)}
+    return out
 
-    base = residual(None)
-    unit = np.stack([directions[layer, call] for layer in range(model.spec.n_layers)])  # [layers, width]
-    return {name: ((residual(c) - base) * unit).sum(-1).mean(0) for name, c in clamps.items()}
+
+def pushes(residuals: dict[str, dict[int, np.ndarray]], directions: dict, call: int) -> dict[str, np.ndarray]:
+    """``{name: [layers]}``: how far each clamp moves the residual along the contrast at each
+    layer, at ``call``, averaged over scenes (`separation` is how far apart "up" and "down"
+    instructions are there)."""
+    base = residuals["baseline"][call]
+    unit = np.stack([directions[layer, call] for layer in range(base.shape[1])])  # [layers, width]
+    return {name: ((r[call] - base) * unit).sum(-1).mean(0) for name, r in residuals.items() if name != "baseline"}
+
+
+def read_out(model: Any, x: np.ndarray) -> torch.Tensor:
+    """The logit lens: residual rows ``[..., width]`` through the final norm onto the vocabulary."""
+    from nnsight_vla.towers import get_tower
+
+    tower = get_tower(model)
+    unembed = tower.unembedding()
+    with torch.no_grad():
+        return (tower.final_norm()(torch.from_numpy(x).to(unembed.dtype)) @ unembed.T).float()
+
+
+def word_margin(model: Any, x: np.ndarray, a: str = " up", b: str = " down") -> np.ndarray:
+    """Per row: the logit lens's logit of the word ``a`` minus that of ``b``."""
+    from nnsight_vla import InputError
+
+    ids = [model.tokenizer.encode(w, add_special_tokens=False) for w in (a, b)]
+    if any(len(i) != 1 for i in ids):
+        raise InputError(f"{a!r} and {b!r} must be one token each in this vocabulary, not {ids}; pick other words.")
+    logits = read_out(model, x)
+    return (logits[..., ids[0][0]] - logits[..., ids[1][0]]).numpy()
+
+
+def expected_action(model: Any, x: np.ndarray) -> np.ndarray:
+    """Per row: the action value the logit lens reads, the mean of the action-token bins'
+    centres under the softmax over action tokens alone (in [-1, 1])."""
+    ids = model.spec.action_token_ids
+    centres = torch.from_numpy(np.asarray(model.action_tokenizer.decode(np.array(ids)), dtype=np.float32))
+    probs = read_out(model, x)[..., ids.start:ids.stop].softmax(-1)
+    return (probs * centres).sum(-1).numpy()
+
+
+def lens_readings(model: Any, features: dict, labels: list[str], residuals: dict, n_layers: int) -> dict:
+    """Per layer, the logit lens at the word position (call 0: logit " up" minus " down") and
+    at the z action's forward (its read value): the mean over "up" and over "down"
+    instructions, and on the neutral instruction unsteered and under each clamp."""
+    labels = np.array(labels)
+    readers = {"0": (word_margin, 0), "z": (expected_action, z_call(model))}
+    out = {}
+    for key, (reader, call) in readers.items():
+        if model.config.phrase_tokens == 0 and key == "0":
+            continue  # the act recipe says no word
+        rows = {f"{d} instructions": np.array([reader(model, features[layer, call][labels == d]).mean()
+                                                for layer in range(n_layers)]) for d in ("up", "down")}
+        rows.update({name: reader(model, r[call]).mean(0) for name, r in residuals.items()})
+        out[key] = {name: v.tolist() for name, v in rows.items()}
+    return out
 
 
 def separation(features: dict, labels: list[str], directions: dict, a: str = "up", b: str = "down") -> dict:
@@ -101,7 +160,8 @@ def separation(features: dict, labels: list[str], directions: dict, a: str = "up
 
 def explain(model: Any, out: Path, value: float, size: int = 20, controls: int = 10, scenes_used: int = 6,
             per_direction: int = 2, seed: int = 0) -> dict:
-    """Probes, contrast and cluster pushes on ``scenes_used`` scenes; writes ``explain.json`` and ``explain.png``."""
+    """Probes, contrast, cluster pushes and the logit lens on ``scenes_used`` scenes; writes
+    ``explain.json`` and ``explain.png``."""
     from nnsight_vla import Clamp
     from nnsight_vla.steering import random_control
 
@@ -118,7 +178,8 @@ def explain(model: Any, out: Path, value: float, size: int = 20, controls: int =
     clamps = {f"{c}_{size}": Clamp(clusters[c, size], value) for c in ("up", "down")}
     clamps.update({f"random{k}": random_control(clamps[f"up_{size}"], seed + k, model) for k in range(controls)})
     calls = CALLS["verbalise" if model.config.phrase_tokens else "act"]
-    moved = {call: pushes(model, scenes[: max(2, scenes_used // 3)], clamps, directions, call) for call in calls}
+    residuals = neutral_residuals(model, scenes[: max(2, scenes_used // 3)], clamps, list(calls))
+    moved = {call: pushes(residuals, directions, call) for call in calls}
     n = model.spec.n_layers
     result = {
         "value": value, "size": size, "scenes": int(scenes_used), "instructions_per_direction": per_direction,
@@ -128,6 +189,8 @@ def explain(model: Any, out: Path, value: float, size: int = 20, controls: int =
                                      for layer in range(n)] for call in calls},
         "separation": {str(call): [apart[layer, call] for layer in range(n)] for call in calls},
         "push": {str(call): {name: p.tolist() for name, p in moved[call].items()} for call in calls},
+        "lens": lens_readings(model, features, labels, residuals, n),
+        "z_call": z_call(model),
     }
     (out / "explain.json").write_text(json.dumps(result, indent=1))
     plot(result, out / "explain.png")
@@ -135,39 +198,69 @@ def explain(model: Any, out: Path, value: float, size: int = 20, controls: int =
 
 
 def plot(result: dict, path: Path) -> Path:
-    """Left: probe accuracy per layer (per call). Then per call: each cluster's push along the
-    up-minus-down contrast per layer, against random clusters and the instructions' own gap."""
+    """Top: probe accuracy per layer (per call), then per call each cluster's push along the
+    up-minus-down contrast per layer, against random clusters and the instructions' own gap.
+    Bottom: the logit lens per layer at the word position and at the z action's forward."""
     from nnsight_vla.plotting import figure, save_png
 
     calls = list(result["probe"])
-    fig = figure(5 + 5.5 * len(calls), 4)
-    axes = fig.subplots(1, 1 + len(calls))
+    lens = result.get("lens", {})
+    columns = 1 + len(calls)
+    fig = figure(5.5 * columns, 4 * (1 + bool(lens)))
+    axes = np.atleast_2d(fig.subplots(1 + bool(lens), columns))
     for call in calls:
-        line, = axes[0].plot(result["probe"][call], label=f"call {call}")
-        axes[0].plot(result["probe_chance"][call], linestyle=":", color=line.get_color())
-    axes[0].set_xlabel("layer")
-    axes[0].set_ylabel("balanced accuracy (held-out scenes)")
-    axes[0].set_title("direction of the instruction, linear probe\n(dotted: shuffled-label chance)", fontsize=9)
-    axes[0].legend(fontsize=8)
-    for ax, call in zip(axes[1:], calls):
+        line, = axes[0, 0].plot(result["probe"][call], label=f"call {call}")
+        axes[0, 0].plot(result["probe_chance"][call], linestyle=":", color=line.get_color())
+    axes[0, 0].set_xlabel("layer")
+    axes[0, 0].set_ylabel("balanced accuracy (held-out scenes)")
+    axes[0, 0].set_title("direction of the instruction, linear probe\n(dotted: shuffled-label chance)", fontsize=9)
+    axes[0, 0].legend(fontsize=8)
+    for ax, call in zip(axes[0, 1:], calls):
         pushes_ = result["push"][call]
-        randoms = np.array([v for k, v in pushes_.items() if k.startswith("random")])
-        layers = np.arange(randoms.shape[1])
+        layers = np.arange(len(result["separation"][call]))
         gap = np.array(result["separation"][call])
         ax.plot(layers, gap, color="black", linestyle="--", label="'up' minus 'down' instruction")
         ax.plot(layers, -gap, color="black", linestyle=":", linewidth=0.8)
-        ax.fill_between(layers, randoms.mean(0) - 2 * randoms.std(0), randoms.mean(0) + 2 * randoms.std(0),
-                        color="tab:blue", alpha=0.25, label=f"{len(randoms)} random clusters (mean ± 2 sd)")
+        _random_band(ax, layers, pushes_)
         for name, color in (("up", "tab:red"), ("down", "tab:green")):
             key = next(k for k in pushes_ if k.startswith(f"{name}_"))
             ax.plot(layers, pushes_[key], color=color, label=f"{key} clamped")
         ax.axhline(0, color="gray", linewidth=0.5)
         ax.set_xlabel("layer")
         ax.set_ylabel("shift of the residual along up−down")
-        where = "prompt's last position (says the 1st word)" if call == "0" else f"forward {call} (1st action token)"
-        ax.set_title(f"clamp at {result['value']:g}, neutral instruction, {where}", fontsize=9)
+        ax.set_title(f"clamp at {result['value']:g}, neutral instruction, {_where(call, result)}", fontsize=9)
         ax.legend(fontsize=7)
+    titles = {"0": ("logit ' up' − logit ' down'", "the prompt's last position (says the 1st word)"),
+              "z": ("z action read (bins' mean, in [-1, 1])", f"forward {result.get('z_call')} (emits the z action)")}
+    for i, (key, readings) in enumerate(lens.items()):
+        ax = axes[1, i]
+        layers = np.arange(len(readings["baseline"]))
+        _random_band(ax, layers, readings)
+        for name, style in (("up instructions", ("tab:red", "--")), ("down instructions", ("tab:green", "--")),
+                            ("baseline", ("black", "-"))):
+            ax.plot(layers, readings[name], color=style[0], linestyle=style[1], label=name)
+        for name, color in (("up", "tab:red"), ("down", "tab:green")):
+            key_ = next(k for k in readings if k.startswith(f"{name}_"))
+            ax.plot(layers, readings[key_], color=color, label=f"{key_} clamped (neutral)")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(titles[key][0])
+        ax.set_title(f"logit lens at {titles[key][1]}", fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in axes[1, len(lens):] if lens else []:
+        ax.axis("off")
     return save_png(fig, path)
+
+
+def _random_band(ax: Any, layers: np.ndarray, series: dict) -> None:
+    randoms = np.array([v for k, v in series.items() if k.startswith("random")])
+    ax.fill_between(layers, randoms.mean(0) - 2 * randoms.std(0), randoms.mean(0) + 2 * randoms.std(0),
+                    color="tab:blue", alpha=0.25, label=f"{len(randoms)} random clusters (mean ± 2 sd)")
+
+
+def _where(call: str, result: dict) -> str:
+    if call == "0":
+        return "prompt's last position"
+    return f"forward {call}" + (" (emits the z action)" if int(call) == result.get("z_call") else "")
 
 
 def main(argv: list[str] | None = None) -> None:
