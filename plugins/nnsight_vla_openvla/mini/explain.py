@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"call {call}: direction best read at layer {best} ({result['probe'][call][best]:.2f});"
               f" last layer: instructions' gap {result['separation'][call][-1]:.2f}, up clamp pushes"
               f" {result['push'][call][f'up_{args.size}'][-1]:+.2f}, down {result['push'][call][f'down_{args.size}'][-1]:+.2f}")
+    for key, readings in result["lens"].items():
+        print(f"logit lens {'word margin up-down' if key == '0' else 'z action'}, last layer: "
+              + ", ".join(f"{name} {v[-1]:+.2f}" for name, v in readings.items() if not name.startswith("random")))
     print(f"wrote {args.out / 'explain.png'}")
 
 
