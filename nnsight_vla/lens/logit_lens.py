@@ -162,13 +162,24 @@ def logit_lens(
         acts = collect(model, obs, sites, calls="prefill", positions=wanted)
         states = torch.stack([acts[s][0, 0] for s in sites], dim=1)  # [positions, layers, d_model]
         rows = [f"position {p}" for p in wanted]
-    weight = tw.unembedding()
-    with torch.no_grad():
-        x = states.to(device=weight.device, dtype=weight.dtype)
-        if norm:
-            x = tw.final_norm()(x)
-        logits = (x @ weight.T).float().cpu()
-    vocab = weight.shape[0]
+    logits = read_out(model, states, norm, tw.name)
+    vocab = logits.shape[-1]
     actions = model.spec.action_token_ids if vocab == model.spec.vocab_size else None
     info = {"model": getattr(model, "name_or_path", ""), "tower": tw.name, "norm": bool(norm)}
     return LogitLensReading(logits, tuple(chosen), rows, token_labels(model, vocab), actions, info)
+
+
+def read_out(model: Any, states: Any, norm: bool = True, tower: str | None = None) -> torch.Tensor:
+    """Residual states ``[..., d_model]`` (a tensor or array) through the tower's final norm
+    (``norm=True``) onto its vocabulary: float32 logits ``[..., vocab]`` on the CPU.
+
+    Example:
+        >>> read_out(model, residual).argmax(-1)   # the tokens each state reads as
+    """
+    tw = get_tower(model, tower)
+    weight = tw.unembedding()
+    with torch.no_grad():
+        x = torch.as_tensor(states).to(device=weight.device, dtype=weight.dtype)
+        if norm:
+            x = tw.final_norm()(x)
+        return (x @ weight.T).float().cpu()

@@ -104,19 +104,10 @@ def pushes(residuals: dict[str, dict[int, np.ndarray]], directions: dict, call: 
     return {name: ((r[call] - base) * unit).sum(-1).mean(0) for name, r in residuals.items() if name != "baseline"}
 
 
-def read_out(model: Any, x: np.ndarray) -> torch.Tensor:
-    """The logit lens: residual rows ``[..., width]`` through the final norm onto the vocabulary."""
-    from nnsight_vla.towers import get_tower
-
-    tower = get_tower(model)
-    unembed = tower.unembedding()
-    with torch.no_grad():
-        return (tower.final_norm()(torch.from_numpy(x).to(unembed.dtype)) @ unembed.T).float()
-
-
 def word_margin(model: Any, x: np.ndarray, a: str = " up", b: str = " down") -> np.ndarray:
     """Per row: the logit lens's logit of the word ``a`` minus that of ``b``."""
     from nnsight_vla import InputError
+    from nnsight_vla.lens.logit_lens import read_out
 
     ids = [model.tokenizer.encode(w, add_special_tokens=False) for w in (a, b)]
     if any(len(i) != 1 for i in ids):
@@ -128,6 +119,8 @@ def word_margin(model: Any, x: np.ndarray, a: str = " up", b: str = " down") -> 
 def expected_action(model: Any, x: np.ndarray) -> np.ndarray:
     """Per row: the action value the logit lens reads, the mean of the action-token bins'
     centres under the softmax over action tokens alone (in [-1, 1])."""
+    from nnsight_vla.lens.logit_lens import read_out
+
     ids = model.spec.action_token_ids
     centres = torch.from_numpy(np.asarray(model.action_tokenizer.decode(np.array(ids)), dtype=np.float32))
     probs = read_out(model, x)[..., ids.start:ids.stop].softmax(-1)
