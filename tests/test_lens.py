@@ -201,6 +201,33 @@ def test_bf16_keeps_every_top_token_whose_margin_exceeds_the_rounding_bound(tiny
     np.testing.assert_array_equal(here.scores, exact.scores)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_float32_matmul_of_rounded_inputs_is_the_reduced_matmul_less_its_last_rounding(tiny, dtype, monkeypatch):
+    """Where a CPU has no bf16/fp16 units the projection multiplies the rounded inputs in float32:
+    every score lies within one rounding to ``dtype`` (plus float32 summation noise) of the
+    reduced matmul's, which is forced here, and the ids agree wherever that rounding cannot
+    reorder them."""
+    from nnsight_vla.lens import value_vectors
+
+    emulated = {}
+    for name, kernel in (("native", dtype), ("float32", torch.float32)):
+        monkeypatch.setattr(value_vectors, "matmul_dtype", lambda d, device, kernel=kernel: kernel)
+        emulated[name] = project_value_vectors(tiny, top_k=3, dtype=dtype, progress=False)
+    native, exact = emulated["native"], emulated["float32"]
+    assert native.info["matmul"] == str(dtype)[6:] and exact.info["matmul"] == "float32"
+    eps = 2.0 ** -(8 if dtype == torch.bfloat16 else 11)
+    both = np.abs(native.scores - exact.scores) <= eps * np.abs(exact.scores) + 1e-5
+    assert both[native.ids == exact.ids].all()
+    margin = exact.scores[..., 0] - exact.scores[..., 1] > 2 * eps * np.abs(exact.scores[..., 0]) + 1e-5
+    assert margin.mean() > 0.5
+    np.testing.assert_array_equal(native.ids[..., 0][margin], exact.ids[..., 0][margin])
+    monkeypatch.undo()
+    default = project_value_vectors(tiny, top_k=3, dtype=dtype, progress=False)
+    chosen = value_vectors.matmul_dtype(dtype, torch.device("cpu"))
+    assert default.info["matmul"] == str(chosen)[6:]
+    np.testing.assert_array_equal(default.ids, emulated["native" if chosen == dtype else "float32"].ids)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("vocab, k", [(49152, 10), (32064, 40), (1344, 10), (130, 3), (50, 10)])
 def test_the_two_pass_top_k_is_torch_topk(vocab, k, dtype):

@@ -61,7 +61,9 @@ def project_value_vectors(
             ``"bfloat16"`` (the paper's reference code), ``"float16"``, ``"float32"``. Scores
             come back as float32 either way. bf16 keeps 8 significant bits: scores closer
             than about ``2**-7 * |v| * |u|`` may swap or tie, so a bf16 table's order among
-            near-equal tokens can differ from a float32 one (see `bf16_error_bound`).
+            near-equal tokens can differ from a float32 one (see `bf16_error_bound`). On a CPU
+            without bf16/fp16 matmul units the rounded inputs are multiplied in float32
+            (see `matmul_dtype`; ``table.info["matmul"]`` says which ran).
         device: Where the matmuls run (default: the unembedding's device, e.g. CUDA for a model
             there); chunks of vectors go there and only each chunk's top-k comes back to the
             CPU, so device memory follows the chunk too.
@@ -103,8 +105,9 @@ def project_value_vectors(
     total = len(chosen) * d_mlp
     ids = torch.empty(total, top_k, dtype=torch.int32)
     scores = torch.empty(total, top_k, dtype=torch.float32)
-    unembedding = weight_u.to(dtype=compute[0], device=compute[1])  # no copy when already there
-    logits = torch.empty(min(batch, total), vocab, dtype=compute[0], device=compute[1])
+    kernel = matmul_dtype(*compute)
+    unembedding = weight_u.to(compute[0]).to(dtype=kernel, device=compute[1])  # no copy when already there
+    logits = torch.empty(min(batch, total), vocab, dtype=kernel, device=compute[1])
     with (
         torch.no_grad(),
         tqdm(total=total, desc="value vectors", unit="vec", disable=not progress) as bar,
@@ -114,7 +117,7 @@ def project_value_vectors(
             vectors = _value_vectors(weights, d_mlp, start, stop).to(weight_u.dtype)
             if normalize is not None:
                 vectors = normalize(vectors)  # where the norm's weights are, in their dtype
-            vectors = vectors.to(dtype=compute[0], device=compute[1])
+            vectors = vectors.to(compute[0]).to(dtype=kernel, device=compute[1])
             block = torch.mm(vectors, unembedding.T, out=logits[: stop - start])
             best = top_k_of(block, top_k)
             ids[start:stop] = best[1].cpu()
@@ -137,6 +140,7 @@ def project_value_vectors(
             "norm": bool(norm),
             "unembed": "tower" if unembed is None else "custom",
             "dtype": str(compute[0]).removeprefix("torch."),
+            "matmul": str(kernel).removeprefix("torch."),
         },
         embeddings=weight_u.half().cpu().numpy(),
     )
@@ -190,6 +194,29 @@ def _top_runs(runs: torch.Tensor, k: int) -> torch.Tensor:
     if bool(negative.any()):
         best.indices[negative] = runs[negative].amax(-1).topk(k, dim=1).indices
     return best.indices
+
+
+def matmul_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the projection's matmuls run in for inputs rounded to ``dtype`` on ``device``.
+
+    ``dtype`` itself, except bf16/fp16 on a CPU that has no units for them (oneDNN says so;
+    PyTorch then emulates them about 8x slower than float32 on an AVX2 CPU): there float32.
+    The scores are the same up to rounding: each product of two bf16 (fp16) numbers is exact
+    in float32 and a bf16 matmul sums in float32 too; only its last step, rounding each score
+    to bf16, is left out.
+
+    Example:
+        >>> matmul_dtype(torch.bfloat16, torch.device("cuda"))
+        torch.bfloat16
+    """
+    if device.type != "cpu" or dtype not in _CPU_UNITS:
+        return dtype
+    has_units = getattr(torch.ops.mkldnn, _CPU_UNITS[dtype], None)  # absent: assume the units
+    return dtype if has_units is None or has_units() else torch.float32
+
+
+#: oneDNN's check for each reduced dtype's matmul units on this CPU.
+_CPU_UNITS = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
 
 
 #: The dtypes the projection may run in.
