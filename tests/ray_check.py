@@ -21,11 +21,11 @@ from nnsight_vla.probes import RolloutCollector, ShardFolder
 
 out = Path(sys.argv[1])
 result = {}
-common = {"suite": "libero_spatial", "steps": 10, "seed": 7, "camera_size": 64, "record_video": False}
+common = {"suite": "libero_spatial", "steps": 5, "seed": 7, "camera_size": 64, "record_video": False}
 
 # tiny-openvla on a local Ray that evaluate() starts and stops itself.
 model = nnsight_vla.load("tiny-openvla")
-args = {"steering": Clamp([(1, 3), (1, 17)], 8.0), "max_steps": 10, "camera_size": 64}
+args = {"steering": Clamp([(1, 3), (1, 17)], 8.0), "max_steps": 5, "camera_size": 64}
 sites = [Site(0, "resid"), Site(1, "neurons")]
 serial = evaluate(model, "libero_spatial", [0], 1, collect=RolloutCollector(sites, out / "serial"), **args).episodes
 parallel = evaluate(model, "libero_spatial", [0], 1, workers=2, collect=RolloutCollector(sites, out / "parallel"),

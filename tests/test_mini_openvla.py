@@ -79,11 +79,12 @@ def test_a_saved_mini_reloads_identically(mini, shipped_frames, tmp_path):
 
 
 def test_a_reduced_open_loop_experiment_writes_its_table(mini, shipped_frames, tmp_path):
-    """One concept cluster from the lens, three random controls, a neutral instruction, two scenes."""
+    """One concept cluster from the lens (of the trained layers, to keep it short), three random
+    controls, a neutral instruction, two scenes."""
     from nnsight_vla import Clamp, Observation, lens
     from nnsight_vla.steering import open_loop
 
-    table = lens.project_value_vectors(mini, top_k=10, progress=False)
+    table = lens.project_value_vectors(mini, top_k=10, layers=range(24, 30), progress=False)
     up = lens.cluster(table, "up", size=10)
     obs = [Observation(frame, "move the arm") for frame in shipped_frames[:2]]
     result = open_loop(mini, obs, {"up": Clamp(up, 4.0)}, controls=3, progress=False, with_phrase=True)
