@@ -209,11 +209,11 @@ def test_a_float32_matmul_of_rounded_inputs_is_the_reduced_matmul_less_its_last_
     reorder them."""
     from nnsight_vla.lens import value_vectors
 
-    emulated = {}
+    tables = {}
     for name, kernel in (("native", dtype), ("float32", torch.float32)):
         monkeypatch.setattr(value_vectors, "matmul_dtype", lambda d, device, kernel=kernel: kernel)
-        emulated[name] = project_value_vectors(tiny, top_k=3, dtype=dtype, progress=False)
-    native, exact = emulated["native"], emulated["float32"]
+        tables[name] = project_value_vectors(tiny, top_k=3, dtype=dtype, progress=False)
+    native, exact = tables["native"], tables["float32"]
     assert native.info["matmul"] == str(dtype)[6:] and exact.info["matmul"] == "float32"
     eps = 2.0 ** -(8 if dtype == torch.bfloat16 else 11)
     both = np.abs(native.scores - exact.scores) <= eps * np.abs(exact.scores) + 1e-5
@@ -225,7 +225,7 @@ def test_a_float32_matmul_of_rounded_inputs_is_the_reduced_matmul_less_its_last_
     default = project_value_vectors(tiny, top_k=3, dtype=dtype, progress=False)
     chosen = value_vectors.matmul_dtype(dtype, torch.device("cpu"))
     assert default.info["matmul"] == str(chosen)[6:]
-    np.testing.assert_array_equal(default.ids, emulated["native" if chosen == dtype else "float32"].ids)
+    np.testing.assert_array_equal(default.ids, tables["native" if chosen == dtype else "float32"].ids)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
