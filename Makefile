@@ -2,15 +2,23 @@
 # checkout's venv (.venv: this checkout's code, editable, over the shared heavy venv).
 ENV = venv=$$(bash scripts/env.sh) && export HF_HUB_OFFLINE=1 &&
 
-.PHONY: env demo test bench notebooks
+.PHONY: env demo test test-fast bench notebooks
 env:
 	@bash scripts/env.sh
 
 demo:
 	@$(ENV) $$venv/bin/python examples/demo.py $(ARGS)
 
+# Two workers; a module whose fixtures are expensive (a model, a server, a simulator) is marked with
+# xdist_group and runs on one worker, so its fixtures are built once. The 20 slowest tests are listed.
+PYTEST = $$venv/bin/python -m pytest -n 2 --dist loadgroup --durations=20
+
 test:
-	@$(ENV) $$venv/bin/python -m pytest -n 2 $(ARGS)
+	@$(ENV) $(PYTEST) $(ARGS)
+
+# The edit-test loop: everything not marked slow (see CONTRIBUTING.md for what that leaves out).
+test-fast:
+	@$(ENV) $(PYTEST) -m "not slow" $(ARGS)
 
 bench:
 	@$(ENV) $$venv/bin/python benchmarks/steering_overhead.py $(ARGS)

@@ -4,12 +4,21 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist each worker gets its share of the cores (and so do the notebook kernels, Ray
+# workers and servers it starts): PyTorch's default, one thread per core in every worker,
+# oversubscribes the cores and its threads spin waiting for each other.
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import nnsight_vla  # noqa: E402
 from nnsight_vla import Observation  # noqa: E402
+
+if workers:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported earlier
 
 
 def random_image(seed: int, size: int = 256) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The notebooks and the demo run end to end."""
 
+import ast
 import json
 from pathlib import Path
 
@@ -11,10 +12,33 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
+#: Smaller settings for the heavy notebooks, set in a cell after their "parameters" cell (as
+#: papermill does): every cell still runs, against the real components, on less data.
+REDUCED = {
+    "04_libero_eval.ipynb": {"STEPS": 4},
+    "06_probes.ipynb": {"FRAMES": 16, "SHUFFLES": 1, "STEPS": 3},
+    "07_mini_vla.ipynb": {"LENS_LAYERS": "range(24, 30)", "SCENES": 1, "CONTROLS": 2, "STEPS": 2, "LOOP_CONTROLS": 2},
+}
+
+
+def with_reduced_settings(notebook, settings: dict):
+    """``notebook`` with a cell setting ``settings`` after its cell tagged "parameters", whose
+    names must all be defined there (a renamed setting is caught, not silently kept full-size)."""
+    index = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
+    tree = ast.parse(notebook.cells[index].source)
+    defined = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    assert set(settings) <= defined, f"the parameters cell defines no {sorted(set(settings) - defined)}"
+    source = "\n".join(f"{name} = {value}" for name, value in settings.items())
+    notebook.cells.insert(index + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
+    return notebook
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path):
     notebook = nbformat.read(path, as_version=4)
+    if path.name in REDUCED:
+        notebook = with_reduced_settings(notebook, REDUCED[path.name])
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}).execute()
     errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
@@ -67,3 +91,25 @@ def test_demo_and_cli_report_project_errors(capsys):
     assert "registered families" in capsys.readouterr().err
     assert main(["lens", "no-such-model", "--out", "/tmp/never"]) == 2
     assert "registered families" in capsys.readouterr().err
+
+
+def test_notebooks_are_written_from_their_cell_sources():
+    """notebooks/NAME.ipynb is what scripts/make_notebooks.py writes from scripts/notebooks/NAME.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "scripts" / "make_notebooks.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    sources = sorted(make.SOURCES.glob("[0-9][0-9]_*.py"))
+    assert [s.stem + ".ipynb" for s in sources] == [p.name for p in NOTEBOOKS]
+    for source, path in zip(sources, NOTEBOOKS):
+        written = [(c.cell_type, c.source, c.metadata.get("tags")) for c in nbformat.read(path, as_version=4).cells]
+        assert written == [(c.cell_type, c.source, c.metadata.get("tags")) for c in make.cells(source)], path.name
+
+
+def test_the_reduced_settings_are_the_notebooks_own():
+    for name, settings in REDUCED.items():
+        notebook = with_reduced_settings(nbformat.read(ROOT / "notebooks" / name, as_version=4), settings)
+        assert sum("injected-parameters" in c.metadata.get("tags", []) for c in notebook.cells) == 1
+    with pytest.raises(AssertionError, match="defines no"):
+        with_reduced_settings(nbformat.read(ROOT / "notebooks" / "07_mini_vla.ipynb", as_version=4), {"STEP": 1})

@@ -10,6 +10,11 @@ CELLS = [
         "the machinery on a few steps. Set-up (`make env`) put LIBERO's assets in place."
     ),
     new_code_cell(
+        "# This notebook's settings (the test suite runs it with smaller ones, set after this cell)\n"
+        "STEPS = 15  # steps of each rollout",
+        metadata={"tags": ["parameters"]},
+    ),
+    new_code_cell(
         "import json\n"
         "import nnsight_vla\n"
         "from nnsight_vla import Clamp, lens\n"
@@ -17,7 +22,7 @@ CELLS = [
         "model = nnsight_vla.load(\"tiny-openvla\")\n"
         "up = lens.cluster(lens.project_value_vectors(model, progress=False), \"up\", size=8, allow_unmatched=True)\n"
         "result = evaluate(model, \"libero_spatial\", [0], episodes=1, steering=Clamp(up, 8.0),\n"
-        "                  max_steps=15, camera_size=64, record_video=True, out_dir=\"runs/notebook-eval\")\n"
+        "                  max_steps=STEPS, camera_size=64, record_video=True, out_dir=\"runs/notebook-eval\")\n"
         "for condition, means in result.summary.items():\n"
         "    print(condition, {k: round(v, 4) for k, v in means.items()})"
     ),

@@ -13,13 +13,20 @@ CELLS = [
         "The policy is `tiny-pi0` (random weights): the numbers show the method, not a finding."
     ),
     new_code_cell(
+        "# This notebook's settings (the test suite runs it with smaller ones, set after this cell)\n"
+        "FRAMES, STRIDE = 40, 12  # frames kept per demonstration, simulator steps between them\n"
+        "SHUFFLES = 2             # episode-shuffled targets for each probe's chance level\n"
+        "STEPS = 8                # closed-loop steps of the direction check",
+        metadata={"tags": ["parameters"]},
+    ),
+    new_code_cell(
         "import matplotlib.pyplot as plt\n"
         "from IPython.display import Image\n"
         "import nnsight_vla\n"
         "from nnsight_vla import Site\n"
         "from nnsight_vla.probes import collect_to_disk, probe_folder\n"
         "from nnsight_vla.probes.demos import convert_robosuite_demos\n\n"
-        "root = convert_robosuite_demos(\"lift\", \"work/lift\", max_frames=40, stride=12, overwrite=True, progress=False)\n"
+        "root = convert_robosuite_demos(\"lift\", \"work/lift\", max_frames=FRAMES, stride=STRIDE, overwrite=True, progress=False)\n"
         "from lerobot.datasets.lerobot_dataset import LeRobotDataset\n"
         "dataset = LeRobotDataset(\"local/robosuite_lift\", root=root, video_backend=\"pyav\")\n"
         "print(dataset.num_episodes, \"episodes,\", len(dataset), \"frames; features:\", list(dataset.meta.features)[:5])\n"
@@ -47,7 +54,7 @@ CELLS = [
         "honest answer, which frame-level folds would have hidden."
     ),
     new_code_cell(
-        "results = probe_folder(store, targets=[\"state\", \"gripper\"], folds=3, inner_folds=2, shuffles=2, progress=False)\n"
+        "results = probe_folder(store, targets=[\"state\", \"gripper\"], folds=3, inner_folds=2, shuffles=SHUFFLES, progress=False)\n"
         "results.save(\"work/probes\")\n"
         "columns = [\"layer\", \"call\", \"target\", \"metric\", \"score\", \"score_low\", \"score_high\", \"chance\"]\n"
         "print(results.table.query(\"target in ['state[2]', 'gripper']\")[columns].round(3).to_string(index=False))\n"
@@ -62,7 +69,7 @@ CELLS = [
     new_code_cell(
         "from nnsight_vla.probes import check_direction\n\n"
         "check = check_direction(model, results, Site(1, \"resid\", \"expert\"), \"state[2]\", 4.0,\n"
-        "                        \"libero_spatial\", [0], episodes=1, call=0, max_steps=8, camera_size=64)\n"
+        "                        \"libero_spatial\", [0], episodes=1, call=0, max_steps=STEPS, camera_size=64)\n"
         "for condition, summary in check.summary.items():\n"
         "    print(f\"{condition:9s} path length {summary['path_length']:.4f} m, lowest gripper height {summary['min_height']:.4f} m\")"
     ),

@@ -15,6 +15,13 @@ CELLS = [
         "`python -m nnsight_vla_openvla.mini.experiment`, are shown at the end."
     ),
     new_code_cell(
+        "# This notebook's settings (the test suite runs it with smaller ones, set after this cell)\n"
+        "LENS_LAYERS = None          # the layers the lens projects (None: all 30)\n"
+        "SCENES, CONTROLS = 2, 3     # open-loop: held-out scenes, random clusters per concept\n"
+        "STEPS, LOOP_CONTROLS = 3, 2 # closed-loop: steps, random clusters",
+        metadata={"tags": ["parameters"]},
+    ),
+    new_code_cell(
         "import json\n"
         "from pathlib import Path\n"
         "from IPython.display import Image\n"
@@ -40,7 +47,7 @@ CELLS = [
         "neurons often carry opposite words together, so \"up\" and \"down\" share neurons:"
     ),
     new_code_cell(
-        "table = lens.project_value_vectors(mini, top_k=10, progress=False)\n"
+        "table = lens.project_value_vectors(mini, top_k=10, layers=LENS_LAYERS, progress=False)\n"
         "clusters = experiment.concept_clusters(mini, [20], table)\n"
         "for (concept, size), cluster in clusters.items():\n"
         "    print(cluster.description)\n"
@@ -54,7 +61,7 @@ CELLS = [
     ),
     new_code_cell(
         "rows = experiment.open_loop_grid(mini, \"mini-openvla\", Path(\"work/open-loop\"), sizes=[20], values=[2.0],\n"
-        "                                 controls=3, frames_used=2, table=table, concepts=[\"up\", \"down\"])\n"
+        "                                 controls=CONTROLS, frames_used=SCENES, table=table, concepts=[\"up\", \"down\"])\n"
         "for r in rows:\n"
         "    print(f\"{r['steering']:10s} {r['measure']:5s} shift {r['shift']:+.3f}  z {r['z']:+.2f}  says {sorted(set(r['words']))}\")"
     ),
@@ -64,8 +71,8 @@ CELLS = [
         "clusters, for 3 steps (the full run: 4 concepts, 10 random clusters each, 2 init states, 15 steps)."
     ),
     new_code_cell(
-        "result = experiment.closed_loop(mini, Path(\"work/closed-loop\"), size=20, value=2.0, controls=2,\n"
-        "                                episodes=1, max_steps=3, concepts=[\"up\"], table=table)\n"
+        "result = experiment.closed_loop(mini, Path(\"work/closed-loop\"), size=20, value=2.0, controls=LOOP_CONTROLS,\n"
+        "                                episodes=1, max_steps=STEPS, concepts=[\"up\"], table=table)\n"
         "scored = result.statistics[\"vs_random\"][\"up_20@2\"]\n"
         "print({metric: round(scored[metric][\"z\"], 2) for metric in (\"z_displacement\", \"mean_speed\", \"path_length\")})\n"
         "Image(\"work/closed-loop/trajectories.png\")"
