@@ -2,7 +2,7 @@
 # checkout's venv (.venv: this checkout's code, editable, over the shared heavy venv).
 ENV = venv=$$(bash scripts/env.sh) && export HF_HUB_OFFLINE=1 &&
 
-.PHONY: env demo test test-fast bench notebooks
+.PHONY: env demo test test-fast bench notebooks gpu-check
 env:
 	@bash scripts/env.sh
 
@@ -22,6 +22,11 @@ test-fast:
 
 bench:
 	@$(ENV) $$venv/bin/python benchmarks/steering_overhead.py $(ARGS)
+
+# Every CUDA path against the CPU, < 8 min on one GPU; writes runs/gpu-check.json (--out). Exits 2 without
+# CUDA; ARGS="--device cpu ..." rehearses it on the CPU (see --help). Tests and CI never call it.
+gpu-check:
+	@$(ENV) $$venv/bin/python scripts/gpu_check.py $(ARGS)
 
 notebooks:
 	@$(ENV) $$venv/bin/python scripts/make_notebooks.py
