@@ -4,11 +4,15 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Under pytest-xdist each worker gets its share of the cores (and so do the notebook kernels, Ray
-# workers and servers it starts): PyTorch's default, one thread per core in every worker,
-# oversubscribes the cores and its threads spin waiting for each other.
+# Under pytest-xdist each worker gets its share of the cores, and so do the notebook kernels, Ray
+# workers, servers and renderers it starts. With the default, one thread per core in every
+# worker, the thread pools oversubscribe the cores and spin waiting for each other: on 2 cores
+# a tiny model's forward then takes up to 80 times as long as with one thread.
 if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
+    share = str(max(1, (os.cpu_count() or 1) // int(workers)))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LP_NUM_THREADS",
+                     "NNSIGHT_VLA_CPU_THREADS"):  # the last: the NDIF actor's torch threads
+        os.environ.setdefault(variable, share)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -17,8 +21,11 @@ import torch  # noqa: E402
 import nnsight_vla  # noqa: E402
 from nnsight_vla import Observation  # noqa: E402
 
-if workers:
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case torch was imported earlier
+if workers:  # for libraries a pytest plugin loaded before this file (numpy's BLAS is one)
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def random_image(seed: int, size: int = 256) -> np.ndarray:

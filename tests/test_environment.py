@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("environment")  # one worker builds the module's fixtures
+
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("NNSIGHT_VLA_HOME") or Path.home() / ".cache" / "nnsight-vla")
 # The files that key the shared venv, and the script under test: the working tree's copies (they

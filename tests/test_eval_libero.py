@@ -52,6 +52,7 @@ def test_simulator_smoke_run():
         env.close()
 
 
+@pytest.mark.slow
 def test_rendering_falls_back_to_osmesa_when_egl_fails(tmp_path):
     """With EGL broken for real (no EGL vendor library found), LIBERO renders through OSMesa,
     or, where OSMesa is not installed either, the error names the packages to install."""

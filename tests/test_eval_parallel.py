@@ -12,6 +12,9 @@ import pytest
 from nnsight_vla import InputError
 from nnsight_vla.eval import evaluate
 
+#: The NDIF stack and the Ray check start many processes: one worker runs them, one after the other.
+pytestmark = pytest.mark.xdist_group("stacks")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

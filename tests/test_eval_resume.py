@@ -19,6 +19,8 @@ from nnsight_vla.eval.records import rows_csv
 from nnsight_vla.eval.stats import condition_means, paired_statistics
 from nnsight_vla.eval.plots import plot_metrics, plot_trajectories
 
+pytestmark = pytest.mark.xdist_group("eval_resume")  # one worker builds the module's fixtures
+
 evaluate_module = importlib.import_module("nnsight_vla.eval.evaluate")  # the package exports the function
 
 SUITE = "libero_spatial"

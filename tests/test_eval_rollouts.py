@@ -36,6 +36,7 @@ def test_evaluate_end_to_end(name, steering, tmp_path):
     assert rows[1]["path_length"] == pytest.approx(result.episodes[1]["path_length"])
 
 
+@pytest.mark.slow
 def test_named_steerings_with_random_controls_under_a_neutral_instruction(tiny, tmp_path):
     """The paper's design: each named steering vs its own random controls, every condition told
     "move the arm" instead of the task's instruction; vs_random from the rows by hand."""
@@ -98,7 +99,7 @@ def test_cli_eval(tmp_path, tiny, capsys):
     NeuronCluster([(1, 3), (0, 42)], name="up_2", tokens=[["up"], ["up"]], d_mlp=256).to_yaml(tmp_path / "c.yaml")
     out = tmp_path / "run"
     argv = ["eval", "tiny-openvla", "--suite", "libero_spatial", "--tasks", "0", "--episodes", "1",
-            "--steer", f"{tmp_path / 'c.yaml'}:6.0", "--max-steps", "11", "--camera-size", "64",
+            "--steer", f"{tmp_path / 'c.yaml'}:6.0", "--max-steps", "4", "--camera-size", "64",
             "--random-controls", "2", "--instruction", "move the arm", "--out", str(out)]
     assert main(argv) == 0
     assert set(json.loads((out / "summary.json").read_text())) == {"baseline", "steered", "random0", "random1"}

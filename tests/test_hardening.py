@@ -12,6 +12,8 @@ from nnsight_vla import Add, Clamp, InputError, Observation, Scale, VLAError
 
 from conftest import random_image
 
+pytestmark = pytest.mark.xdist_group("hardening")  # one worker builds the module's fixtures
+
 CLUSTER = [(1, 3), (1, 17)]
 
 

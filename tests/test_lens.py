@@ -19,6 +19,8 @@ from nnsight_vla.lens import (
     rewired_fraction,
 )
 
+pytestmark = pytest.mark.xdist_group("lens")  # one worker builds the module's fixtures
+
 UP_NEURONS = [(0, 5), (0, 77), (1, 9)]  # value vector = 3 x U["▁up"]
 ACTION_NEURON, ACTION_BIN = (1, 200), 40  # value vector = 3 x U[action token 40]
 UP_ROW_SCALE = 8.0  # tiny's action rows are scaled x4; make "▁up"'s row the longest

@@ -10,7 +10,7 @@ from safetensors import safe_open
 import nnsight_vla
 from nnsight_vla.lens import cluster, project_value_vectors
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lens_smol")]  # one worker builds the module's fixtures
 
 # Neurons of SmolLM2-135M-Instruct with each token among the top 3 of their value vector
 # (norm=False), as stated in the issue and counted independently with transformers' own loader.

@@ -9,6 +9,8 @@ import nnsight_vla
 from nnsight_vla import CheckpointError, InputError
 from nnsight_vla_openvla.mini import adapter_file, check, frames, instructions, lora
 
+pytestmark = pytest.mark.xdist_group("mini_openvla")  # one worker builds the module's fixtures
+
 
 @pytest.fixture(scope="module")
 def mini():
@@ -31,6 +33,7 @@ def test_merging_adds_b_times_a_and_refuses_what_does_not_fit():
         lora.merged(weights, {"x.lora_A": a[:, :2], "x.lora_B": b}, ["x"], "here")
 
 
+@pytest.mark.slow
 def test_held_out_instructions_are_followed(mini, shipped_frames):
     """Open-loop, from the shipped weights: templates and scenes never trained on."""
     held_out = instructions.examples(held_out=True)[::7]
@@ -38,6 +41,7 @@ def test_held_out_instructions_are_followed(mini, shipped_frames):
     assert result["direction"] >= 0.95 and result["words"] >= 0.95, result
 
 
+@pytest.mark.slow
 def test_the_verbalising_decode(mini, shipped_frames):
     obs = nnsight_vla.Observation(shipped_frames[0], "move up quickly")
     action, said = mini.predict_action(obs, with_phrase=True)
@@ -56,6 +60,7 @@ def test_the_verbalising_decode(mini, shipped_frames):
         mini.predict_action(obs, phrase="up")
 
 
+@pytest.mark.slow
 def test_adapters_load_strictly(tmp_path):
     tensors = load_file(adapter_file("mini-openvla"))
     broken = dict(tensors)
@@ -67,6 +72,7 @@ def test_adapters_load_strictly(tmp_path):
         nnsight_vla.load("smol-openvla", adapters=str(tmp_path / "missing.safetensors"))
 
 
+@pytest.mark.slow
 def test_a_saved_mini_reloads_identically(mini, shipped_frames, tmp_path):
     folder = mini.save_pretrained(tmp_path / "mini")
     loaded = nnsight_vla.load(folder)
@@ -78,6 +84,7 @@ def test_a_saved_mini_reloads_identically(mini, shipped_frames, tmp_path):
     assert said == said_here
 
 
+@pytest.mark.slow
 def test_a_reduced_open_loop_experiment_writes_its_table(mini, shipped_frames, tmp_path):
     """One concept cluster from the lens (of the trained layers, to keep it short), three random
     controls, a neutral instruction, two scenes."""

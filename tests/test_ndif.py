@@ -23,6 +23,9 @@ from nnsight_vla.remote import WEIGHT_FILES, _placement
 
 from conftest import random_image
 
+#: The NDIF stack and the Ray check start many processes: one worker runs them, one after the other.
+pytestmark = pytest.mark.xdist_group("stacks")
+
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -73,6 +76,7 @@ def passed(result: dict, name: str) -> dict:
     return result[name]
 
 
+@pytest.mark.slow
 def test_remote_trace_equals_local_bit_for_bit(served):
     result, _ = served
     trace = passed(result, "trace")
@@ -80,6 +84,7 @@ def test_remote_trace_equals_local_bit_for_bit(served):
     assert result["key"].startswith("nnsight_vla_openvla.model.OpenVLA:") and COMMIT in result["key"]
 
 
+@pytest.mark.slow
 def test_remote_steering_clamp_and_raw_edit(served):
     steering = passed(served[0], "steering")
     for how in ("clamp", "edit"):
@@ -87,6 +92,7 @@ def test_remote_steering_clamp_and_raw_edit(served):
     assert steering["clamp"]["equals_steer"]  # remote Clamp == local Clamp as a torch hook
 
 
+@pytest.mark.slow
 def test_remote_predict_action_iterates_decoding_and_denoising_steps(served):
     result, _ = served
     predict = passed(result, "predict")  # OpenVLA: 7 decoding forwards, clamped at each
@@ -97,6 +103,7 @@ def test_remote_predict_action_iterates_decoding_and_denoising_steps(served):
     assert pi05["steps"] == 10 and pi05["equal"]
 
 
+@pytest.mark.slow
 def test_remote_session_and_nonblocking_submit_and_poll(served):
     result, _ = served
     assert passed(result, "session")["equal"]
@@ -104,6 +111,7 @@ def test_remote_session_and_nonblocking_submit_and_poll(served):
     assert nonblocking["equal"] and nonblocking["job_id"] and nonblocking["polls"] >= 1
 
 
+@pytest.mark.slow
 def test_client_that_is_not_dispatched_loads_no_weights(served):
     result, _ = served
     assert result["client_dispatched"] is False
@@ -112,6 +120,7 @@ def test_client_that_is_not_dispatched_loads_no_weights(served):
     )  # the client's cache holds the configuration only; the server read the weights
 
 
+@pytest.mark.slow
 def test_server_error_comes_back_and_the_server_keeps_serving(served):
     error = served[0]["error"]
     assert error["error"].startswith("nnsight.intervention.backends.remote.RemoteError")
@@ -119,16 +128,19 @@ def test_server_error_comes_back_and_the_server_keeps_serving(served):
     assert error["next_equal"]
 
 
+@pytest.mark.slow
 def test_large_result_travels_through_the_object_store(served):
     large = passed(served[0], "large")
     assert large["bytes"] > 8 * 2**20 and large["equal"] and large["s3_objects_added"] >= 1
 
 
+@pytest.mark.slow
 def test_ten_concurrent_clients_all_correct(served):
     concurrent = passed(served[0], "concurrent")
     assert concurrent == {**concurrent, "returned": 10, "correct": 10, "errors": []}
 
 
+@pytest.mark.slow
 def test_stack_stops_every_process_it_started(served):
     _, run = served
     assert not stack._marked(run)  # no process carries the run's marker

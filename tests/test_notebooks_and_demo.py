@@ -57,6 +57,7 @@ def _demo():
     return module
 
 
+@pytest.mark.slow
 def test_demo_writes_its_results(tmp_path, capsys):
     assert _demo().main(["--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "demo.json").read_text())

@@ -11,6 +11,8 @@ import nnsight_vla
 from nnsight_vla import InputError
 from nnsight_vla_openvla.actions import ActionTokenizer, select_stats, unnormalize
 
+pytestmark = pytest.mark.xdist_group("openvla_actions")  # one worker builds the module's fixtures
+
 
 def test_every_bin_round_trips():
     tok = ActionTokenizer(32000)

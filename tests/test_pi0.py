@@ -18,6 +18,8 @@ from nnsight_vla_lerobot.pi0 import KINDS as VARIANTS, TINY_SIZES
 
 from conftest import random_image
 
+pytestmark = pytest.mark.xdist_group("pi0")  # one worker builds the module's fixtures
+
 NEURONS, VALUE = [0, 5, 9, 17], 5.0
 
 

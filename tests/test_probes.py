@@ -10,6 +10,8 @@ from nnsight_vla.probes import DatasetFrames, ObservationFrames, ShardFolder, co
 
 from conftest import random_image
 
+pytestmark = pytest.mark.xdist_group("probes")  # one worker builds the module's fixtures
+
 EPISODES, FRAMES, PLANTED = 10, 8, 3  # PLANTED: the state dimension the planted direction carries
 EXPERT_0 = Site(0, "resid", "expert")
 VLM_LAST = Site(2, "resid", "vlm")

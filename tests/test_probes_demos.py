@@ -12,7 +12,7 @@ from nnsight_vla.errors import InputError
 from nnsight_vla.probes import demos as demos_module
 from nnsight_vla.probes.demos import convert_robosuite_demos, resolve_demos
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("probes_demos")]  # one worker builds the module's fixtures
 
 REPO = "local/lift_test"
 EPISODES, MAX_FRAMES, STRIDE = [0, 1], 4, 7

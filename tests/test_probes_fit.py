@@ -10,6 +10,8 @@ from nnsight_vla.probes.fit import _Plan, episode_folds, episode_shuffle, fit_pr
 from nnsight_vla.probes.report import ProbeResults
 from nnsight_vla.sites import Site
 
+pytestmark = pytest.mark.xdist_group("probes_fit")  # one worker builds the module's fixtures
+
 EPISODES, STEPS, WIDTH, WIDE = 40, 50, 16, 64  # WIDE > EPISODES: offsets can be memorised
 PLANTED, SCALED, NOISE, OFFSETS = Site(2), Site(3), Site(4), Site(5)
 

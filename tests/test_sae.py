@@ -28,6 +28,8 @@ from nnsight_vla.transformer_lens import (
 sae_lens = pytest.importorskip("sae_lens")
 from sae_lens import SAE, StandardSAE, StandardSAEConfig  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("sae")  # one worker builds the module's fixtures
+
 D_SAE = 8
 
 

@@ -14,6 +14,8 @@ from nnsight_vla_lerobot.smolvla import VLM_DIR
 
 from conftest import random_image
 
+pytestmark = pytest.mark.xdist_group("smolvla")  # one worker builds the module's fixtures
+
 NEURONS, VALUE = [3, 17], 5.0
 
 

@@ -14,6 +14,8 @@ from nnsight_vla.steering import (
 from conftest import random_image
 from test_pi0 import pi_obs
 
+pytestmark = pytest.mark.xdist_group("steering")  # one worker builds the module's fixtures
+
 CLUSTER = NeuronCluster([(1, 3), (1, 17), (0, 42)])
 
 

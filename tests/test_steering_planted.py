@@ -8,6 +8,8 @@ import torch
 import nnsight_vla
 from nnsight_vla import Clamp, NeuronCluster, lens
 
+pytestmark = pytest.mark.xdist_group("steering_planted")  # one worker builds the module's fixtures
+
 LAYER, NEURON, DIM, VALUE = 1, 100, 2, 0.2
 
 

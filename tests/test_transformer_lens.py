@@ -10,6 +10,8 @@ from nnsight_vla.lens import project_value_vectors
 from nnsight_vla.steering import hook_points
 from nnsight_vla.transformer_lens import bridge_inputs, hooks, site_of, to_bridge
 
+pytestmark = pytest.mark.xdist_group("transformer_lens")  # one worker builds the module's fixtures
+
 NEURONS = [3, 17, 42]
 
 
@@ -174,6 +176,7 @@ def test_token_inputs_run_transformer_lens_patching_between_two_instructions(tin
     assert not bridge.hook_dict["hook_embed"].fwd_hooks  # the patch writer is gone
 
 
+@pytest.mark.slow
 def test_in_place_hooks_and_libero_evaluation_with_hook_functions(tiny, obs):
     from nnsight_vla.eval import evaluate
     from nnsight_vla.transformer_lens import HookSteering

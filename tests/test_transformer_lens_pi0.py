@@ -16,6 +16,8 @@ from nnsight_vla.transformer_lens import bridge_inputs, hooks, to_bridge
 
 from conftest import random_image
 
+pytestmark = pytest.mark.xdist_group("transformer_lens_pi0")  # one worker builds the module's fixtures
+
 NEURONS, VALUE = [0, 5, 9, 17], 5.0
 ORDER = ("attn_out", "neurons", "mlp_out", "resid")  # the order a layer computes them
 PARTS = [("tiny-pi0", "vlm"), ("tiny-pi0", "expert"), ("tiny-pi05", "vlm"), ("tiny-pi05", "expert")]

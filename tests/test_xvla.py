@@ -15,6 +15,8 @@ from nnsight_vla_lerobot.xvla import EMBED, SHARED
 
 from conftest import random_image
 
+pytestmark = pytest.mark.xdist_group("xvla")  # one worker builds the module's fixtures
+
 NEURONS, VALUE = [3, 17], 5.0
 #: Per tower: the FFN output projection of layer 1 (its input: the neurons a clamp sets).
 FFN_OUT = {"vlm": lambda m: m.layers[1].fc2, "expert": lambda m: m.expert.blocks[1].mlp.fc2}
