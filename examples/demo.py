@@ -110,11 +110,11 @@ def steer_step(model, cluster, value: float, concept: str = "up", seed: int = 0)
     }
 
 
-def rollout_step(model, cluster, value: float, folder: Path) -> dict:
+def rollout_step(model, cluster, value: float, folder: Path, steps: int = 20) -> dict:
     """A few closed-loop LIBERO steps, baseline vs the clamped cluster vs its random control."""
-    print("rollout: libero_spatial task 0, 20 steps per condition (building the simulator takes a while)")
+    print(f"rollout: libero_spatial task 0, {steps} steps per condition (building the simulator takes a while)")
     result = evaluate(model, "libero_spatial", [0], episodes=1, steering=Clamp(cluster, value),
-                      max_steps=20, camera_size=128, record_video=True, out_dir=folder)
+                      max_steps=steps, camera_size=128, record_video=True, out_dir=folder)
     for condition, means in result.summary.items():
         print(f"  {condition:9s} path {means['path_length'] * 1000:.1f} mm, max speed "
               f"{means['max_speed']:.3f} m/s, min height {means['min_height']:.3f} m")
@@ -160,13 +160,14 @@ def run(
     lens_model: str | None = "smol-openvla",
     pi0_model: str | None = "tiny-pi0",
     rollout: bool = True,
+    steps: int = 20,
 ) -> Path:
     """Run the demo and write ``demo.json`` into a run folder; returns the folder.
 
     ``lens_model`` (None skips it) is the model of the lens and cluster-steering steps: a real
     language model makes the vocabulary projections meaningful. ``pi0_model`` (None skips it)
     is the model of the Pi0 step. ``rollout`` ends with a short closed-loop LIBERO rollout of
-    the tiny model, baseline vs steered vs random control.
+    the tiny model, baseline vs steered vs random control, of ``steps`` steps each.
     """
     folder = Path(out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,7 @@ def run(
     if pi0_model is not None:
         result["pi0"] = pi0_step(pi0_model)
     if rollout:
-        result["rollout"] = rollout_step(model, up, value, folder / "rollout")
+        result["rollout"] = rollout_step(model, up, value, folder / "rollout", steps)
     path = folder / "demo.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")
@@ -236,12 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lens-model", default="smol-openvla", help="model of the lens step ('none' skips it)")
     parser.add_argument("--pi0-model", default="tiny-pi0", help="model of the Pi0 step ('none' skips it)")
     parser.add_argument("--no-rollout", action="store_true", help="skip the closed-loop LIBERO rollout")
+    parser.add_argument("--steps", type=int, default=20, help="steps of each rollout condition")
     args = parser.parse_args(argv)
     return exit_code(lambda: run(
         args.model, args.out, args.value,
         lens_model=None if args.lens_model == "none" else args.lens_model,
         pi0_model=None if args.pi0_model == "none" else args.pi0_model,
-        rollout=not args.no_rollout,
+        rollout=not args.no_rollout, steps=args.steps,
     ))
 
 

@@ -140,3 +140,11 @@ def test_setup_is_idempotent_and_follows_pyproject(clones):
 
 def _probe_version_of(clone: Path) -> str:
     return re.search(r'__version__ = "([^"]*)"', (clone / "nnsight_vla" / "__init__.py").read_text())[1]
+
+
+def test_xdist_groups_reach_the_scheduler(request):
+    """`make test` runs with --dist loadgroup: a module's group must show in its tests' ids, or
+    its expensive fixtures are silently built on every worker (as with pytest 9)."""
+    if request.config.getoption("dist", "no") != "loadgroup":
+        pytest.skip("not run with --dist loadgroup")
+    assert request.node.nodeid.endswith("@environment"), request.node.nodeid

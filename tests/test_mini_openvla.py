@@ -36,7 +36,7 @@ def test_merging_adds_b_times_a_and_refuses_what_does_not_fit():
 @pytest.mark.slow
 def test_held_out_instructions_are_followed(mini, shipped_frames):
     """Open-loop, from the shipped weights: templates and scenes never trained on."""
-    held_out = instructions.examples(held_out=True)[::7]
+    held_out = instructions.examples(held_out=True)[::14]  # 25 of the 338
     result = check.accuracy(mini, shipped_frames, held_out, progress=False)
     assert result["direction"] >= 0.95 and result["words"] >= 0.95, result
 

@@ -59,7 +59,7 @@ def _demo():
 
 @pytest.mark.slow
 def test_demo_writes_its_results(tmp_path, capsys):
-    assert _demo().main(["--out", str(tmp_path)]) == 0
+    assert _demo().main(["--out", str(tmp_path), "--steps", "4"]) == 0
     result = json.loads((tmp_path / "demo.json").read_text())
     assert result["model"] == "tiny-openvla"
     assert len(result["action_baseline"]) == 7
