@@ -28,6 +28,9 @@ class Family:
         builtins: Offline names it builds without any files, e.g. ``("tiny-openvla",)``.
         recipes: Environment recipes, ``{"libero": "module:function"}``: a function
             ``(model, raw_observation, task, seed) -> [k, action_dim]`` actions to execute.
+        inert_checks: Family-contract checks a built-in cannot pass, with why, by built-in:
+            ``{"tiny-x": {"actions depend on the observation": "<reason>"}}``. `run_contract`
+            lists them as not applicable instead of running them.
 
     Example:
         >>> Family("toy", "toy_plugin.model:Toy", ("toy",)).name
@@ -39,6 +42,7 @@ class Family:
     config_types: tuple[str, ...]
     builtins: tuple[str, ...] = ()
     recipes: Mapping[str, str] = field(default_factory=dict)
+    inert_checks: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def load_class(self) -> type:
         """Import and return the family's model class."""

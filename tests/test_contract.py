@@ -3,9 +3,12 @@
 from dataclasses import replace
 
 import pytest
+import torch
 
 import nnsight_vla
-from nnsight_vla.testing.contract import ContractError, run_contract
+from nnsight_vla import registry
+from nnsight_vla.testing.contract import CHECKS, ContractError, run_contract
+from nnsight_vla_lerobot.pi0 import Pi0
 from nnsight_vla_openvla.model import OpenVLA
 
 SLOW = {"smol-openvla", "mini-openvla"}
@@ -21,8 +24,60 @@ def test_every_family_has_a_builtin_here():
     "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in BUILTINS]
 )
 def test_builtin_keeps_the_contract(name, tmp_path):
+    """Every check runs, bar those the family declares inert for this built-in, which are reported."""
     ran = run_contract(nnsight_vla.load(name), tmp_path)
-    assert ran == ["standard names", "plain vs traced", "batching", "collect", "steering", "model key", "save/load"]
+    inert = nnsight_vla.registry.resolve(name).inert_checks.get(name, {})
+    assert ran == [f"{check} (not applicable: {inert[check]})" if check in inert else check for check in [
+        "standard names", "plain vs traced", "batching", "actions depend on the observation", "collect", "steering",
+        "a strong clamp changes actions", "model key", "save/load"]]
+
+
+def test_only_openvla_builtins_are_excused_and_each_says_why():
+    """The lerobot built-ins pass every check; OpenVLA's random, untaught or instruction-only
+    built-ins are excused from the two acting checks with a reason."""
+    excused = {name: sorted(checks) for family in nnsight_vla.families().values()
+               for name, checks in family.inert_checks.items()}
+    assert excused == {
+        "tiny-openvla": ["actions depend on the observation"],
+        "smol-openvla": ["a strong clamp changes actions", "actions depend on the observation"],
+        "mini-openvla": ["actions depend on the observation"],
+        "mini-openvla-act": ["actions depend on the observation"],
+    }
+
+
+class Constant(Pi0):
+    """tiny-pi0 whose normalised chunk is always zeros: the mean action, whatever it sees."""
+
+    def _chunk(self, batch, seed, num_steps):
+        return torch.zeros_like(super()._chunk(batch, seed, num_steps))
+
+
+def _only(*checks):
+    return tuple(name for name in CHECKS if name not in checks)
+
+
+def test_actions_that_ignore_the_observation_are_caught():
+    with pytest.raises(ContractError, match=r"actions depend on the observation: example observations 0 and 1 "
+                                            r"\(other images and state\) both get actions \[-0.2 .*ignore its inputs"):
+        run_contract((Constant, "tiny-pi0"), skip=_only("actions depend on the observation"))
+
+
+def test_a_clamp_that_cannot_reach_the_actions_is_caught():
+    with pytest.raises(ContractError, match=r"a strong clamp changes actions: clamping neurons 0-7 of layer 0 of "
+                                            r"tower 'expert' at 50 leaves the actions \[-0.2 .* unchanged"):
+        run_contract((Constant, "tiny-pi0"), skip=_only("a strong clamp changes actions"))
+
+
+def test_a_declared_inert_check_is_reported_not_run(monkeypatch):
+    family = registry.resolve("tiny-pi0")
+    reason = "its actions are the mean action by construction"
+    monkeypatch.setitem(registry._extra, family.name, replace(
+        family, inert_checks={"tiny-pi0": {"actions depend on the observation": reason}}))
+    ran = run_contract((Constant, "tiny-pi0"), skip=_only("actions depend on the observation"))
+    assert ran == ["load", f"actions depend on the observation (not applicable: {reason})"]
+    monkeypatch.setitem(registry._extra, family.name, replace(family, inert_checks={"tiny-pi0": {"acts": reason}}))
+    with pytest.raises(ContractError, match=r"inert checks: family 'pi0' declares 'tiny-pi0': \['acts'\]"):
+        run_contract((Constant, "tiny-pi0"), skip=_only("actions depend on the observation"))
 
 
 def test_a_layout_naming_a_missing_module_is_caught():

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from ..envoys import LayersEnvoy
-from ..errors import LayerIndexError, VLAError
+from ..errors import LayerIndexError, UnknownModelError, VLAError
 from ..layout import STANDARD_NAMES
 from ..observation import Observation
-from ..registry import load
+from ..registry import family_of, load
 from ..sites import Site
 from ..steering import Clamp, apply
 from ..towers import module_of
@@ -80,6 +80,40 @@ def check_batching(model: Any) -> None:
         alone = np.asarray(model.predict_action(obs))
         if row.shape != alone.shape or not np.allclose(row, alone, atol=1e-5):
             _fail("batching", f"a batched row differs from its observation alone (shapes {row.shape}, {alone.shape})")
+
+
+def check_observation_matters(model: Any) -> None:
+    """Two different example observations (seeds 0 and 1: other images and state) get
+    different actions: a model whose actions ignore what it sees cannot show an effect."""
+    first = np.asarray(model.predict_action(example_observation(model, 0)))
+    if np.array_equal(first, np.asarray(model.predict_action(example_observation(model, 1)))):
+        _fail("actions depend on the observation",
+              f"example observations 0 and 1 (other images and state) both get actions {_head(first)}; "
+              "the model's actions ignore its inputs (a random model's fallback? untrained weights?)")
+
+
+def action_tower(model: Any) -> str:
+    """The tower whose forwards emit the actions (the first with `action_calls`), else the first tower."""
+    names = list(model.towers())
+    return next((name for name in names if model.action_calls(name) is not None), names[0])
+
+
+def check_clamp_matters(model: Any) -> None:
+    """Clamping 8 neurons of layer 0 of the tower that emits actions (`action_tower`) at 50,
+    on every call, changes the actions: steering reaches them."""
+    obs, tower = example_observation(model), action_tower(model)
+    base = np.asarray(model.predict_action(obs))
+    with model.steer(Clamp([(0, n) for n in range(8)], 50.0, tower=tower)):
+        steered = np.asarray(model.predict_action(obs))
+    if np.array_equal(base, steered):
+        _fail("a strong clamp changes actions",
+              f"clamping neurons 0-7 of layer 0 of tower {tower!r} at 50 leaves the actions {_head(base)} "
+              "unchanged; steering does not reach the actions")
+
+
+def _head(actions: np.ndarray) -> str:
+    flat = actions.ravel()
+    return np.array2string(flat[:4], precision=3, suppress_small=True) + (" ..." if flat.size > 4 else "")
 
 
 def check_collect(model: Any) -> None:
@@ -184,16 +218,37 @@ CHECKS: dict[str, Callable[..., None]] = {
     "standard names": check_standard_names,
     "plain vs traced": check_plain_vs_traced,
     "batching": check_batching,
+    "actions depend on the observation": check_observation_matters,
     "collect": check_collect,
     "steering": check_steering,
+    "a strong clamp changes actions": check_clamp_matters,
     "model key": check_model_key,
     "save/load": check_save_load,
 }
 
 
+def inert_checks(model: Any) -> dict[str, str]:
+    """The checks ``model``'s family declares its built-in cannot pass, with why
+    (`Family.inert_checks`); a name that is no built-in or no check is a `ContractError`."""
+    try:
+        family = family_of(model)
+    except UnknownModelError:  # a model class no registered family names
+        return {}
+    for builtin, checks in family.inert_checks.items():
+        unknown = sorted(set(checks) - set(CHECKS))
+        if builtin not in family.builtins or unknown:
+            raise ContractError(
+                f"inert checks: family {family.name!r} declares {builtin!r}: {sorted(checks)}; its built-ins are "
+                f"{list(family.builtins)} and the checks {list(CHECKS)}"
+            )
+    return dict(family.inert_checks.get(model.name_or_path, {}))
+
+
 def run_contract(model: Any, folder: str | Path | None = None, skip: tuple[str, ...] = ()) -> list[str]:
     """Run every contract check on ``model`` (a loaded VLA, or ``(class, source)`` to also
-    check that it loads); returns the names of the checks that ran.
+    check that it loads); returns the names of the checks that ran. A check the family
+    declares inert for this built-in (`Family.inert_checks`) does not run and is listed as
+    ``"<check> (not applicable: <reason>)"``.
 
     Example:
         >>> run_contract(nnsight_vla.load("tiny-openvla"))
@@ -208,13 +263,17 @@ def run_contract(model: Any, folder: str | Path | None = None, skip: tuple[str, 
             raise ContractError(f"load: {type(err).__name__}: {err}") from err
         ran.append("load")
     model.dispatch()
+    inert = inert_checks(model)
     with tempfile.TemporaryDirectory() as tmp:
         for name, check in CHECKS.items():
             if name in skip:
                 continue
-            if name == "save/load":
+            if name in inert:
+                ran.append(f"{name} (not applicable: {inert[name]})")
+            elif name == "save/load":
                 check(model, Path(folder or tmp))
+                ran.append(name)
             else:
                 check(model)
-            ran.append(name)
+                ran.append(name)
     return ran

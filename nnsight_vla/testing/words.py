@@ -51,6 +51,7 @@ def build_word_tokenizer(
     n_reserved: int = 0,
     padding_side: str = "right",
     named: dict[str, str] | None = None,
+    dummy_prefix: bool = True,
 ) -> PreTrainedTokenizerFast:
     """A deterministic Unigram tokenizer laid out like Llama's and Gemma's.
 
@@ -59,7 +60,8 @@ def build_word_tokenizer(
     pieces that English text never produces (rare CJK characters). ``pad`` is added after
     them when it is not among ``specials``. BOS is prepended to every encoding. ``named``:
     model-specific special tokens by attribute name (SmolVLM's ``fake_image_token``), each
-    one of ``specials``.
+    one of ``specials``. ``dummy_prefix``: a "▁" before the text, as Llama's tokenizer adds and
+    Gemma's does not (without it, "Action: " is ``Action, :, ▁``).
 
     Example:
         >>> tok = build_word_tokenizer(["<unk>", "<s>", "</s>"], "<s>", "</s>", "<unk>", "<PAD>")
@@ -74,7 +76,8 @@ def build_word_tokenizer(
     vocab += [(piece, -20.0) for piece in _reserved(n_reserved)]
 
     tok = Tokenizer(models.Unigram(vocab, unk_id=specials.index(unk), byte_fallback=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    prefix = [normalizers.Prepend("▁")] if dummy_prefix else []
+    tok.normalizer = normalizers.Sequence([*prefix, normalizers.Replace(" ", "▁")])
     tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
     bos_id = specials.index(bos)
     tok.post_processor = processors.TemplateProcessing(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import warnings
@@ -19,7 +20,7 @@ from lerobot.processor import tokenizer_processor
 from nnsight_vla import Layout, ModelSpec, TowerLayout, VLAError
 from nnsight_vla.testing.words import build_word_tokenizer
 
-from . import sizing
+from . import fast_fit, fast_task, sizing
 from .kind import PolicyKind
 from .pi0 import TINY_SIZES, _resize
 from .policy import LeRobotVLA
@@ -54,7 +55,8 @@ PI0_FAST = PolicyKind(
     processor_pi0_fast, LAYOUT, tokenizer_name="google/paligemma-3b-pt-224", tokenizer_label="PaliGemma",
     action_calls=_decoding_calls, spec_extra=("max_decoding_steps", "fast_skip_tokens"),
     tiny_sizes=TINY_SIZES, resize=_resize_fast,
-    tiny_options={"image_resolution": (64, 64), "max_decoding_steps": 12, "tokenizer_max_length": 48,
+    # 6 decoding steps: "Action", ":", "▁", the two FAST tokens of each taught chunk (`fast_task`), "|"
+    tiny_options={"image_resolution": (64, 64), "max_decoding_steps": 6, "tokenizer_max_length": 48,
                   "validate_action_token_prefix": False},
 )
 
@@ -62,20 +64,44 @@ PI0_FAST = PolicyKind(
 @functools.lru_cache(maxsize=1)
 def tiny_text_tokenizer() -> Any:
     """Gemma's special-token layout and "|" (FAST's terminator) over English words, padded with
-    reserved pieces to PaliGemma's 257,152 ids (built once per process, ~6 s)."""
+    reserved pieces to PaliGemma's 257,152 ids (built once per process, ~6 s). Like Gemma's, it
+    adds no dummy prefix: "|" is one piece, "Action: " is ``Action, :, ▁``."""
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "|"]
-    words = len(build_word_tokenizer(specials, bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>"))
-    return build_word_tokenizer(specials, bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>",
-                                n_reserved=VOCAB - words)
+    named = dict(bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>", dummy_prefix=False)
+    words = len(build_word_tokenizer(specials, **named))
+    return build_word_tokenizer(specials, **named, n_reserved=VOCAB - words)
+
+
+@functools.lru_cache(maxsize=4)
+def _with_special_tokens(tokenizer: Any, add_bos_token: bool, add_eos_token: bool) -> Any:
+    """A copy of ``tokenizer`` that adds BOS / EOS as asked (kept: one copy per tokenizer and flags)."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_bos_token, tokenizer.add_eos_token = add_bos_token, add_eos_token
+    return tokenizer
+
+
+class _AsAsked(sizing.Given):
+    """The text tokenizer, standing in for PaliGemma's wherever lerobot loads it by name; its
+    FAST steps ask for ``add_bos_token=False, add_eos_token=True`` (a sequence ends "| EOS")."""
+
+    def from_pretrained(self, *args: Any, add_bos_token: bool | None = None, add_eos_token: bool | None = None,
+                        **kwargs: Any) -> Any:
+        if add_bos_token is None and add_eos_token is None:
+            return self.value
+        return _with_special_tokens(self.value, bool(add_bos_token), bool(add_eos_token))
 
 
 def tiny_action_tokenizer(time_horizon: int = 10, action_dim: int = 7, seed: int = 0) -> Any:
     """A FAST tokenizer (DCT, rounding, byte-level BPE; lerobot's own implementation) fitted on
-    smooth synthetic chunks: random walks of ``time_horizon`` steps in ``action_dim`` dimensions."""
+    smooth synthetic chunks, random walks of ``time_horizon`` steps in ``action_dim``
+    dimensions, and once on each chunk the tiny policy is taught (`fast_task`), as FAST
+    tokenizers are fitted on a data set's actions: each of those encodes to two tokens."""
     from lerobot.policies.molmoact2.molmoact2_hf_model.action_tokenizer import UniversalActionProcessor
 
     rng = np.random.default_rng(seed)
     chunks = [np.cumsum(rng.normal(0, 0.1, (time_horizon, action_dim)), axis=0) for _ in range(200)]
+    if (time_horizon, action_dim) == (fast_task.CHUNK, fast_task.ACTION_DIM):
+        chunks += [fast_task.chunk(*levels) for levels in fast_task.combinations()]
     return UniversalActionProcessor.fit(chunks, scale=10, vocab_size=1024, time_horizon=time_horizon,
                                         action_dim=action_dim)
 
@@ -124,10 +150,17 @@ class Pi0Fast(LeRobotVLA):
     def _local_parts(self) -> contextlib.AbstractContextManager:
         """lerobot's policy and processors fetch both tokenizers by name: they get ours."""
         stack = contextlib.ExitStack()
-        given = {"AutoProcessor": sizing.Given(self.action_tokenizer), "AutoTokenizer": sizing.Given(self._tokenizer)}
+        given = {"AutoProcessor": sizing.Given(self.action_tokenizer), "AutoTokenizer": _AsAsked(self._tokenizer)}
         stack.enter_context(sizing.replaced(modeling_pi0_fast, given))
         stack.enter_context(sizing.replaced(tokenizer_processor, given))
         return stack
+
+    def _load_weights(self) -> torch.nn.Module:
+        """A checkpoint's weights; the built-in's seeded weights fitted to `fast_task` (`fast_fit`)."""
+        policy = super()._load_weights()
+        if self.folder is None:
+            fast_fit.fit_tiny(policy, self.preprocessor, self.cameras, self.spec.state_dim)
+        return policy
 
     def _spec(self) -> ModelSpec:
         return replace(super()._spec(), action_token_ids=self.fast_token_ids())
