@@ -1,7 +1,7 @@
 """Steered traced `predict_action` vs plain `predict_action` with an equivalent torch hook.
 
 For each model (a mid-size random OpenVLA: 8 Llama layers, width 1024, small vision
-towers; tiny-pi0; tiny-pi05; tiny-pi0_fast, steered at each of its 12 decoding forwards;
+towers; tiny-pi0; tiny-pi05; tiny-pi0_fast, steered at each of its 6 decoding forwards;
 tiny-smolvla, whose expert layers run as parts; tiny-xvla, its action head at each of its 4 denoising steps)
 it times, interleaved in rounds so machine noise hits all variants alike:
 
@@ -27,7 +27,7 @@ import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# tiny-pi0_fast's random weights emit no FAST sequence: its mean-action fallback warns on every call
+# a steered tiny-pi0_fast may emit no FAST sequence: its mean-action fallback warns on every call
 warnings.filterwarnings("ignore", message=".*not a FAST token sequence")
 
 import numpy as np  # noqa: E402

@@ -88,7 +88,10 @@ def combinations() -> list[tuple[int, int, int]]:
     return list(itertools.product(range(len(IMAGE_RANGES)), range(len(INSTRUCTIONS)), range(len(STATE_RANGES))))
 
 
-def samples(per_combination: int, seed: int | Sequence[int]) -> list[tuple[Observation, np.ndarray]]:
-    """``per_combination`` random observations of every level triple, with their normalised chunks."""
+def samples(per_combination: int, seed: int | Sequence[int],
+            triples: Sequence[tuple[int, int, int]] | None = None) -> list[tuple[Observation, np.ndarray]]:
+    """``per_combination`` random observations of every level triple (or of ``triples``), with
+    their normalised chunks."""
     rng = np.random.default_rng(seed)
-    return [(observation(rng, *combo), chunk(*combo)) for _ in range(per_combination) for combo in combinations()]
+    triples = combinations() if triples is None else triples
+    return [(observation(rng, *combo), chunk(*combo)) for _ in range(per_combination) for combo in triples]

@@ -156,10 +156,18 @@ class Pi0Fast(LeRobotVLA):
         return stack
 
     def _load_weights(self) -> torch.nn.Module:
-        """A checkpoint's weights; the built-in's seeded weights fitted to `fast_task` (`fast_fit`)."""
-        policy = super()._load_weights()
-        if self.folder is None:
-            fast_fit.fit_tiny(policy, self.preprocessor, self.cameras, self.spec.state_dim)
+        """A checkpoint's weights; the built-in's seeded weights fitted to `fast_task` (`fast_fit`),
+        in float32 (what the fit is keyed by), then cast as lerobot casts for the config's dtype."""
+        if self.folder is not None:
+            return super()._load_weights()
+        dtype, self.policy_config.dtype = self.policy_config.dtype, "float32"
+        try:
+            policy = super()._load_weights()
+        finally:
+            self.policy_config.dtype = dtype
+        fast_fit.fit_tiny(policy, self.preprocessor, self.cameras, self.spec.state_dim)
+        policy.config.dtype = dtype
+        policy.model.paligemma_with_expert.to_bfloat16_for_selected_params(dtype)
         return policy
 
     def _spec(self) -> ModelSpec:
