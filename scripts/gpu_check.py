@@ -46,7 +46,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -547,8 +546,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.touch()  # a path that cannot be written fails now, not after the checks
     if args.models is None:
         args.models = builtins() + [MID]
-    # tiny-pi0_fast's random weights emit no FAST sequence; its mean-action fallback warns each call
-    warnings.filterwarnings("ignore", message=".*not a FAST token sequence")
     signal.signal(signal.SIGALRM, on_alarm)
     checks = plan(args)
     print(f"gpu-check: {len(checks)} checks, {args.dtype} on {args.device} vs float32 on cpu, "

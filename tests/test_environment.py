@@ -145,6 +145,6 @@ def _probe_version_of(clone: Path) -> str:
 def test_xdist_groups_reach_the_scheduler(request):
     """`make test` runs with --dist loadgroup: a module's group must show in its tests' ids, or
     its expensive fixtures are silently built on every worker (as with pytest 9)."""
-    if request.config.getoption("dist", "no") != "loadgroup":
+    if not request.config.getoption("loadgroup", False):  # set on xdist's workers for --dist loadgroup
         pytest.skip("not run with --dist loadgroup")
     assert request.node.nodeid.endswith("@environment"), request.node.nodeid
