@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnsight_vla import Clamp, InertSiteWarning, Observation, lens, load
+from nnsight_vla import Clamp, InertSiteWarning, InputError, Observation, lens, load
 from nnsight_vla.cli import exit_code
 from nnsight_vla.eval import evaluate
 
@@ -169,6 +169,8 @@ def run(
     is the model of the Pi0 step. ``rollout`` ends with a short closed-loop LIBERO rollout of
     the tiny model, baseline vs steered vs random control, of ``steps`` steps each.
     """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:  # before any model loads
+        raise InputError(f"steps={steps!r}: the rollout needs a whole number of steps >= 1 (--steps 20).")
     folder = Path(out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     folder.mkdir(parents=True, exist_ok=True)
     print(f"loading {model_name} ...")

@@ -90,6 +90,8 @@ def test_demo_and_cli_report_project_errors(capsys):
 
     assert _demo().main(["--model", "no-such-model", "--out", "/tmp/never"]) == 2
     assert "registered families" in capsys.readouterr().err
+    assert _demo().main(["--steps", "0", "--out", "/tmp/never"]) == 2
+    assert "steps=0: the rollout needs a whole number of steps >= 1" in capsys.readouterr().err
     assert main(["lens", "no-such-model", "--out", "/tmp/never"]) == 2
     assert "registered families" in capsys.readouterr().err
 
