@@ -79,3 +79,22 @@ def test_tied_model_saves_once_and_reloads(smol, obs, tmp_path):
         reloaded.tokenizer("pick up the bowl").input_ids
         == smol.tokenizer("pick up the bowl").input_ids
     )
+
+
+def test_the_de_quantized_weights_are_cached_and_read_back_equal(tmp_path, monkeypatch):
+    """The first read parses the GGUF file and caches it; the second reads the cache: the same
+    tensors and a tokenizer that gives the same ids and special tokens."""
+    from nnsight_vla_openvla import smol as smol_module
+
+    monkeypatch.setenv("NNSIGHT_VLA_HOME", str(tmp_path))
+    config = smol_module.smol_config()
+    parsed = []
+    monkeypatch.setattr(smol_module, "_read_file", lambda *a, real=smol_module._read_file: parsed.append(1) or real(*a))
+    tokenizer, tensors = smol_module.read_gguf(config)
+    again, cached = smol_module.read_gguf(config)
+    assert parsed == [1] and len(list((tmp_path / "smollm2").glob("*.safetensors"))) == 1
+    assert cached.keys() == tensors.keys() and all(torch.equal(cached[k], tensors[k]) for k in tensors)
+    for text in ["In: What action should the robot take to pick up the black bowl?\nOut:", "héllo wörld 123 <|im_end|>"]:
+        assert again(text).input_ids == tokenizer(text).input_ids
+    assert [getattr(again, n) for n in smol_module.SPECIAL_TOKENS] == [getattr(tokenizer, n) for n in smol_module.SPECIAL_TOKENS]
+    assert again.padding_side == tokenizer.padding_side == "left"

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import nnsight_vla
 from nnsight_vla import CheckpointError, Clamp, InputError, Observation, SetupError
+from nnsight_vla import cache
 from nnsight_vla.lens import project_value_vectors, rewired_fraction, rewired_mask
 from nnsight_vla_lerobot import fast_fit, fast_task
 from nnsight_vla_lerobot.pi0_fast import ACTION_TOKENIZER_DIR, FastDecodingWarning
@@ -217,7 +218,7 @@ def test_the_shipped_fit_is_current_and_files_are_checked(fast, tmp_path):
     damaged.write_bytes(bytes(data))
     assert fast_fit.read(damaged, key, seeded) == (None, "damaged: its content does not match its digest")
     other = tmp_path / "other.safetensors"
-    fast_fit.write(other, key, {**tensors, fast_fit.ROWS: tensors[fast_fit.ROWS][:, :5].contiguous()})
+    cache.write(other, key, {**tensors, fast_fit.ROWS: tensors[fast_fit.ROWS][:, :5].contiguous()})
     assert fast_fit.read(other, key, seeded) == (None, "not the policy's tensors by name and shape")
     with pytest.raises(SetupError, match="do not emit the task's FAST sequences"):
         fast_fit.check(seeded, fast.preprocessor, fast.cameras, 8)
@@ -230,7 +231,7 @@ def test_a_stale_shipped_fit_falls_back_to_the_cache(fast, tmp_path, monkeypatch
     monkeypatch.setattr(fast_fit, "SHIPPED", tmp_path / "absent.safetensors")
     monkeypatch.setenv("NNSIGHT_VLA_HOME", str(tmp_path / "home"))
     cached = tmp_path / "home" / "fits" / f"tiny-pi0_fast-{key[:16]}.safetensors"
-    fast_fit.write(cached, key, tensors)
+    cache.write(cached, key, tensors)
     with pytest.warns(UserWarning, match="shipped tiny-pi0_fast fit .*absent.safetensors is absent"):
         assert fast_fit.fit_tiny(seeded, fast.preprocessor, fast.cameras, 8) == str(cached)
     obs = fast_task.observation(np.random.default_rng(5), 2, 1, 0)

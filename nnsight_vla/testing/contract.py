@@ -82,13 +82,20 @@ def check_batching(model: Any) -> None:
             _fail("batching", f"a batched row differs from its observation alone (shapes {row.shape}, {alone.shape})")
 
 
+def contrast_observation(model: Any) -> Observation:
+    """An observation unlike `example_observation`'s in every part: black images, another
+    instruction (one that names a motion) and seed 1's state."""
+    other = example_observation(model, 1, instruction="move the arm to the left")
+    return Observation({c: np.zeros_like(image) for c, image in other.images.items()}, other.instruction, other.state)
+
+
 def check_observation_matters(model: Any) -> None:
-    """Two different example observations (seeds 0 and 1: other images and state) get
-    different actions: a model whose actions ignore what it sees cannot show an effect."""
-    first = np.asarray(model.predict_action(example_observation(model, 0)))
-    if np.array_equal(first, np.asarray(model.predict_action(example_observation(model, 1)))):
+    """`example_observation` and `contrast_observation` (other images, instruction and state)
+    get different actions: a model whose actions ignore what it sees cannot show an effect."""
+    first = np.asarray(model.predict_action(example_observation(model)))
+    if np.array_equal(first, np.asarray(model.predict_action(contrast_observation(model)))):
         _fail("actions depend on the observation",
-              f"example observations 0 and 1 (other images and state) both get actions {_head(first)}; "
+              f"a noise image and a black one, with other instructions and states, both get actions {_head(first)}; "
               "the model's actions ignore its inputs (a random model's fallback? untrained weights?)")
 
 

@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import fcntl
 import hashlib
 import inspect
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -41,10 +38,8 @@ import numpy as np
 import torch
 from lerobot.policies.common.vla_utils import prepare_attention_masks_4d
 from lerobot.utils.constants import ACTION_TOKEN_MASK, ACTION_TOKENS, OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
-from nnsight_vla import SetupError
+from nnsight_vla import SetupError, cache
 
 from . import fast_task
 from .inputs import to_batch
@@ -62,8 +57,7 @@ QUICK = tuple((image, instruction, (image + instruction) % 3) for image in range
 
 def fit_dir() -> Path:
     """Where fitted tiny weights are cached: ``$NNSIGHT_VLA_HOME/fits``, else ``~/.cache/nnsight-vla/fits``."""
-    home = os.environ.get("NNSIGHT_VLA_HOME") or Path.home() / ".cache" / "nnsight-vla"
-    return Path(home).expanduser() / "fits"
+    return cache.cache_dir("fits")
 
 
 def task_batch(preprocessor: Any, cameras: tuple[str, ...], state_dim: int, per_combination: int,
@@ -152,14 +146,6 @@ def _apply(policy: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         params[HEAD][tensors[IDS]] = tensors[ROWS]
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    sha = hashlib.sha256()
-    for name in sorted(tensors):
-        sha.update(name.encode())
-        sha.update(tensors[name].detach().contiguous().numpy().tobytes())
-    return sha.hexdigest()
-
-
 def _code(module: Any) -> str:
     """A module's code without its docstrings and comments (its syntax tree)."""
     tree = ast.parse(inspect.getsource(module))
@@ -180,44 +166,22 @@ def key(policy: torch.nn.Module, first: dict[str, torch.Tensor]) -> str:
         sha.update(_code(module).encode())
     sha.update(f"torch {torch.__version__} lerobot {lerobot.__version__}".encode())
     params = dict(policy.named_parameters())
-    sha.update(_digest({name: params[name] for name in _fitted_names(policy)}).encode())
-    sha.update(_digest({k: v for k, v in first.items() if isinstance(v, torch.Tensor)}).encode())
+    sha.update(cache.digest({name: params[name] for name in _fitted_names(policy)}).encode())
+    sha.update(cache.digest({k: v for k, v in first.items() if isinstance(v, torch.Tensor)}).encode())
     return sha.hexdigest()
 
 
 def read(path: Path, key: str, policy: torch.nn.Module) -> tuple[dict[str, torch.Tensor] | None, str]:
     """The fit in ``path`` if it is usable for ``key`` and ``policy``, else None; and why not."""
-    if not path.is_file():
-        return None, "absent"
-    try:
-        tensors = load_file(path)
-        with safe_open(str(path), "pt") as handle:
-            meta = handle.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        return None, f"unreadable ({err})"
+    tensors, _, why = cache.read(path, key)
+    if tensors is None:
+        return None, why
     params = dict(policy.named_parameters())
     expected = {name: tuple(params[name].shape) for name in _fitted_names(policy)}
-    if meta.get("key") != key:
-        return None, "written for other code, versions, weights or data"
-    if meta.get("sha256") != _digest(tensors):
-        return None, "damaged: its content does not match its digest"
     if {k: tuple(v.shape) for k, v in tensors.items() if k not in (ROWS, IDS)} != expected \
             or ROWS not in tensors or IDS not in tensors or tensors[ROWS].shape != (len(tensors[IDS]), params[HEAD].shape[1]):
         return None, "not the policy's tensors by name and shape"
     return tensors, "usable"
-
-
-def write(path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
-    """Write ``tensors`` with their key and digest, atomically (a reader sees all or nothing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as tmp:
-        pass
-    try:
-        save_file(tensors, tmp.name, metadata={"key": key, "sha256": _digest(tensors)})
-        os.replace(tmp.name, path)
-    finally:
-        if os.path.exists(tmp.name):
-            os.unlink(tmp.name)
 
 
 @contextlib.contextmanager
@@ -230,25 +194,6 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[bool]:
-    """Hold ``path``'s lock file; yields whether its folder can be written at all."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path.with_suffix(".lock"), "a")
-    except OSError as err:
-        warnings.warn(f"cannot cache the tiny-pi0_fast fit in {path.parent} ({err}); fitting in memory.",
-                      stacklevel=4)
-        yield False
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _draws(preprocessor: Any, cameras: tuple[str, ...], state_dim: int) -> Callable[[int], dict[str, torch.Tensor]]:
@@ -266,7 +211,7 @@ def fit_tiny(policy: torch.nn.Module, preprocessor: Any, cameras: tuple[str, ...
         warnings.warn(f"the shipped tiny-pi0_fast fit {SHIPPED} is {why}; using the cache or fitting "
                       "(about a minute). Rewrite it with `python -m nnsight_vla_lerobot.fast_fit`.", stacklevel=3)
         path = fit_dir() / f"tiny-pi0_fast-{wanted[:16]}.safetensors"
-        with _locked(path) as writable:
+        with cache.locked(path, "the tiny-pi0_fast fit") as writable:
             tensors, why = read(path, wanted, policy) if writable else (None, "absent")
             source = str(path)
             if tensors is None:
@@ -275,7 +220,7 @@ def fit_tiny(policy: torch.nn.Module, preprocessor: Any, cameras: tuple[str, ...
                 tensors, source = _fit(policy, draw), "fitted"
                 check(policy, preprocessor, cameras, state_dim, fast_task.combinations(), 4)
                 if writable:
-                    write(path, wanted, tensors)
+                    cache.write(path, wanted, tensors)
     if source != "fitted":
         _apply(policy, tensors)
         check(policy, preprocessor, cameras, state_dim)
@@ -317,7 +262,7 @@ def main() -> None:
     wanted = key(policy, draw(0))
     tensors = _fit(policy, draw)
     check(policy, model.preprocessor, model.cameras, model.spec.state_dim, fast_task.combinations(), 4)
-    write(SHIPPED, wanted, tensors)
+    cache.write(SHIPPED, wanted, tensors)
     print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 1e6:.2f} MB, key {wanted[:16]})")
 
 

@@ -8,13 +8,9 @@ MINI = ("mini-openvla", "mini-openvla-act")  # smol-openvla taught to follow mot
 OBSERVATION, CLAMP = "actions depend on the observation", "a strong clamp changes actions"
 #: Contract checks built-ins cannot pass (`nnsight_vla.testing.contract`), and why.
 INERT = {
-    TINY: {OBSERVATION: "random weights: the contract's two noise images (same statistics) get the same action "
-                        "tokens, as do other instructions; a black and a white image do not"},
     SMOL: {OBSERVATION: "SmolLM2 never learnt to emit action tokens and its vision tower is random: the "
                         "action-token argmax is the same for any image or instruction tried",
            CLAMP: "SmolLM2 never learnt to emit action tokens: their argmax survives a clamp of layer 0"},
-    **{name: {OBSERVATION: "it follows motion words in the instruction only (what it was taught); the contract's "
-                           "observations name no motion, so both get 'stay still'"} for name in MINI},
 }
 
 FAMILY = Family(

