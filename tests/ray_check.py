@@ -1,5 +1,6 @@
-"""Run by test_eval_parallel inside a loopback-only network namespace: serial vs Ray rollouts, on a
-local Ray that evaluate() starts and stops, then on one existing cluster reached by its address."""
+"""Run by test_eval_parallel inside a loopback-only network namespace: tiny-openvla's serial rollouts
+vs the same jobs on a local Ray that evaluate() starts and stops, and on one existing cluster
+reached by its address (started first, so that it comes up while the first part runs)."""
 
 import json
 import os
@@ -16,58 +17,52 @@ import torch
 import nnsight_vla
 from nnsight_vla import Clamp, Site, VLAError
 from nnsight_vla.eval import evaluate
-from nnsight_vla.eval.evaluate import _run_serial
 from nnsight_vla.eval.parallel import job_order, run_parallel
+from nnsight_vla.eval.records import episode_row
 from nnsight_vla.probes import RolloutCollector, ShardFolder
 
 out = Path(sys.argv[1])
 result = {}
 common = {"suite": "libero_spatial", "steps": 3, "seed": 7, "camera_size": 64, "record_video": False}
 
-# tiny-openvla on a local Ray that evaluate() starts and stops itself.
-model = nnsight_vla.load("tiny-openvla")
-args = {"steering": Clamp([(1, 3), (1, 17)], 8.0), "max_steps": 3, "camera_size": 64}
-sites = [Site(0, "resid"), Site(1, "neurons")]
-serial = evaluate(model, "libero_spatial", [0], 1, collect=RolloutCollector(sites, out / "serial"), **args).episodes
-parallel = evaluate(model, "libero_spatial", [0], 1, workers=2, collect=RolloutCollector(sites, out / "parallel"),
-                    **args).episodes
-result["tiny-openvla"] = {"serial": serial, "parallel": parallel}
-# each worker wrote its episodes' shards: the same files and arrays as the serial run's
-stores = [ShardFolder.read(out / name) for name in ("serial", "parallel")]
-loaded = [store.load() for store in stores]
-result["collected"] = {
-    "shards": [[p.name for p in store.shards()] for store in stores],
-    "same": all(np.array_equal(loaded[0]["activations"][s], loaded[1]["activations"][s]) for s in sites)
-    and all(np.array_equal(loaded[0]["targets"][k], loaded[1]["targets"][k]) for k in loaded[0]["targets"]),
-}
-
-# tiny-pi0 on an existing cluster, reached by its address.
+# The existing cluster of the second part starts now, while the first part runs.
 # Its own process group, stopped by id (`ray stop` would stop every Ray on the machine, such as
 # the NDIF stack another test runs in its own namespace).
 head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port=6390", "--num-cpus=2",
                          "--include-dashboard=false", "--disable-usage-stats"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-deadline = time.time() + 120
-while time.time() < deadline:
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", 6390)) == 0:
-            break
-    time.sleep(0.5)
+
 try:
-    model = nnsight_vla.load("tiny-pi0")
-    conditions = {"baseline": None, "steered": Clamp([(1, 3)], 4.0, tower="expert")}
+    # tiny-openvla on a local Ray that evaluate() starts and stops itself.
+    model = nnsight_vla.load("tiny-openvla")
+    args = {"steering": Clamp([(1, 3), (1, 17)], 8.0), "max_steps": 3, "camera_size": 64, "controls": ("baseline",)}
+    sites = [Site(0, "resid"), Site(1, "neurons")]
+    serial = evaluate(model, "libero_spatial", [0], 1, collect=RolloutCollector(sites, out / "serial"), **args).episodes
+    parallel = evaluate(model, "libero_spatial", [0], 1, workers=2, collect=RolloutCollector(sites, out / "parallel"),
+                        **args).episodes
+    result["tiny-openvla"] = {"serial": serial, "parallel": parallel}
+    # each worker wrote its episodes' shards: the same files and arrays as the serial run's
+    stores = [ShardFolder.read(out / name) for name in ("serial", "parallel")]
+    loaded = [store.load() for store in stores]
+    result["collected"] = {
+        "shards": [[p.name for p in store.shards()] for store in stores],
+        "same": all(np.array_equal(loaded[0]["activations"][s], loaded[1]["activations"][s]) for s in sites)
+        and all(np.array_equal(loaded[0]["targets"][k], loaded[1]["targets"][k]) for k in loaded[0]["targets"]),
+    }
+
+    # The same jobs on that existing cluster, reached by its address: the serial run above is the reference.
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", 6390)) == 0:
+                break
+        time.sleep(0.5)
+    conditions = {"baseline": None, "steered": args["steering"]}
     jobs = job_order([0], 1, conditions)  # two jobs: one for each worker
     timings: list = []
-    serial = _run_serial(model, jobs, conditions, common["suite"], common["steps"], common["seed"],
-                         common["camera_size"], False)
-    parallel = run_parallel(model, jobs, conditions, workers=2, address="127.0.0.1:6390",
-                            timings=timings, **common)
-    result["tiny-pi0"] = {
-        "same": all(serial[j].metrics == parallel[j].metrics and np.array_equal(serial[j].path, parallel[j].path)
-                    and np.array_equal(serial[j].actions, parallel[j].actions) for j in jobs),
-        "steering_acted": not np.array_equal(serial[(0, 0, "baseline")].actions, serial[(0, 0, "steered")].actions),
-        "pids": sorted({pid for *_, pid in timings}),
-    }
+    parallel = run_parallel(model, jobs, conditions, workers=2, address="127.0.0.1:6390", timings=timings, **common)
+    rows = [episode_row("libero_spatial", job, parallel[job]) for job in jobs]
+    result["cluster"] = {"rows": rows, "pids": sorted({pid for *_, pid in timings})}
     # A model edited in memory cannot be rebuilt by the workers: refused (one worker shows it).
     edited = nnsight_vla.load("tiny-openvla")
     with torch.no_grad():
@@ -82,5 +77,9 @@ finally:
 
     ray.shutdown()  # disconnect first: a driver still attached when the cluster is stopped can crash
     os.killpg(head.pid, signal.SIGTERM)
-    head.wait(60)
+    try:
+        head.wait(5)
+    except subprocess.TimeoutExpired:  # `ray start --block` can take half a minute to stop its children
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(10)
 (out / "result.json").write_text(json.dumps(result))

@@ -29,16 +29,16 @@ def test_two_workers_equal_serial(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
     openvla = result["tiny-openvla"]
-    assert [r["condition"] for r in openvla["parallel"]] == ["baseline", "steered", "random"]
+    assert [r["condition"] for r in openvla["parallel"]] == ["baseline", "steered"]
     assert openvla["parallel"] == openvla["serial"]  # every metric, path point and action
     assert openvla["serial"][0]["actions"] != openvla["serial"][1]["actions"]  # the steering acted
     assert "changed in memory" in result["edited"] and result["edited"].startswith("VLAError")
-    shards = ["baseline-task000-ep000.safetensors", "steered-task000-ep000.safetensors", "random-task000-ep000.safetensors"]
+    shards = ["baseline-task000-ep000.safetensors", "steered-task000-ep000.safetensors"]
     assert [sorted(s) for s in result["collected"]["shards"]] == [sorted(shards)] * 2
     assert result["collected"]["same"]
-    pi0 = result["tiny-pi0"]
-    assert pi0["same"] and pi0["steering_acted"]
-    assert len(pi0["pids"]) == 2 and os.getpid() not in pi0["pids"]  # two worker processes ran
+    cluster = result["cluster"]
+    assert cluster["rows"] == openvla["serial"]  # the same jobs on an existing cluster, by its address
+    assert len(cluster["pids"]) == 2 and os.getpid() not in cluster["pids"]  # two worker processes ran
 
 
 def test_unreachable_cluster_address_names_the_fix(tiny):

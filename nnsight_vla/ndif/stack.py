@@ -237,14 +237,21 @@ def _marked(run: Path) -> list[int]:
     return pids
 
 
-def down(run: Path, grace: float = 10.0) -> list[str]:
-    """Stop every process this run started (each process group, then stragglers by id); return what was stopped."""
+def down(run: Path, grace: float = 3.0) -> list[str]:
+    """Stop every process this run started: SIGTERM to each process group and to the
+    stragglers found by marker (Ray workers), SIGKILL to what is left after ``grace`` seconds
+    (Ray's own shutdown can take half a minute); return what was stopped."""
     run, stopped = Path(run).resolve(), []
     for pid_file in sorted((run / "pids").glob("*.pid")):
         pid = int(pid_file.read_text())
         try:
             os.killpg(pid, signal.SIGTERM)
             stopped.append(f"{pid_file.stem}:{pid}")
+        except ProcessLookupError:
+            pass
+    for pid in _marked(run):
+        try:
+            os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     deadline = time.time() + grace
@@ -258,7 +265,9 @@ def down(run: Path, grace: float = 10.0) -> list[str]:
             pass
     for pid_file in (run / "pids").glob("*.pid"):
         pid_file.unlink()
-    deadline = time.time() + grace
+    deadline = time.time() + 10  # the killed processes exit and their ports close
+    while (_marked(run) or taken_ports()) and time.time() < deadline:
+        time.sleep(0.3)
     while (taken := taken_ports()) and time.time() < deadline:
         time.sleep(0.3)
     if taken:
