@@ -12,7 +12,7 @@ import pytest
 import nnsight_vla
 from nnsight_vla import InputError, NeuronCluster
 from nnsight_vla.cli import main, parse_steer
-from nnsight_vla.eval import evaluate
+from nnsight_vla.eval import Simulators, evaluate
 from nnsight_vla.eval import rollout as rollout_module
 from nnsight_vla.eval.evaluate import EvalResult
 from nnsight_vla.eval.records import rows_csv
@@ -44,7 +44,8 @@ def cli_args(spec, out, *extra):
 def runs(tmp_path_factory):
     """One uninterrupted run, and the same run interrupted after 3 episodes and resumed, both
     in the real simulator with a NaN action injected into one job (each episode costs about
-    10 s here, mostly lerobot's reset)."""
+    10 s here, mostly lerobot's reset). The three runs share their simulators (`Simulators`),
+    so a resumed run also shows that an environment used before gives the same episodes."""
     folder = tmp_path_factory.mktemp("eval")
     NeuronCluster([(1, 3), (1, 17)], name="up_2", tokens=[["up"], ["up"]], d_mlp=256).to_yaml(folder / "c.yaml")
     spec = f"{folder / 'c.yaml'}#up_2:8.0"
@@ -69,18 +70,20 @@ def runs(tmp_path_factory):
     patch.setattr(rollout_module, "env_actions", env_actions)
     stderr = io.StringIO()
     try:
-        with contextlib.redirect_stderr(stderr):
-            whole = evaluate(model, SUITE, [0, 1], steering=steering, out_dir=folder / "whole", **SETTINGS)
+        with contextlib.redirect_stderr(stderr), Simulators(SUITE, SETTINGS["camera_size"]) as simulators:
+            whole = evaluate(model, SUITE, [0, 1], steering=steering, out_dir=folder / "whole", simulators=simulators,
+                             **SETTINGS)
             state.update(calls=0, interrupt_at=INTERRUPT_AT)
             with pytest.raises(KeyboardInterrupt) as interrupted:
-                evaluate(model, SUITE, [0, 1], steering=steering, out_dir=folder / "resumed", **SETTINGS)
+                evaluate(model, SUITE, [0, 1], steering=steering, out_dir=folder / "resumed", simulators=simulators,
+                         **SETTINGS)
             episodes = folder / "resumed" / "episodes.jsonl"
             saved = episodes.read_text().splitlines()
             with open(episodes, "a") as f:
                 f.write('{"suite": "libero_spatial", "task": 1, "epis')  # a line cut short by a kill
             state.update(calls=0, interrupt_at=None)
             resumed = evaluate(model, SUITE, [0, 1], steering=steering, out_dir=folder / "resumed",
-                               resume=True, **SETTINGS)
+                               resume=True, simulators=simulators, **SETTINGS)
     finally:
         patch.undo()
     return {"model": model, "steering": steering, "spec": spec, "whole": whole, "resumed": resumed,

@@ -7,7 +7,14 @@ import pytest
 
 import nnsight_vla
 from nnsight_vla import Clamp, InputError
-from nnsight_vla.eval import evaluate, random_control
+from nnsight_vla.eval import Simulators, evaluate, random_control
+
+
+@pytest.fixture(scope="module")
+def spatial64():
+    """The module's LIBERO environments, built once (each costs seconds) and closed after it."""
+    with Simulators("libero_spatial", 64) as simulators:
+        yield simulators
 
 
 @pytest.mark.slow
@@ -15,10 +22,10 @@ from nnsight_vla.eval import evaluate, random_control
     "name, steering",
     [("tiny-openvla", Clamp([(1, 3), (1, 17)], 8.0)), ("tiny-pi0", Clamp([(1, 3)], 4.0, tower="expert"))],
 )
-def test_evaluate_end_to_end(name, steering, tmp_path):
+def test_evaluate_end_to_end(name, steering, tmp_path, spatial64):
     model = nnsight_vla.load(name)
     result = evaluate(model, "libero_spatial", [0], episodes=1, steering=steering, max_steps=13,
-                      camera_size=64, record_video=True, out_dir=tmp_path)
+                      camera_size=64, record_video=True, out_dir=tmp_path, simulators=spatial64)
     assert [r["condition"] for r in result.episodes] == ["baseline", "steered", "random"]
     starts = {tuple(r["path"][0]) for r in result.episodes}
     assert len(starts) == 1  # every condition starts from the same init state
@@ -37,23 +44,22 @@ def test_evaluate_end_to_end(name, steering, tmp_path):
 
 
 @pytest.mark.slow
-def test_named_steerings_with_random_controls_under_a_neutral_instruction(tiny, tmp_path):
+def test_named_steerings_with_random_controls_under_a_neutral_instruction(tiny, tmp_path, spatial64):
     """The paper's design: each named steering vs its own random controls, every condition told
     "move the arm" instead of the task's instruction; vs_random from the rows by hand."""
-    from nnsight_vla.eval.libero import env_actions, make_env, reset_to
+    from nnsight_vla.eval.libero import env_actions, reset_to
 
     steering = {"a": Clamp([(1, 3), (1, 17)], 8.0), "b": Clamp([(0, 5)], -4.0)}
     result = evaluate(tiny, "libero_spatial", [0], episodes=1, steering=steering, random_controls=2, max_steps=2,
-                      camera_size=64, instruction="move the arm", record_video=True, out_dir=tmp_path, seed=7)
+                      camera_size=64, instruction="move the arm", record_video=True, out_dir=tmp_path, seed=7,
+                      simulators=spatial64)
     names = ["baseline", "a", "a/random0", "a/random1", "b", "b/random0", "b/random1"]
     assert [r["condition"] for r in result.episodes] == names
-    env = make_env("libero_spatial", 0, 64)
-    try:
-        first, _ = reset_to(env, 0, 7)
-        told = np.asarray(env_actions(tiny, first, "move the arm", seed=7))[0]
-        own = np.asarray(env_actions(tiny, first, env.call("task_description")[0], seed=7))[0]
-    finally:
-        env.close()
+    assert list(spatial64.envs) == [0]  # evaluate left the caller's environment open
+    env = spatial64.get(0)
+    first, _ = reset_to(env, 0, 7)
+    told = np.asarray(env_actions(tiny, first, "move the arm", seed=7))[0]
+    own = np.asarray(env_actions(tiny, first, env.call("task_description")[0], seed=7))[0]
     np.testing.assert_allclose(result.episodes[0]["actions"][0], told)  # the model was told "move the arm"
     assert not np.allclose(told, own)
     rows = {r["condition"]: r for r in result.episodes}
@@ -83,7 +89,13 @@ def test_random_control_keeps_layers_and_size(tiny):
      ({"workers": 0}, "workers must be at least 1"),
      ({"steering": Clamp([(5, 0)], 1.0)}, "layer 5 is out of range"),
      ({"instruction": " "}, "instruction must be a non-empty string"), ({"random_controls": 0}, "random_controls"),
-     ({"steering": {"up/1": Clamp([(1, 3)], 1.0)}}, "without '/'"), ({"steering": {}}, "empty dict")],
+     ({"steering": {"up/1": Clamp([(1, 3)], 1.0)}}, "without '/'"), ({"steering": {}}, "empty dict"),
+     ({"simulators": "libero_spatial"}, r"simulators must be an nnsight_vla.eval.Simulators, got str"),
+     ({"simulators": Simulators("libero_spatial", 64)},
+      r"made for libero_spatial at camera_size=64, this run is libero_spatial at camera_size=256; pass "
+      r"Simulators\('libero_spatial', 256\)"),
+     ({"simulators": Simulators("libero_10"), "workers": 2}, "made for libero_10"),
+     ({"simulators": Simulators("libero_spatial"), "workers": 2}, "simulators= is for serial runs")],
 )
 def test_bad_inputs(tiny, kwargs, message):
     args = {"suite": "libero_spatial", "tasks": [0], "episodes": 1, **kwargs}

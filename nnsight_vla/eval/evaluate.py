@@ -75,6 +75,7 @@ def evaluate(
     collect: Any = None,
     random_controls: int = 1,
     instruction: str | None = None,
+    simulators: Simulators | None = None,
 ) -> EvalResult:
     """Run every condition on the same tasks, init states and seeds (a paired design).
 
@@ -112,6 +113,9 @@ def evaluate(
     is given); the results equal a serial run's. A model changed in memory is refused there:
     save it and load the copy.
 
+    ``simulators``: a `Simulators` of the same suite and camera size to reuse (serial runs
+    only; the caller closes it), which saves building each task's environment again.
+
     ``collect`` (a `nnsight_vla.probes.RolloutCollector`) records the activations of every
     prediction with the step's action, state and pose, one shard per episode in its own
     folder (resumed and restarted with the evaluation).
@@ -139,6 +143,7 @@ def evaluate(
         check_task(suite, task)
     if resume and out_dir is None:
         raise InputError("resume=True needs out_dir=, the folder of the run to continue.")
+    check_simulators(simulators, suite, camera_size, workers > 1 or ray_address is not None)
     conditions, groups = steering_conditions(model, steering, controls, random_controls, seed)
     steps = MAX_STEPS[suite] if max_steps is None else max_steps
     check_episodes(suite, tasks, episodes)
@@ -186,7 +191,8 @@ def evaluate(
                          instruction=instruction)
         else:
             _run_serial(model, pending, conditions, suite, steps, seed, camera_size, record_video,
-                        on_result=on_result, done=len(rows), collector=collect, instruction=instruction)
+                        on_result=on_result, done=len(rows), collector=collect, instruction=instruction,
+                        simulators=simulators)
     except BaseException as error:  # Ctrl-C and killed workers included: say how to go on
         if folder is not None:
             error.add_note(
@@ -237,11 +243,13 @@ def steering_conditions(model: Any, steering: Any, controls: tuple, random_contr
 
 def _run_serial(model, jobs, conditions, suite, steps, seed, camera_size, record_video,
                 on_result: Callable[[Job, Episode], None] | None = None, done: int = 0,
-                collector: Any = None, instruction: str | None = None) -> dict:
+                collector: Any = None, instruction: str | None = None, simulators: Simulators | None = None) -> dict:
     """Run ``jobs`` one after another in this process; ``on_result(job, episode)`` as each
     finishes. The bar counts episodes (``done`` of them finished before: a resumed run) and
-    shows the step inside the current one."""
-    runs, simulators = {}, Simulators(suite, camera_size)
+    shows the step inside the current one. ``simulators``: the caller's, left open; else
+    this run's own, closed at the end."""
+    runs, own = {}, simulators is None
+    simulators = Simulators(suite, camera_size) if own else simulators
     try:
         with tqdm(total=done + len(jobs), initial=done, desc=f"{suite} rollouts", unit="episode") as bar:
             for job in jobs:
@@ -260,8 +268,25 @@ def _run_serial(model, jobs, conditions, suite, steps, seed, camera_size, record
                 runs[job] = run
                 bar.update(1)
     finally:
-        simulators.close()
+        if own:
+            simulators.close()
     return runs
+
+
+def check_simulators(simulators: Any, suite: str, camera_size: int, parallel: bool) -> None:
+    """Raise `InputError` unless ``simulators`` is None or a `Simulators` that fits this run."""
+    if simulators is None:
+        return
+    if not isinstance(simulators, Simulators):
+        raise InputError(f"simulators must be an nnsight_vla.eval.Simulators, got {type(simulators).__name__}.")
+    if (simulators.suite, simulators.camera_size) != (suite, camera_size):
+        raise InputError(
+            f"simulators were made for {simulators.suite} at camera_size={simulators.camera_size}, this run is "
+            f"{suite} at camera_size={camera_size}; pass Simulators({suite!r}, {camera_size}) or leave it out."
+        )
+    if parallel:
+        raise InputError("simulators= is for serial runs: Ray workers build their own; leave it out with "
+                         "workers > 1 or a ray_address.")
 
 
 # -- inputs ---------------------------------------------------------------------------------

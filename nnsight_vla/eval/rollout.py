@@ -131,10 +131,26 @@ def no_metrics() -> EpisodeMetrics:
 class Simulators:
     """One LIBERO environment per task, built on first use. After a failed episode the task's
     environment is closed and rebuilt for the next one, so a broken simulator cannot spoil
-    the episodes after it (every episode starts from `reset_to`, so this changes no result)."""
+    the episodes after it (every episode starts from `reset_to`, so this changes no result).
 
-    def __init__(self, suite: str, camera_size: int):
+    `evaluate` makes its own and closes it at the end. Building a task's environment costs
+    seconds on a CPU, so a caller running several evaluations can pass one that it closes
+    itself (a context manager):
+
+        >>> with Simulators("libero_spatial", camera_size=128) as simulators:
+        ...     base = evaluate(model, "libero_spatial", [0], 2, camera_size=128, simulators=simulators)
+        ...     steered = evaluate(model, "libero_spatial", [0], 2, steering=clamp, camera_size=128,
+        ...                        simulators=simulators)
+    """
+
+    def __init__(self, suite: str, camera_size: int = 256):
         self.suite, self.camera_size, self.envs = suite, camera_size, {}
+
+    def __enter__(self) -> "Simulators":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def get(self, task: int) -> Any:
         if task not in self.envs:
