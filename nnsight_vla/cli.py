@@ -212,6 +212,13 @@ def eval_command(args) -> None:
         raise SystemExit(130) from None
     _print_summary(result)
     print(f"wrote {result.out_dir}")
+    for condition in dict.fromkeys(row["condition"] for row in result.episodes):
+        rows = [row for row in result.episodes if row["condition"] == condition]
+        if all(row["error"] is not None for row in rows):
+            first = rows[0]["error"]
+            raise VLAError(f"every episode of condition {condition!r} failed ({len(rows)} of {len(rows)}); the first: "
+                           f"{first['type']}: {first['message']} (at {first['where']}). The rows are in "
+                           f"{result.out_dir / 'episodes.jsonl'}.")
 
 
 def parse_sites(specs: list[str], model) -> list:

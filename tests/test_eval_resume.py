@@ -344,3 +344,22 @@ def test_ray_results_reach_the_caller_as_they_arrive_and_a_dead_worker_says_resu
         parallel._dispatch(FakeRay(dies=jobs[1]), [actor], jobs, {"baseline": None}, 3, 7, False, None,
                            lambda job, episode: seen.append(job))
     assert seen == [jobs[0]]  # what arrived before the worker died is kept
+
+
+def test_cli_eval_where_every_episode_fails_exits_2_with_the_first_error(tmp_path, capsys, monkeypatch):
+    """Files are written (the rows say what happened), but the command does not report success."""
+
+    class BrokenEnv:
+        def call(self, name):
+            raise RuntimeError("the simulator died")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(rollout_module, "make_env", lambda *args, **kwargs: BrokenEnv())
+    assert main(["eval", "tiny-openvla", "--suite", SUITE, "--max-steps", "2", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert ("error: every episode of condition 'baseline' failed (1 of 1); the first: RuntimeError: the simulator "
+            "died (at ") in err
+    assert f"The rows are in {tmp_path / 'run' / 'episodes.jsonl'}" in err
+    assert (tmp_path / "run" / "summary.json").is_file()

@@ -90,6 +90,10 @@ def test_random_control_keeps_layers_and_size(tiny):
      ({"steering": Clamp([(5, 0)], 1.0)}, "layer 5 is out of range"),
      ({"instruction": " "}, "instruction must be a non-empty string"), ({"random_controls": 0}, "random_controls"),
      ({"steering": {"up/1": Clamp([(1, 3)], 1.0)}}, "without '/'"), ({"steering": {}}, "empty dict"),
+     ({"camera_size": 0}, r"camera_size must be at least 1, got 0. \(pixels per side"),
+     ({"camera_size": -8}, "camera_size must be at least 1, got -8"), ({"camera_size": 2.5}, "camera_size must be an int"),
+     ({"seed": "x"}, r"seed must be an int >= 0 .*got 'x' \(str\)"), ({"seed": -1}, "seed must be an int >= 0"),
+     ({"seed": True}, "seed must be an int >= 0"),
      ({"simulators": "libero_spatial"}, r"simulators must be an nnsight_vla.eval.Simulators, got str"),
      ({"simulators": Simulators("libero_spatial", 64)},
       r"made for libero_spatial at camera_size=64, this run is libero_spatial at camera_size=256; pass "

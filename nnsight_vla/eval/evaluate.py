@@ -135,6 +135,10 @@ def evaluate(
     if max_steps is not None:
         _count(max_steps, "max_steps", "(None: the suite's standard limit)")
     _count(workers, "workers")
+    _count(camera_size, "camera_size", "(pixels per side of the camera images, e.g. 256)")
+    if not _is_int(seed) or seed < 0:
+        raise InputError(f"seed must be an int >= 0 (it seeds the resets, the policy and the random controls), "
+                         f"got {seed!r} ({type(seed).__name__}).")
     _count(random_controls, "random_controls")
     if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
         raise InputError(f"instruction must be a non-empty string such as 'move the arm' (None: each task's "
