@@ -23,7 +23,7 @@ from nnsight_vla.probes import RolloutCollector, ShardFolder
 
 out = Path(sys.argv[1])
 result = {}
-common = {"suite": "libero_spatial", "steps": 3, "seed": 7, "camera_size": 64, "record_video": False}
+common = {"suite": "libero_spatial", "steps": 2, "seed": 7, "camera_size": 64, "record_video": False}
 
 # The existing cluster of the second part starts now, while the first part runs.
 # Its own process group, stopped by id (`ray stop` would stop every Ray on the machine, such as
@@ -35,7 +35,7 @@ head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--h
 try:
     # tiny-openvla on a local Ray that evaluate() starts and stops itself.
     model = nnsight_vla.load("tiny-openvla")
-    args = {"steering": Clamp([(1, 3), (1, 17)], 8.0), "max_steps": 3, "camera_size": 64, "controls": ("baseline",)}
+    args = {"steering": Clamp([(1, 3), (1, 17)], 8.0), "max_steps": 2, "camera_size": 64, "controls": ("baseline",)}
     sites = [Site(0, "resid"), Site(1, "neurons")]
     serial = evaluate(model, "libero_spatial", [0], 1, collect=RolloutCollector(sites, out / "serial"), **args).episodes
     parallel = evaluate(model, "libero_spatial", [0], 1, workers=2, collect=RolloutCollector(sites, out / "parallel"),
@@ -78,7 +78,7 @@ finally:
     ray.shutdown()  # disconnect first: a driver still attached when the cluster is stopped can crash
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(5)
+        head.wait(1)
     except subprocess.TimeoutExpired:  # `ray start --block` can take half a minute to stop its children
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(10)
