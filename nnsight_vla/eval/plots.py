@@ -59,7 +59,11 @@ def plot_trajectories(rows: list[dict], path: Path) -> Path:
         ax.set_xlabel(f"{a} (m)")
         ax.set_ylabel(f"{b} (m)")
         ax.set_title(f"end effector, {a}-{b}")
-    axes[0].legend()
+    if labelled:
+        axes[0].legend()
+    else:  # every episode failed before its first observation
+        axes[0].text(0.5, 0.5, "no path: every episode failed before its first step", ha="center",
+                     transform=axes[0].transAxes)
     return save_png(fig, path)
 
 
