@@ -206,6 +206,8 @@ def test_constant_dimensions_of_a_target_are_left_out(tiny, tmp_path):
     with pytest.warns(UserWarning, match=r"vec\[1\] are constant"):
         results = probe_folder(tmp_path / "acts", targets=["vec"], shuffles=0, progress=False)
     assert results.table["target"].tolist() == ["vec[0]"]
+    with pytest.warns(UserWarning, match=r"vec\[1\] are constant"):  # one name is one target, not its letters
+        assert probe_folder(tmp_path / "acts", targets="vec", shuffles=0, progress=False).table.equals(results.table)
     with pytest.raises(InputError, match="constant"):
         probe_folder(tmp_path / "acts", targets=["vec[1]"], shuffles=0, progress=False)
 

@@ -8,7 +8,7 @@ import torch
 from nnsight_vla import Clamp, InputError, SetupError, Site
 from nnsight_vla.lens import project_value_vectors
 from nnsight_vla.steering import hook_points
-from nnsight_vla.transformer_lens import bridge_inputs, hooks, site_of, to_bridge
+from nnsight_vla.transformer_lens import HookSteering, bridge_inputs, hooks, site_of, to_bridge
 
 pytestmark = pytest.mark.xdist_group("transformer_lens")  # one worker builds the module's fixtures
 
@@ -179,7 +179,6 @@ def test_token_inputs_run_transformer_lens_patching_between_two_instructions(tin
 @pytest.mark.slow
 def test_in_place_hooks_and_libero_evaluation_with_hook_functions(tiny, obs):
     from nnsight_vla.eval import evaluate
-    from nnsight_vla.transformer_lens import HookSteering
 
     def clamp_in_place(acts, hook):  # TransformerLens style: change in place, return None
         acts[..., NEURONS] = 6.0
@@ -197,3 +196,14 @@ def test_in_place_hooks_and_libero_evaluation_with_hook_functions(tiny, obs):
     assert [r["condition"] for r in by_hooks.episodes] == ["steered"]
     np.testing.assert_array_equal(by_hooks.episodes[0]["actions"], by_clamp.episodes[0]["actions"])
     np.testing.assert_array_equal(by_hooks.episodes[0]["path"], by_clamp.episodes[0]["path"])
+
+
+def test_hook_functions_must_come_as_a_list_of_pairs():
+    def fn(acts, hook):
+        return acts
+
+    with pytest.raises(InputError, match=r"one \(hook_name, fn\) pair; pass a list of them: \[\('blocks.1.mlp.hook_post', fn\)\]"):
+        HookSteering(("blocks.1.mlp.hook_post", fn))
+    with pytest.raises(InputError, match=r"must be \(hook_name, fn\) pairs.*got \('blocks.1.mlp.hook_post',\)"):
+        HookSteering([("blocks.1.mlp.hook_post",)])
+

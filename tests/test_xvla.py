@@ -49,6 +49,11 @@ def test_spec_names_and_the_tied_vocabulary(xvla):
             xvla.lm_head.output.save()
     with pytest.raises(InputError, match="no TransformerLens part 'vlm'"):
         xvla.bridge_inputs("vlm", [xvla_obs()])  # no Florence-2 adapter under transformer-lens 3.5
+    from nnsight_vla.transformer_lens import to_bridge
+
+    with pytest.raises(InputError, match=r"\('tiny-xvla'\) has no TransformerLens bridge: no adapter maps its "
+                                         r"architecture yet\. Trace it with nnsight instead"):
+        to_bridge(xvla)
 
 
 def test_the_layout_check_reads_the_ffn_output_projection_through_the_block_map():

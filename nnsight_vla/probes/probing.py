@@ -30,6 +30,7 @@ def probe_folder(folder: str | os.PathLike | ShardFolder, targets: Iterable[str]
         >>> results = probe_folder("acts/lift", targets=["action", "gripper"])
         >>> results.save("probes/lift")
     """
+    targets = [targets] if isinstance(targets, str) else list(targets)  # one name is one target
     store = folder if isinstance(folder, ShardFolder) else ShardFolder.read(folder)
     data = store.load(None if sites is None else list(sites))
     stored = data["targets"]

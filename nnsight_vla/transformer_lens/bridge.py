@@ -48,6 +48,12 @@ def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 def _part(model: Any, part: str) -> BridgePart:
     parts = model.bridge_parts()
+    if not parts:
+        raise InputError(
+            f"{type(model).__name__} ({model.name_or_path!r}) has no TransformerLens bridge: no adapter maps its "
+            "architecture yet. Trace it with nnsight instead (`with model.predict_action(obs) as tracer:`); the "
+            "README's TransformerLens section lists the families that have one."
+        )
     if part not in parts:
         raise InputError(
             f"{type(model).__name__} has no TransformerLens part {part!r}; use one of {sorted(parts)}."

@@ -48,7 +48,14 @@ class HookSteering(Intervention):
 
     def __init__(self, fwd_hooks: Sequence[tuple[str, Callable]], tower: str = "vlm"):
         super().__init__(tower=tower)
-        self._hooks = [(str(name), fn) for name, fn in fwd_hooks]
+        if isinstance(fwd_hooks, tuple) and len(fwd_hooks) == 2 and isinstance(fwd_hooks[0], str):
+            raise InputError(f"fwd_hooks is one (hook_name, fn) pair; pass a list of them: [({fwd_hooks[0]!r}, fn)].")
+        pairs = list(fwd_hooks)
+        bad = [item for item in pairs if not (isinstance(item, (tuple, list)) and len(item) == 2)]
+        if bad:
+            raise InputError(f"fwd_hooks must be (hook_name, fn) pairs, e.g. [('blocks.1.mlp.hook_post', fn)]; "
+                             f"got {bad[0]!r}.")
+        self._hooks = [(str(name), fn) for name, fn in pairs]
         if not self._hooks:
             raise InputError("no hooks given; pass [(hook_name, fn(activation, hook)), ...].")
         names = [name for name, _ in self._hooks]
