@@ -169,13 +169,17 @@ def test_port_taken_and_no_namespace_are_clear_errors(tmp_path):
     assert "REFUSED already in use on 127.0.0.1: api port 8011" in out.stdout, out.stderr[-2000:]
 
 
-def test_cli_serve_errors_name_the_fix(capsys, monkeypatch):
+def test_cli_serve_errors_name_the_fix(capsys, monkeypatch, tmp_path):
     from nnsight_vla.cli import main
 
     assert main(["serve", "up", "--run", "/tmp/" + "y" * 50]) == 2
     assert "shorter" in capsys.readouterr().err
     assert main(["serve", "deploy", "--run", "/tmp/ndif-x"]) == 2
     assert "deploy needs a model" in capsys.readouterr().err
+    nowhere = tmp_path / "none"
+    assert main(["serve", "deploy", "tiny-openvla", "--run", str(nowhere)]) == 2  # no stack there: no traceback
+    assert f"no stack was started with its files in {nowhere}; start one with `nnsight-vla serve up" in capsys.readouterr().err
+    assert not nowhere.exists()
     if not stack.in_loopback_namespace():  # no unshare: refused before anything starts
         monkeypatch.setattr(shutil, "which", lambda name: None)
         assert main(["serve", "run", "--", "true"]) == 2

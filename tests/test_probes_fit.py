@@ -293,6 +293,8 @@ BAD_INPUTS = {  # what to change in good inputs (x, y, episodes) -> the message'
         "one value per row",
     ),
     "few episodes": (lambda x, y, e: ({(NOISE, 0): x}, {"y": y}, e % 3, None), "folds<=3"),
+    "one episode": (lambda x, y, e: ({(NOISE, 0): x}, {"y": y}, 0 * e, None),
+                    r"rows come from 1 episode\(s\); .*need at least 2 \(folds >= 2\)\. Collect more episodes"),
     "constant": (lambda x, y, e: ({(NOISE, 0): x}, {"y": 0 * y}, e, None), "constant; drop it"),
     "NaN feature": (
         lambda x, y, e: ({(NOISE, 0): nan_where(e[:, None] == 0, x)}, {"y": y}, e, None),

@@ -205,6 +205,9 @@ def deploy(run: Path, target: str, size_bytes: int | None = None, dtype: str = "
     import yaml
 
     run = Path(run).resolve()
+    if not (run / "env.json").is_file():
+        raise StackError(f"no stack was started with its files in {run}; start one with `nnsight-vla serve up --run "
+                         f"{run}` (inside scripts/loopback.sh), or use `nnsight-vla serve run --deploy MODEL -- COMMAND`.")
     key = model_key(target)
     entry = {"checkpoint": key, "model_key": key, "dtype": dtype, "pinned": True}
     if size_bytes:

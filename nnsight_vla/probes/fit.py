@@ -186,6 +186,9 @@ class _Plan:
             if not isinstance(k, int) or k < 2:
                 raise InputError(f"{name}={k!r} must be a whole number >= 2.")
         count = len(np.unique(episodes))
+        if count < 2:
+            raise InputError(f"these rows come from {count} episode(s); episode-split probes hold out whole "
+                             "episodes, so they need at least 2 (folds >= 2). Collect more episodes.")
         if count < folds:
             raise InputError(f"{count} episodes cannot fill folds={folds}; pass folds<={count} "
                              "or more episodes.")
