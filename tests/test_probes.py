@@ -112,8 +112,10 @@ def test_an_interrupted_collection_resumes_to_the_same_arrays(tiny, tmp_path):
                     raise KeyboardInterrupt
                 yield frame
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as interrupted:
         collect_to_disk(tiny, Interrupted(observations), sites, tmp_path / "cut", shard_rows=2, progress=False)
+    assert interrupted.value.__notes__ == [f"2 of 6 frames are saved in {tmp_path / 'cut'}; run the same collect_to_disk "
+                                           "with resume=True (CLI: --resume) to continue from them."]
     store = ShardFolder.read(tmp_path / "cut")
     assert [p.name for p in store.shards()] == ["shard-000000000.safetensors"] and store.rows() == 2
     assert list(store.manifest["shards"]) == ["shard-000000000.safetensors"]
@@ -222,3 +224,22 @@ def test_shuffles_zero_leaves_chance_out_for_classification_too():
                          shuffles=0, progress=False)
     row = results.table.iloc[0]
     assert row["metric"] == "balanced_accuracy" and row["score"] > 0.8 and np.isnan(row["chance"])
+
+
+def test_a_call_refused_mid_collection_leaves_nothing_that_blocks_the_corrected_one(planted, dataset, tmp_path):
+    """Errors found only while predicting (calls that never run, targets the model cannot
+    give) come after the folder was opened: the folder is put back as it was."""
+    model, _ = planted
+    out = tmp_path / "acts" / "x7"
+    with pytest.raises(InputError, match=r"calls \[10\] never ran"):
+        collect_to_disk(model, dataset, [EXPERT_0], out, calls=[10], progress=False)
+    assert not out.exists()
+    with pytest.raises(InputError, match="has no action-token bins"):
+        collect_to_disk(model, dataset, [EXPERT_0], out, calls=[9], targets=["action_bins"], progress=False)
+    assert not out.exists()
+    store = collect_to_disk(model, dataset, [EXPERT_0], out, calls=[9], progress=False)
+    assert store.rows() == len(DatasetFrames(dataset))
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(InputError, match="already holds"):  # an existing collection is left alone
+        collect_to_disk(model, dataset, [EXPERT_0], out, calls=[9], progress=False)
+    assert sorted(p.name for p in out.iterdir()) == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -12,7 +13,7 @@ from ..collect import Recorder
 from ..errors import InputError
 from ..sites import Site
 from .sources import as_source
-from .store import Buffer, ShardFolder, site_name
+from .store import MANIFEST, Buffer, ShardFolder, site_name
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -85,6 +86,7 @@ def collect_to_disk(
     settings = settings_of(model, recorder, calls, positions, dtype, source=frames.describe(),
                            shard_rows=shard_rows, batch_size=batch_size, model_targets=extra,
                            options={k: repr(v) for k, v in sorted(options.items())})
+    existed = (Path(out).expanduser().exists(), (Path(out).expanduser() / MANIFEST).exists())  # folder, manifest
     store = ShardFolder.open(out, settings, resume)
     done = store.rows()
     buffer, batch = Buffer.empty(), []
@@ -101,21 +103,40 @@ def collect_to_disk(
                        {"episode": frame.episode, "frame": frame.frame}, row_targets)
         batch.clear()
 
-    with tqdm(total=len(frames), initial=done, desc="collect", unit="frame", disable=not progress) as bar:
-        for frame in frames.frames(done):
-            batch.append(frame)
-            if len(batch) == batch_size:
+    try:
+        with tqdm(total=len(frames), initial=done, desc="collect", unit="frame", disable=not progress) as bar:
+            for frame in frames.frames(done):
+                batch.append(frame)
+                if len(batch) == batch_size:
+                    predict()
+                    bar.update(batch_size)
+                if len(buffer) == shard_rows:
+                    buffer.flush(store, f"shard-{first:09d}")
+                    first += shard_rows
+            if batch:
+                bar.update(len(batch))
                 predict()
-                bar.update(batch_size)
-            if len(buffer) == shard_rows:
+            if len(buffer):
                 buffer.flush(store, f"shard-{first:09d}")
-                first += shard_rows
-        if batch:
-            bar.update(len(batch))
-            predict()
-        if len(buffer):
-            buffer.flush(store, f"shard-{first:09d}")
+    except BaseException as error:
+        if not store.shards():
+            _undo_open(store, existed)  # nothing collected: the folder is as it was before the call
+        else:
+            error.add_note(f"{store.rows()} of {len(frames)} frames are saved in {store.folder}; run the same "
+                           "collect_to_disk with resume=True (CLI: --resume) to continue from them.")
+        raise
     return store
+
+
+def _undo_open(store: ShardFolder, existed: tuple[bool, bool]) -> None:
+    """Remove what `ShardFolder.open` made in a folder that got no shard: its manifest, lock
+    and the folder itself, where they did not exist before (``existed``: folder, manifest)."""
+    folder_existed, manifest_existed = existed
+    if not manifest_existed:
+        for name in (MANIFEST, ".manifest.lock"):
+            (store.folder / name).unlink(missing_ok=True)
+    if not folder_existed and store.folder.is_dir() and not any(store.folder.iterdir()):
+        store.folder.rmdir()
 
 
 def _bins(model: Any, frame: Any) -> np.ndarray:
