@@ -1,8 +1,9 @@
 """Output paths checked before any heavy work: a folder or file the caller can write.
 
-`writable_folder` and `writable_file` create nothing, so a refused call leaves the file system
-as it was; `probed_folder` writes (and removes) a probe file, the only proof of writability
-that holds for root. The write itself goes through `writing`, which turns an OS error into an
+`writable_folder` and `writable_file` create nothing lasting, so a refused call leaves the file
+system as it was: each writes (and removes) a probe file in the folder that would hold the
+output, the only proof of writability that holds for root; `probed_folder` also creates the
+folder. The write itself goes through `writing`, which turns an OS error into an
 `InputError` naming the path.
 """
 
@@ -31,11 +32,16 @@ def _existing_ancestor(path: Path, what: str) -> Path:
 
 
 def _check_folder_writable(folder: Path, path: Path, what: str) -> None:
-    if not os.access(folder, os.W_OK | os.X_OK):
+    """Write and remove a temporary file in ``folder``: permission bits prove nothing to root
+    (``os.access`` says yes to any path), a write does."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
         raise InputError(
-            f"{what} {path} is not writable: no write permission in {folder}; choose another "
-            "path or fix the folder's permissions."
-        )
+            f"{what} {path} is not writable: cannot write in {folder} ({error.strerror or error}); choose "
+            "another path or fix the folder's permissions."
+        ) from error
 
 
 def writable_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
@@ -66,8 +72,11 @@ def writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
     if path.is_dir():
         raise InputError(f"{what} {path} is a folder; pass a file path (e.g. {path / 'out'}).")
     if path.exists():
-        if not os.access(path, os.W_OK):
-            raise InputError(f"{what} {path} is not writable; choose another path or fix its permissions.")
+        try:
+            open(path, "ab").close()  # opens for writing, changes nothing
+        except OSError as error:
+            raise InputError(f"{what} {path} is not writable ({error.strerror or error}); choose another path or "
+                             "fix its permissions.") from error
         return path
     _check_folder_writable(_existing_ancestor(path, what), path, what)
     return path
@@ -75,25 +84,15 @@ def writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
 
 def probed_folder(out_dir: str | os.PathLike, create: bool = True, what: str = "output folder") -> Path:
     """``out_dir`` as a folder this process can write (created when ``create``), checked by
-    writing a probe file (permission bits prove nothing to root); else `InputError` naming
-    it. Without ``create`` nothing is left on disk: the nearest existing folder above it is
-    probed instead."""
-    folder = Path(out_dir).expanduser()
-    target = folder
-    if not create:
-        target = next((p for p in (folder, *folder.parents) if p.exists()), Path.cwd())
-    if target.exists() and not target.is_dir():
-        raise InputError(f"the {what} {folder} cannot be used: {target} is a file, not a folder; choose another path.")
-    try:
-        if create:
+    writing a probe file; else `InputError` naming it. Without ``create`` nothing is left on
+    disk (`writable_folder`)."""
+    folder = writable_folder(out_dir, what)
+    if create:
+        try:
             folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=target, prefix=".write-check-"):
-            pass
-    except OSError as error:
-        raise InputError(
-            f"the {what} {folder} is not writable ({error.strerror or error}); choose another "
-            "path or fix the permissions."
-        ) from error
+        except OSError as error:
+            raise InputError(f"{what} {folder} cannot be created ({error.strerror or error}); choose another "
+                             "path.") from error
     return folder
 
 

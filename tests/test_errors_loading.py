@@ -187,15 +187,10 @@ def test_save_pretrained_to_an_unwritable_path_loads_nothing(tmp_path):
     assert blocker.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
-def test_save_pretrained_without_write_permission(tmp_path, monkeypatch, tiny):
-    import nnsight_vla.paths as paths
-
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    monkeypatch.setattr(paths.os, "access", lambda p, mode: str(p) != str(locked))
-    with pytest.raises(InputError, match=rf"{locked / 'ckpt'} is not writable: no write permission in {locked}"):
-        tiny.save_pretrained(locked / "ckpt")
-    assert list(locked.iterdir()) == []
+def test_save_pretrained_without_write_permission(tiny):
+    """/proc takes no new files, not even from root (for whom permission bits prove nothing)."""
+    with pytest.raises(InputError, match=r"/proc/nnsight-vla/ckpt is not writable: cannot write in /proc \("):
+        tiny.save_pretrained("/proc/nnsight-vla/ckpt")
 
 
 # -- where action ids end: the official rule ------------------------------------------------
@@ -301,3 +296,24 @@ def test_cli_refuses_unwritable_outputs_before_loading(tmp_path, monkeypatch, ca
     assert main(["clusters", str(tmp_path), "--concept", "up", "--size", "0", "--out", str(tmp_path / "c.yaml")]) == 2
     assert "--size 0 must be a positive integer" in capsys.readouterr().err
     assert blocker.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(tiny, capsys, monkeypatch, tmp_path):
+    """As root too: each output is checked by writing in its folder (/proc takes no new file),
+    before a model loads, a probe is fitted or an activation is collected."""
+    from nnsight_vla import Site
+    from nnsight_vla.transformer_lens import train_sae
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work must not start")
+
+    monkeypatch.setattr("nnsight_vla.registry.load", no_work)
+    assert main(["lens", "tiny-openvla", "--out", "/proc/x"]) == 2
+    assert "--out folder /proc/x is not writable: cannot write in /proc" in capsys.readouterr().err
+    monkeypatch.setattr("nnsight_vla.probes.probe_folder", no_work)
+    assert main(["probe", str(tmp_path / "acts"), "--out", "/proc/p"]) == 2
+    assert "--out folder /proc/p is not writable" in capsys.readouterr().err
+    monkeypatch.setattr("nnsight_vla.transformer_lens.sae_training.activation_rows", no_work)
+    with pytest.raises(InputError, match=r"SAE folder /proc/nope/sae is not writable: cannot write in /proc"):
+        train_sae(tiny, [Observation(np.zeros((64, 64, 3), np.uint8), "pick up the bowl")], Site(1, "resid"),
+                  "/proc/nope/sae", d_sae=64)
