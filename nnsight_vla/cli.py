@@ -19,10 +19,14 @@ run closed-loop LIBERO evaluations with and without steering (eval), collect act
 to disk (collect) and fit per-layer probes on them (probe)."""
 EPILOG = """examples:
   nnsight-vla lens tiny-openvla --out runs/lens
-  nnsight-vla clusters runs/lens --concept up --size 10 --out runs/clusters.yaml
+  nnsight-vla clusters runs/lens --concept up --size 10 --allow-unmatched --out runs/clusters.yaml
   nnsight-vla eval tiny-openvla --suite libero_spatial --steer runs/clusters.yaml#up_10:4.0 --out runs/eval
   nnsight-vla collect tiny-pi0 --data data/lift --sites resid@expert:all --out runs/acts
-  nnsight-vla probe runs/acts --target action --out runs/probes
+  nnsight-vla probe runs/acts --target action --folds 3 --inner-folds 2 --out runs/probes
+
+(tiny-openvla has random weights: no neuron lists "up", hence --allow-unmatched; data/lift is a
+LeRobotDataset, e.g. three robosuite demonstrations from nnsight_vla.probes.demos.convert_robosuite_demos,
+hence 3 folds.)
 
 Run "nnsight-vla COMMAND --help" for a command's options."""
 
@@ -288,7 +292,8 @@ def probe_command(args) -> None:
     writable_folder(args.out, "--out folder")
     from . import probes
 
-    results = probes.probe_folder(args.folder, targets=args.target, folds=args.folds, shuffles=args.shuffles)
+    results = probes.probe_folder(args.folder, targets=args.target, folds=args.folds, inner_folds=args.inner_folds,
+                                  shuffles=args.shuffles)
     out = results.save(args.out)
     best = results.table.sort_values("score").groupby("target").tail(1)
     for row in best.itertuples():
@@ -388,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--target", nargs="+", default=["action"],
                        help="targets: action, action[2], gripper, state, ee_velocity, task, ...")
     probe.add_argument("--folds", type=int, default=5, help="outer folds, split by episode")
+    probe.add_argument("--inner-folds", type=int, default=3,
+                       help="folds of each outer training set that choose the ridge penalty, split by episode")
     probe.add_argument("--shuffles", type=int, default=3, help="shuffled-target reruns for the chance level")
     probe.add_argument("--out", required=True, type=Path, help="folder for probes.csv, probes.json, probes.png")
 
