@@ -11,7 +11,7 @@ from nnsight_vla.probes import ShardFolder
 from nnsight_vla.probes.demos import convert_robosuite_demos
 from nnsight_vla.probes.sources import as_source
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("stacks")]  # many processes: never beside the Ray check or NDIF
+pytestmark = pytest.mark.slow
 #: Added to two examples: the same commands, cheaper (shorter episodes, one chance-level rerun).
 SHORTER = {"eval": ["--max-steps", "2", "--camera-size", "64"], "probe": ["--shuffles", "1"]}
 
