@@ -70,6 +70,12 @@ def lens_command(args: argparse.Namespace) -> None:
 
     print(f"loading {args.model} ...")
     model = load(args.model)
+    if args.tower is not None and args.tower in model.towers() and model.towers()[args.tower].unembed is None:
+        raise InputError(
+            f"--tower {args.tower}: that tower has no vocabulary to project onto (no unembedding of its own); "
+            f"omit --tower for the VLM, or use lens.project_value_vectors(model, tower={args.tower!r}, unembed=...) "
+            "in Python to borrow one of the same width."
+        )
     table = lens.project_value_vectors(
         model,
         top_k=args.top_k,

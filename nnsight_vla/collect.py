@@ -26,8 +26,12 @@ def wanted_calls(model: Any, site: Site, calls: Any) -> list[int] | None:
 
     ``"prefill"`` is the first call; ``"actions"`` the calls whose last position emits an
     action, as the family says (`VLA.action_calls`): OpenVLA's decoding forwards, Pi0's
-    denoising steps of the expert.
+    denoising steps of the expert. ``None`` (`collect`'s default) is ``"actions"`` on a
+    tower that emits actions and ``"all"`` on one that does not (Pi0's VLM, run once).
     """
+    if calls is None:
+        found = model.action_calls(site.tower)
+        return None if found is None else list(found)
     if isinstance(calls, str):
         if calls not in CALLS:
             raise InputError(f"calls={calls!r} is not one of {list(CALLS)} or a list of ints.")
@@ -102,11 +106,12 @@ class Recorder:
         >>> got.activations[Site(1, "resid")].shape       # [1, calls, positions, width]
     """
 
-    def __init__(self, model: Any, sites: Site | Iterable[Site], *, calls: Any = "all",
-                 positions: Any = "all", batch_size: int = 1):
-        chosen = [sites] if isinstance(sites, Site) else list(sites)
-        if not chosen or not all(isinstance(s, Site) for s in chosen):
-            raise InputError(f"sites must be nnsight_vla.Site objects, at least one; got {sites!r}.")
+    def __init__(self, model: Any, sites: Site | str | Iterable[Site | str], *, calls: Any = None,
+                 positions: Any = "last", batch_size: int = 1):
+        chosen = [sites] if isinstance(sites, (Site, str)) else list(sites)
+        if not chosen:
+            raise InputError("sites is empty; give at least one nnsight_vla.Site, e.g. Site(1, 'resid').")
+        chosen = [Site.of(s, "each of sites") for s in chosen]
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size={batch_size!r} must be a positive int.")
         self.model, self.positions = model, _check_positions(positions, batch_size)
@@ -145,10 +150,10 @@ class Recorder:
 def collect(
     model: Any,
     observations: Any,
-    sites: Site | Iterable[Site],
+    sites: Site | str | Iterable[Site | str],
     *,
-    calls: Any = "all",
-    positions: Any = "all",
+    calls: Any = None,
+    positions: Any = "last",
     batch_size: int = 1,
     progress: bool = False,
     **options: Any,
@@ -158,18 +163,21 @@ def collect(
     Args:
         model: A loaded `nnsight_vla.VLA` (lazy ones are dispatched).
         observations: One observation or a sequence of them.
-        sites: `Site` objects (``Site(20, "resid")``, ``Site(1, "neurons", "expert")``).
+        sites: `Site` objects (``Site(20, "resid")``, ``Site(1, "neurons", "expert")``) or
+            their text (``"expert.1.neurons"``).
         calls: Which forward calls of each site: ``"all"``, ``"prefill"`` (the first),
-            ``"actions"`` (those emitting actions, per the family) or call indices. A
-            prediction stops early once every wanted call was seen.
-        positions: ``"all"``, ``"last"``, ``"mean"`` (over the sequence) or indices.
+            ``"actions"`` (those emitting actions, per the family) or call indices; by default
+            the action calls, or every call of a tower that emits no actions. A prediction
+            stops early once every wanted call was seen.
+        positions: ``"last"`` (the default), ``"all"``, ``"mean"`` (over the sequence) or indices.
         batch_size: Observations per prediction (rows are padded: then only positions
             counted from the end are allowed).
         progress: Show a tqdm bar over batches.
         **options: Passed to ``predict_action`` (e.g. ``seed=`` for Pi0).
 
     Returns:
-        Per site, a float32 CPU tensor ``[observations, calls, positions, width]``.
+        Per site, a float32 CPU tensor ``[observations, calls, positions, width]``, in
+        `Activations` (a dict that also finds a site by a negative layer or by its text).
 
     Example:
         >>> acts = collect(model, [obs1, obs2], [Site(1, "resid")], calls="actions", positions="last")
@@ -187,7 +195,45 @@ def collect(
             model.predict_action(batch, **options)
         for site in recorder.sites:
             rows[site].append(got.activations[site])
-    return {site: concat(site, parts) for site, parts in rows.items()}
+    layers = {site.tower: site.tower_of(model).n_layers for site in recorder.sites}
+    return Activations({site: concat(site, parts) for site, parts in rows.items()}, layers)
+
+
+class Activations(dict):
+    """`collect`'s result: per site, its activations. A site is found as it was asked for too:
+    ``acts[Site(-1)]`` and ``acts["vlm.-1.resid"]`` are ``acts[Site(n_layers - 1)]``.
+
+    Example:
+        >>> acts = collect(model, obs, [Site(-1, "resid")])
+        >>> acts[Site(-1, "resid")].shape
+    """
+
+    def __init__(self, items: dict, layers: dict[str, int]):
+        super().__init__(items)
+        self.layers = layers  # tower -> its number of layers, to count negative layers from
+
+    def _key(self, key: Any) -> Any:
+        if isinstance(key, (Site, str)) and key not in self.keys():
+            try:
+                site = Site.of(key)
+            except InputError:
+                return key
+            if site.layer < 0 and site.tower in self.layers:
+                return Site(site.layer + self.layers[site.tower], site.kind, site.tower)
+            return site
+        return key
+
+    def __missing__(self, key: Any) -> torch.Tensor:
+        site = self._key(key)
+        if site is key or not dict.__contains__(self, site):
+            raise KeyError(f"{key!r} was not collected; the sites are {[str(s) for s in self]}")
+        return dict.__getitem__(self, site)
+
+    def __contains__(self, key: Any) -> bool:
+        return dict.__contains__(self, self._key(key))
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
 
 
 def concat(site: Site, parts: list[torch.Tensor]) -> torch.Tensor:

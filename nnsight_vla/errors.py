@@ -20,7 +20,8 @@ class UnknownModelError(VLAError, LookupError):
 
 
 class StandardNameError(VLAError, AttributeError):
-    """A family's rename map does not produce the standard module names."""
+    """A name the model does not have: a family's rename map that misses a standard module
+    name, or a fact asked of the model that lives on ``model.spec``."""
 
 
 class LayerIndexError(VLAError, IndexError):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import inspect
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from nnsight.intervention.envoy import Envoy, traceable
+from nnsight.intervention.envoy import Envoy
+from nnsight.intervention.tracer import InterleavingTracer
 from nnsight.modeling.mixins.meta import MetaDevice
 from nnsight.modeling.mixins.remotable import Remotable
+from nnsight.tracing.tracer import WithBlockNotFoundError
 
 from .checkpoint import parse_device, parse_dtype
 from .envoys import IdleEnvoy, InertEnvoy, InertOutputEnvoy, LayersEnvoy
@@ -33,6 +36,14 @@ def _linear_shape(envoy: Any, tied: bool = False) -> tuple[int, int] | None:
     if tied and isinstance(module, torch.nn.Embedding):
         return module.embedding_dim, module.num_embeddings
     return None
+
+
+class _TakingTurns(InterleavingTracer):
+    """A trace that holds its model's lock from registering its workers to the end of its run."""
+
+    def execute(self, code: Any) -> None:
+        with self.envoy.exclusive():
+            super().execute(code)
 
 
 class VLA(Remotable):
@@ -213,13 +224,37 @@ class VLA(Remotable):
             return (), options
         return (), {**self._inputs(observations), **options}
 
-    @traceable
-    def predict_action(self, **inputs: Any) -> np.ndarray:
+    # -- one run at a time ---------------------------------------------------------
+    # nnsight keeps one interleaver per model: a trace registers its workers on it, then
+    # its hand-offs serve every forward of the model. Another thread's run meanwhile would
+    # feed or clear those workers, so every run (a trace from registering its workers to
+    # its end, a plain prediction, bridge inputs) holds the model's re-entrant lock, and
+    # threads take turns.
+
+    def exclusive(self) -> threading.RLock:
+        """The lock every run of this model holds; hold it to run the network directly.
+
+        Example:
+            >>> with model.exclusive():
+            ...     out = model._module.embed(**inputs)
+        """
+        lock = self.__dict__.get("_run_lock")
+        return lock if lock is not None else self.__dict__.setdefault("_run_lock", threading.RLock())
+
+    def trace(self, *args: Any, tracer_cls: type | None = None, **kwargs: Any):
+        return super().trace(*args, tracer_cls=tracer_cls or _TakingTurns, **kwargs)
+
+    def interleave(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.exclusive():
+            return super().interleave(fn, *args, **kwargs)
+
+    def predict_action(self, *args: Any, **kwargs: Any) -> Any:
         """Predict the un-normalised action for an observation.
 
         A plain call returns a numpy array (``(action_dim,)`` for one observation,
         ``(batch, ...)`` for several). As a trace, every forward the prediction makes
-        is an iteration, and ``tracer.result`` is the action.
+        is an iteration, and ``tracer.result`` is the action. Threads may share a model:
+        their runs take turns, each giving what it would alone.
 
         Example:
             >>> action = model.predict_action(obs)
@@ -227,6 +262,22 @@ class VLA(Remotable):
             ...     for step in tracer.iter[:]:
             ...         model.layers[1].mlp.down_proj.input[..., 3] = 8.0
         """
+        # nnsight's `traceable`, with the lock held before it asks whether a run is going on
+        # (no `with` here adds a frame: `capture` reads the caller's block two frames up).
+        with self.exclusive():
+            if self.interleaver.interleaving:
+                raise InputError(
+                    "predict_action was called inside a running trace of the same model; "
+                    "make the second prediction after the trace's block ends."
+                )
+            tracer = self.trace(*args, fn=self._run_prediction, **kwargs)
+            try:
+                tracer.capture()
+            except WithBlockNotFoundError:  # a plain call: one run, only edits apply
+                return self.interleave(self._run_prediction, *args, **kwargs)
+            return tracer
+
+    def _run_prediction(self, **inputs: Any) -> np.ndarray:
         return self._predict_action(**inputs)
 
     # -- public helpers -----------------------------------------------------------
@@ -276,6 +327,16 @@ class VLA(Remotable):
             folder.mkdir(parents=True, exist_ok=True)
             self._save(folder, **options)
         return folder
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            spec = self.__dict__.get("spec")
+            if spec is not None and name in spec.__dataclass_fields__:
+                raise StandardNameError(f"{type(self).__name__} has no attribute {name!r}: the model's facts are "
+                                        f"on its spec; use model.spec.{name}.") from None
+            raise
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name_or_path!r})\n{super().__repr__()}"
@@ -341,6 +402,7 @@ class VLA(Remotable):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
+        state.pop("_run_lock", None)  # a lock does not pickle; the copy makes its own
         for attr in self._persistent_attributes:
             value = state.get(attr)
             if value is not None:

@@ -96,6 +96,25 @@ def probed_folder(out_dir: str | os.PathLike, create: bool = True, what: str = "
     return folder
 
 
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders that creating the folder ``path`` would make, deepest first (none if it exists)."""
+    path, out = Path(path).expanduser().absolute(), []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, as `missing_folders` gives them) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone: leave it and its parents
+            if folder.exists():
+                return
+
+
 @contextlib.contextmanager
 def writing(path: str | os.PathLike, what: str = "output") -> Iterator[None]:
     """Turn an `OSError` raised while writing ``path`` into an `InputError` naming it."""

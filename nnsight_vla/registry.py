@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .errors import CheckpointError, UnknownModelError
+from .errors import CheckpointError, InputError, UnknownModelError
 from .remote import is_hub_id
 
 ENTRY_POINT_GROUP = "nnsight_vla.models"
@@ -179,6 +179,9 @@ def load(source: str | Path, *, dtype=None, device=None, dispatch: bool = True, 
         >>> model.spec.n_layers
         2
     """
+    if not isinstance(source, (str, Path)) or not str(source).strip():
+        raise InputError(f"source={source!r}: give a built-in name such as 'tiny-openvla', a checkpoint folder "
+                         "or a Hub id.")
     family = resolve(source, revision)
     cls = family.load_class()
     return cls(str(source), dtype=dtype, device=device, dispatch=dispatch, revision=revision, **kwargs)

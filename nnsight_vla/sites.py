@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -63,6 +64,11 @@ class Site:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"site kind {self.kind!r} is not one of {list(KINDS)}.")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, (int, np.integer)):
+            raise InputError(f"a site's layer must be an int, got {self.layer!r}.")
+        if not isinstance(self.tower, str):
+            raise InputError(f"a site's tower must be a name such as 'vlm' or 'expert', got {self.tower!r}.")
+        object.__setattr__(self, "layer", int(self.layer))  # numpy ints hash and print as ints
 
     def __str__(self) -> str:
         return f"{self.tower}.{self.layer}.{self.kind}"
@@ -76,6 +82,15 @@ class Site:
         if len(parts) != 3 or not parts[1].lstrip("-").isdigit():
             raise InputError(f"site {text!r} is not TOWER.LAYER.KIND, e.g. 'vlm.20.resid' or '20.neurons'.")
         return cls(int(parts[1]), parts[2], parts[0])
+
+    @classmethod
+    def of(cls, value: Any, what: str = "site") -> Site:
+        """``value`` as a `Site`: a Site, or its text (`parse`)."""
+        if isinstance(value, Site):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        raise InputError(f"{what} must be an nnsight_vla.Site or its text such as 'vlm.20.resid', got {value!r}.")
 
     # -- binding to a model --------------------------------------------------------
 

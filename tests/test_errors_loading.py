@@ -317,3 +317,14 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(tiny, capsys
     with pytest.raises(InputError, match=r"SAE folder /proc/nope/sae is not writable: cannot write in /proc"):
         train_sae(tiny, [Observation(np.zeros((64, 64, 3), np.uint8), "pick up the bowl")], Site(1, "resid"),
                   "/proc/nope/sae", d_sae=64)
+
+
+def test_lens_on_a_tower_without_a_vocabulary_names_what_the_cli_can_do(capsys, monkeypatch, tmp_path):
+    def no_projection(*args, **kwargs):
+        raise AssertionError("the projection must not start")
+
+    monkeypatch.setattr("nnsight_vla.lens.project_value_vectors", no_projection)
+    assert main(["lens", "tiny-pi0", "--tower", "expert", "--out", str(tmp_path / "lens")]) == 2
+    err = capsys.readouterr().err
+    assert "--tower expert: that tower has no vocabulary" in err and "omit --tower" in err
+    assert "pass unembed=" not in err

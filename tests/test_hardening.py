@@ -104,6 +104,90 @@ def test_steering_applies_only_to_the_callers_predictions(tiny, obs):
         np.testing.assert_array_equal(action, steered)
 
 
+def _traced(model, ob):
+    """A steered prediction traced step by step (issue 28's reproduction)."""
+    with model.predict_action(ob) as tracer:
+        for step in tracer.iter[:7]:
+            Clamp(CLUSTER, 6.0).apply(model, step)
+        result = tracer.result.save()
+    return np.asarray(result)
+
+
+def _read(model, ob):
+    with model.trace(ob):
+        neurons = model.layers[1].mlp.down_proj.input.save()
+    return neurons.detach().clone()
+
+
+def test_threads_sharing_a_model_get_what_each_would_alone(tiny, obs, obs_long):
+    """Traces, plain predictions, `steer` and `collect` in four threads at once: every
+    result is bit-equal to the same call made alone."""
+    site = nnsight_vla.Site(1, "neurons")
+    jobs = {
+        "traced": lambda: _traced(tiny, obs),
+        "plain": lambda: tiny.predict_action(obs_long),
+        "read": lambda: _read(tiny, obs_long),
+        "collect": lambda: nnsight_vla.collect(tiny, [obs], [site], calls="actions", positions="last")[site],
+    }
+
+    def steered():
+        with tiny.steer(Clamp(CLUSTER, 6.0)):
+            return tiny.predict_action(obs_long)
+
+    jobs["steer"] = steered
+    alone = {name: job() for name, job in jobs.items()}
+    assert not np.array_equal(alone["traced"], tiny.predict_action(obs))  # the trace does steer
+    results, errors, start = {name: [] for name in jobs}, [], threading.Barrier(len(jobs))
+
+    def run(name):
+        try:
+            start.wait()
+            for _ in range(4):
+                results[name].append(jobs[name]())
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    assert not errors, errors
+    for name, got in results.items():
+        assert len(got) == 4, name
+        for value in got:
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(alone[name]), err_msg=name)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in tiny._module.modules())
+
+
+def test_a_prediction_inside_a_trace_of_the_same_model_is_refused(tiny, obs):
+    with pytest.raises(InputError, match="inside a running trace of the same model"):
+        with tiny.trace(obs):
+            tiny.predict_action(obs)
+    assert tiny.predict_action(obs).shape == (7,)  # the model still works
+
+
+def test_open_loop_refuses_what_it_cannot_score_and_takes_one_observation(tiny, obs):
+    from nnsight_vla.steering import open_loop
+
+    clamp = Clamp(CLUSTER, 6.0)
+    for kwargs, message in [
+        (dict(steering={"c": clamp}, controls=0), "controls=0: .*needs at least 2"),
+        (dict(steering={"c": clamp}, controls=1), "controls=1: .*needs at least 2"),
+        (dict(steering={"c": clamp}, controls=True), "controls=True"),
+        (dict(steering=[clamp]), "steering must be a dict {name: intervention}, got list"),
+        (dict(steering={"c": "clamp"}), "'clamp' is not an intervention"),
+        (dict(steering={"c": clamp}, observations=[]), "observations is empty"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            open_loop(tiny, kwargs.pop("observations", [obs]), progress=False, **kwargs)
+    result = open_loop(tiny, obs, {"c": clamp}, controls=2, progress=False)
+    np.testing.assert_array_equal(result.actions["baseline"][0], tiny.predict_action(obs))
+    with tiny.steer(clamp):
+        np.testing.assert_array_equal(result.actions["c"][0], tiny.predict_action(obs))
+    assert all(np.isfinite(row["z"]) or row["random_std"] == 0 for row in result.table())
+
+
 @pytest.fixture(scope="module")
 def pi0():
     return nnsight_vla.load("tiny-pi0")
@@ -133,6 +217,10 @@ def test_pi0_options_and_sites(pi0):
         pi0.predict_action({"observation.images.image": torch.full((3, 64, 64), float("nan")),
                             "observation.images.image2": torch.zeros(3, 64, 64),
                             "observation.state": torch.zeros(8), "task": "go"})
+    with pytest.raises(AttributeError, match="use model.spec.camera_names") as caught:
+        pi0.camera_names
+    assert isinstance(caught.value, VLAError) and pi0.spec.camera_names == ("image", "image2")
+    assert not hasattr(pi0, "no_such_name")
 
 
 def test_mean_difference_takes_single_observations_as_in_the_readme(tiny, obs, obs_long):

@@ -56,8 +56,13 @@ def test_the_verbalising_decode(mini, shipped_frames):
             tokens.append(mini.lm_head.output[0, -1].argmax(-1).item())
     assert mini.tokenizer.decode(tokens[:2]).strip() == "up fast"
     assert all(t in mini.spec.action_token_ids for t in tokens[2:])
-    with pytest.raises(InputError, match="2 words"):
+    with pytest.raises(InputError, match="is not one this model learned to say.*'up fast'"):
         mini.predict_action(obs, phrase="up")
+    with pytest.raises(InputError, match="phrase='sideways zoom' is not one this model learned"):
+        mini.predict_action(obs, phrase="sideways zoom")
+    with pytest.raises(InputError, match="phrase=3 must be a str"):
+        mini.predict_action(obs, phrase=3)
+    assert len(mini.config.phrases) == 19 and "stay still" in mini.config.phrases
 
 
 @pytest.mark.slow
@@ -77,7 +82,7 @@ def test_a_saved_mini_reloads_identically(mini, shipped_frames, tmp_path):
     folder = mini.save_pretrained(tmp_path / "mini")
     loaded = nnsight_vla.load(folder)
     obs = nnsight_vla.Observation(shipped_frames[1], "go left gently")
-    assert loaded.config.phrase_tokens == 2
+    assert loaded.config.phrase_tokens == 2 and loaded.config.phrases == mini.config.phrases
     a, said = loaded.predict_action(obs, with_phrase=True)
     b, said_here = mini.predict_action(obs, with_phrase=True)
     np.testing.assert_array_equal(a, b)

@@ -136,6 +136,10 @@ def test_bad_inputs_are_refused_before_anything_is_written(planted, tiny, datase
         collect_to_disk(model, dataset, [Site(7, "resid", "expert")], out, progress=False)
     with pytest.raises(InputError, match="no column"):
         collect_to_disk(model, DatasetFrames(dataset, columns=["speed"]), [EXPERT_0], out, progress=False)
+    total = len(set(DatasetFrames(dataset).episodes.tolist()))
+    for bad in ([total], [-1], [], ["0"]):
+        with pytest.raises(InputError, match=rf"the dataset at .* has {total} episodes \(0..{total - 1}\)"):
+            DatasetFrames(dataset, episodes=bad)
     with pytest.raises(InputError, match=r"cameras \['image', 'image2'\] are not the model's \['image'\]"):
         collect_to_disk(tiny, dataset, [Site(0, "resid")], out, progress=False)
     stateless = make_dataset(tmp_path / "stateless", episodes=1, frames=1, state=0)

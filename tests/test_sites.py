@@ -41,7 +41,7 @@ def test_positions_and_batches(tiny, obs, obs_long):
     site = Site(0, "resid")
     with tiny.trace(obs):
         full = site.read(tiny).save()
-    got = collect(tiny, obs, site, calls="prefill")[site]
+    got = collect(tiny, obs, site, calls="prefill", positions="all")[site]
     torch.testing.assert_close(got[0, 0], full[0], rtol=0, atol=0)
     torch.testing.assert_close(collect(tiny, obs, site, calls="prefill", positions="mean")[site][0, 0, 0], full[0].mean(0))
     torch.testing.assert_close(collect(tiny, obs, site, calls=[0], positions=[2, -1])[site][0, 0], full[0, [2, -1]])
@@ -91,12 +91,32 @@ def test_bad_collections(tiny, obs, kwargs, message):
 
 
 def test_bad_sites_and_observations(tiny, obs):
-    with pytest.raises(InputError, match="must be nnsight_vla.Site objects"):
-        collect(tiny, obs, ["vlm.0.resid"])
+    with pytest.raises(InputError, match="each of sites must be an nnsight_vla.Site or its text .*got 3"):
+        collect(tiny, obs, [3])
+    with pytest.raises(InputError, match="sites is empty"):
+        collect(tiny, obs, [])
+    with pytest.raises(InputError, match="site 'resid' is not TOWER.LAYER.KIND"):
+        collect(tiny, obs, "resid")
     with pytest.raises(InputError, match="observations is empty"):
         collect(tiny, [], Site(0, "resid"))
 
 
+def test_collect_defaults_work_on_openvla_and_sites_are_found_as_asked(tiny, obs):
+    """The defaults are the action calls at the last position; a negative layer or a site's
+    text finds the normalised key."""
+    acts = collect(tiny, obs, [Site(-1, "resid"), "vlm.0.neurons"])
+    n = tiny.towers()["vlm"].n_layers
+    assert set(acts) == {Site(n - 1, "resid"), Site(0, "neurons")}
+    explicit = collect(tiny, obs, Site(n - 1, "resid"), calls="actions", positions="last")[Site(n - 1, "resid")]
+    assert explicit.shape == (1, 7, 1, tiny.towers()["vlm"].d_model)
+    for key in (Site(-1, "resid"), f"vlm.{n - 1}.resid", "-1.resid", Site(n - 1, "resid")):
+        assert key in acts
+        assert torch.equal(acts[key], explicit)
+    assert Site(-2, "resid") not in acts and acts.get(Site(-2, "resid")) is None
+    with pytest.raises(KeyError, match="was not collected; the sites are"):
+        acts[Site(-2, "resid")]
+
+
 def test_all_positions_of_prompts_of_different_lengths_are_refused(tiny, obs, obs_long):
     with pytest.raises(InputError, match="different shapes .*prompts of different lengths"):
-        collect(tiny, [obs, obs_long], Site(0, "resid"), calls="prefill")
+        collect(tiny, [obs, obs_long], Site(0, "resid"), calls="prefill", positions="all")

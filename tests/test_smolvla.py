@@ -17,6 +17,7 @@ from conftest import random_image
 pytestmark = pytest.mark.xdist_group("smolvla")  # one worker builds the module's fixtures
 
 NEURONS, VALUE = [3, 17], 5.0
+ALL = {"calls": "all", "positions": "all"}  # every forward, whole sequences
 
 
 def intervention(model, tower: str, layer: int, kind: str):
@@ -55,14 +56,14 @@ def test_the_residual_after_a_layer_is_its_input_plus_attention_plus_mlp(smol, t
     equals lerobot's own sum h + o_proj + mlp of the layer, bit for bit, on every call."""
     got, hooks = _parts(smol, tower, layer)
     try:
-        acts = collect(smol, smol_obs(), Site(layer, "resid", tower), seed=0)[Site(layer, "resid", tower)]
+        acts = collect(smol, smol_obs(), Site(layer, "resid", tower), seed=0, **ALL)[Site(layer, "resid", tower)]
     finally:
         for hook in hooks:
             hook.remove()
     want = torch.stack([m + (o + h) for h, o, m in zip(got["h"], got["o"], got["m"])], dim=1)
     assert acts.shape[1] == (1 if tower == "vlm" else smol.policy_config.num_steps)
     assert torch.equal(acts, want)
-    mlp_out = collect(smol, smol_obs(), Site(layer, "mlp_out", tower), seed=0)[Site(layer, "mlp_out", tower)]
+    mlp_out = collect(smol, smol_obs(), Site(layer, "mlp_out", tower), seed=0, **ALL)[Site(layer, "mlp_out", tower)]
     assert torch.equal(mlp_out, torch.stack(got["m"], dim=1))  # read as made, not after the in-place sum
 
 
@@ -70,11 +71,11 @@ def test_the_residual_after_a_layer_is_its_input_plus_attention_plus_mlp(smol, t
 def test_writing_a_residual_reaches_the_next_layers_residual_sum(smol, tower):
     """The write is in place: the next layer adds to the written residual, not only its norm reads it."""
     site = Site(1, "resid", tower)
-    clean = collect(smol, smol_obs(), site, seed=0)[site]
+    clean = collect(smol, smol_obs(), site, seed=0, **ALL)[site]
     with smol.steer(intervention(smol, tower, 1, "resid")):
         got, hooks = _parts(smol, tower, 2)  # after the steering hooks: they see the written residual
         try:
-            acts = collect(smol, smol_obs(), [site, Site(2, "resid", tower)], seed=0)
+            acts = collect(smol, smol_obs(), [site, Site(2, "resid", tower)], seed=0, **ALL)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -151,7 +152,7 @@ def test_modules_that_never_run_are_named_errors(smol):
 def test_denoising_steps_are_the_expert_calls(smol):
     site = Site(0, "neurons", "expert")
     for steps in (None, 3):
-        acts = collect(smol, smol_obs(), site, seed=0, **({} if steps is None else {"num_steps": steps}))[site]
+        acts = collect(smol, smol_obs(), site, seed=0, **ALL, **({} if steps is None else {"num_steps": steps}))[site]
         assert acts.shape[1] == (steps or smol.policy_config.num_steps)
     assert smol.action_calls("expert") == range(10) and smol.action_calls("vlm") is None
     assert smol.policy_config.num_steps == 10  # the option did not stick

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..collect import Recorder
 from ..errors import InputError
+from ..paths import missing_folders, remove_if_empty
 from ..sites import Site
 from .sources import as_source
 from .store import MANIFEST, Buffer, ShardFolder, site_name
@@ -86,7 +87,7 @@ def collect_to_disk(
     settings = settings_of(model, recorder, calls, positions, dtype, source=frames.describe(),
                            shard_rows=shard_rows, batch_size=batch_size, model_targets=extra,
                            options={k: repr(v) for k, v in sorted(options.items())})
-    existed = (Path(out).expanduser().exists(), (Path(out).expanduser() / MANIFEST).exists())  # folder, manifest
+    made = (missing_folders(out), (Path(out).expanduser() / MANIFEST).exists())  # folders to make, manifest
     store = ShardFolder.open(out, settings, resume)
     done = store.rows()
     buffer, batch = Buffer.empty(), []
@@ -120,7 +121,7 @@ def collect_to_disk(
                 buffer.flush(store, f"shard-{first:09d}")
     except BaseException as error:
         if not store.shards():
-            _undo_open(store, existed)  # nothing collected: the folder is as it was before the call
+            _undo_open(store, made)  # nothing collected: the folder is as it was before the call
         else:
             error.add_note(f"{store.rows()} of {len(frames)} frames are saved in {store.folder}; run the same "
                            "collect_to_disk with resume=True (CLI: --resume) to continue from them.")
@@ -128,15 +129,15 @@ def collect_to_disk(
     return store
 
 
-def _undo_open(store: ShardFolder, existed: tuple[bool, bool]) -> None:
-    """Remove what `ShardFolder.open` made in a folder that got no shard: its manifest, lock
-    and the folder itself, where they did not exist before (``existed``: folder, manifest)."""
-    folder_existed, manifest_existed = existed
+def _undo_open(store: ShardFolder, made: tuple[list[Path], bool]) -> None:
+    """Remove what `ShardFolder.open` made in a folder that got no shard: its manifest and
+    lock where there was no manifest before, and the folders it created (``made``: those
+    folders, whether the manifest existed)."""
+    folders, manifest_existed = made
     if not manifest_existed:
         for name in (MANIFEST, ".manifest.lock"):
             (store.folder / name).unlink(missing_ok=True)
-    if not folder_existed and store.folder.is_dir() and not any(store.folder.iterdir()):
-        store.folder.rmdir()
+    remove_if_empty(folders)
 
 
 def _bins(model: Any, frame: Any) -> np.ndarray:

@@ -69,7 +69,7 @@ def _calls(recorded: Any, count: int) -> list[int]:
     return list(range(count))  # "all" and "actions" start at call 0 in every family here
 
 
-def probe_steering(results: ProbeResults, site: Site, target: str, alpha: float, *, call: int | None = None,
+def probe_steering(results: ProbeResults, site: Site | str, target: str, alpha: float, *, call: int | None = None,
                    label: Any = None, **where: Any) -> Add:
     """An `Add` along a residual-stream probe's direction (unit-normed, so ``alpha`` is the
     shift's norm), at the probe's layer and tower; ``where`` goes to `Add` (``positions=``,
@@ -80,6 +80,7 @@ def probe_steering(results: ProbeResults, site: Site, target: str, alpha: float,
         >>> steering = probe_steering(results, Site(12, "resid"), "action[2]", alpha=8.0)
         >>> evaluate(model, "libero_10", [0], episodes=10, steering=steering)
     """
+    site = Site.of(site)
     if site.kind != "resid":
         raise InputError(f"a steering direction lives in the residual stream; {site} is a {site.kind!r} site "
                          "(probe a 'resid' site to steer along it).")

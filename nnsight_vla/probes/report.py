@@ -92,7 +92,7 @@ class ProbeResults:
         Example:
             >>> d = res.direction(Site(12, "resid"), "gripper", call=0)
         """
-        site = Site.parse(site) if isinstance(site, str) else site
+        site = Site.of(site)
         calls = sorted(c for s, c, t in self.probes if s == site and t == target)
         if not calls:
             known = sorted({f"{s}: {t}" for s, _, t in self.probes})

@@ -85,8 +85,16 @@ class DatasetFrames:
             info = self.root / "meta" / "info.json"
             if not info.is_file():
                 raise InputError(f"{self.root} is not a LeRobotDataset (no meta/info.json); pass the dataset's root folder.")
-            if not json.loads(info.read_text()).get("total_frames"):  # lerobot would look for them on the Hub
+            meta = json.loads(info.read_text())
+            if not meta.get("total_frames"):  # lerobot would look for them on the Hub
                 raise InputError(f"the dataset at {self.root} has no frames; convert or record some first.")
+            total = meta.get("total_episodes")
+            if episodes is not None and isinstance(total, int):
+                bad = [e for e in episodes if isinstance(e, bool) or not isinstance(e, (int, np.integer))
+                       or not 0 <= e < total]
+                if bad or not len(episodes):
+                    raise InputError(f"episodes={list(episodes)}: the dataset at {self.root} has {total} "
+                                     f"episodes (0..{total - 1}); choose among those.")
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         self.repo_id = repo_id or f"local/{self.root.name}"  # root=None: lerobot fetches repo_id from the Hub

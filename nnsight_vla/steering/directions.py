@@ -10,6 +10,7 @@ import torch
 
 from ..collect import collect
 from ..errors import InputError
+from ..paths import writable_file, writing
 from ..sites import Site
 
 
@@ -66,10 +67,16 @@ def save_direction(path: str | Path, vector: torch.Tensor, **meta: Any) -> Path:
     """Write a direction (and JSON-able metadata, e.g. layer and tower) as safetensors."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"direction": vector.detach().float().contiguous().cpu()}, path,
-              metadata={"meta": json.dumps(meta)})
+    path = writable_file(path, "direction file")
+    if not isinstance(vector, torch.Tensor) or vector.dim() != 1:
+        raise InputError(f"a direction is a 1-D tensor, got {getattr(vector, 'shape', type(vector).__name__)}.")
+    try:
+        text = json.dumps(meta)
+    except TypeError as err:
+        raise InputError(f"the direction's metadata must be JSON values (numbers, strings, lists): {err}.") from err
+    with writing(path, "direction file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"direction": vector.detach().float().contiguous().cpu()}, path, metadata={"meta": text})
     return path
 
 

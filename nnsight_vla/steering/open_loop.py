@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..observation import Observation
 from .controls import random_control, z_against
 from .runtime import steer
 
@@ -74,9 +75,9 @@ class OpenLoopResult:
         return folder / "open_loop.csv"
 
 
-def open_loop(model: Any, observations: list, steering: Mapping[str, Any], *, controls: int = 10, seed: int = 0,
+def open_loop(model: Any, observations: Any, steering: Mapping[str, Any], *, controls: int = 10, seed: int = 0,
               progress: bool = True, **options: Any) -> OpenLoopResult:
-    """Predict every observation once without steering, once under each named steering (e.g. a
+    """Predict every observation (one, or a list) once without steering, once under each named steering (e.g. a
     concept cluster's `Clamp`), and under ``controls`` random controls of each (the same
     intervention on random neurons of the same layers: `random_control`, seeds ``seed..``).
 
@@ -84,11 +85,17 @@ def open_loop(model: Any, observations: list, steering: Mapping[str, Any], *, co
         >>> result = open_loop(model, [obs1, obs2], {"up": Clamp(up, 4.0)}, controls=10)
         >>> [r["z"] for r in result.table() if r["measure"] == "dz"]
     """
+    if not isinstance(steering, Mapping):
+        raise InputError(f"steering must be a dict {{name: intervention}}, got {type(steering).__name__}; "
+                         "e.g. {'up': Clamp(up, 4.0)}.")
     if not steering:
         raise InputError("steering is empty; give {name: intervention}, e.g. {'up': Clamp(up, 4.0)}.")
-    if not isinstance(controls, int) or controls < 0:
-        raise InputError(f"controls={controls!r} must be a non-negative int.")
-    items = list(observations)
+    if isinstance(controls, bool) or not isinstance(controls, int) or controls < 2:
+        raise InputError(f"controls={controls!r}: a steering is scored against the spread of its random controls, "
+                         "which needs at least 2; pass controls=10 or more.")
+    items = [observations] if isinstance(observations, Observation) else list(observations)
+    if not items:
+        raise InputError("observations is empty; give one Observation or a list of them.")
     conditions: dict[str, Any] = {"baseline": None}
     for name, intervention in steering.items():
         if "/" in name or name == "baseline":

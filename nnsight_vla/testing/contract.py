@@ -174,7 +174,7 @@ def check_steering(model: Any) -> None:
     base = np.asarray(model.predict_action(obs))
     for name in model.towers():
         resid, module = Site(0, "resid", name), Site(0, "neurons", name).module(model)
-        clean = collect(model, obs, resid, positions="last")[resid]
+        clean = collect(model, obs, resid, calls="all", positions="last")[resid]
         for calls in ("all", "prefill") if name == "vlm" else ("all",):
             clamp = Clamp([(0, 0), (0, 1)], 5.0, tower=name, calls=calls)
             where = f"(tower {name!r}, calls={calls!r})"
@@ -185,9 +185,9 @@ def check_steering(model: Any) -> None:
             with model.steer(clamp):
                 steered = np.asarray(model.predict_action(obs))
             with model.steer(clamp):
-                steered_resid = collect(model, obs, resid, positions="last")[resid]
+                steered_resid = collect(model, obs, resid, calls="all", positions="last")[resid]
             hooked = np.asarray(_with_hook(module, calls, lambda: model.predict_action(obs)))
-            hooked_resid = _with_hook(module, calls, lambda: collect(model, obs, resid, positions="last")[resid])
+            hooked_resid = _with_hook(module, calls, lambda: collect(model, obs, resid, calls="all", positions="last")[resid])
             for label, value in (("nnsight", np.asarray(traced)), ("model.steer", steered)):
                 if not np.array_equal(value, hooked):
                     _fail("steering", f"{label} clamp {where} gives other actions than a torch hook")

@@ -116,8 +116,8 @@ def bridge_inputs(model: Any, observations: Any, part: str = "vlm") -> dict[str,
         >>> bridge.run_with_cache(**bridge_inputs(model, obs))
     """
     _part(model, part)
-    model.dispatch()
-    with torch.no_grad():
+    with torch.no_grad(), model.exclusive():
+        model.dispatch()
         return model.bridge_inputs(part, model._observations((observations,)))
 
 
@@ -137,8 +137,8 @@ def token_inputs(model: Any, bridge: Any, observation: Any, part: str = "vlm") -
         ...     patching.get_act_patch_resid_pre(bridge, corrupt_tokens, clean_cache, metric)
     """
     _part(model, part)
-    model.dispatch()
-    with torch.no_grad():
+    with torch.no_grad(), model.exclusive():
+        model.dispatch()
         prompt = model.bridge_tokens(part, model._observations((observation,)))
     length = prompt.tokens.shape[1]
 

@@ -21,8 +21,7 @@ def activation_rows(model: Any, observations: Any, site: Site, *, calls: Any = "
                     positions: Any = "all", progress: bool = False, **options: Any) -> torch.Tensor:
     """The site's activations on each observation's prediction (`collect`, one observation at a
     time, so sequences of different lengths mix), as rows ``[n, width]`` (float32, CPU)."""
-    if not isinstance(site, Site):
-        raise InputError(f"site must be an nnsight_vla.Site, got {site!r}.")
+    site = Site.of(site)
     single = not isinstance(observations, Sequence) or isinstance(observations, str)
     items = [observations] if single else list(observations)
     if not items:
@@ -150,8 +149,7 @@ def train_sae(model: Any, observations: Any, site: Site, folder: str | Path, *, 
         >>> sae = train_sae(model, observations, Site(1, "resid"), "saes/resid-1", d_sae=512, steps=2000)
         >>> feats = sae_features(model, sae, obs)
     """
-    if not isinstance(site, Site):
-        raise InputError(f"site must be an nnsight_vla.Site, got {site!r}.")
+    site = Site.of(site)
     folder = writable_folder(folder, "SAE folder")  # before any heavy work
     site = site.on(model)
     rows = activation_rows(model, observations, site, calls=calls, positions=positions,

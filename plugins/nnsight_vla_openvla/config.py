@@ -25,11 +25,11 @@ DEFAULT_NORMALIZE = [
 class OpenVLAConfig:
     """The fields of an OpenVLA ``config.json`` that define the network and the actions.
 
-    ``timm_overrides``, ``unpadded_vocab_size`` and ``phrase_tokens`` are this project's
-    extensions (absent from official checkpoints): per-backbone keyword overrides for
+    ``timm_overrides``, ``unpadded_vocab_size``, ``phrase_tokens`` and ``phrases`` are this
+    project's extensions (absent from official checkpoints): per-backbone keyword overrides for
     ``timm.create_model`` (the small instances), the vocabulary size before padding for
-    backbones other than Llama-2, and how many words a verbalising model says before its
-    action tokens (``mini-openvla``; 0: none, as OpenVLA).
+    backbones other than Llama-2, how many words a verbalising model says before its action
+    tokens (``mini-openvla``; 0: none, as OpenVLA) and the phrases it learned to say.
     """
 
     text_config: dict[str, Any]
@@ -43,6 +43,7 @@ class OpenVLAConfig:
     timm_overrides: list[dict[str, Any]] | None = None
     unpadded_vocab_size: int | None = None
     phrase_tokens: int = 0
+    phrases: list[str] | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -141,4 +142,6 @@ class OpenVLAConfig:
                 out[extension] = getattr(self, extension)
         if self.phrase_tokens:
             out["phrase_tokens"] = self.phrase_tokens
+        if self.phrases:
+            out["phrases"] = list(self.phrases)
         return out

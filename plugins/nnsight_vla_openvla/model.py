@@ -222,14 +222,19 @@ class OpenVLA(VLA):
 
     def _phrase_ids(self, phrase: str) -> torch.Tensor:
         """``[1, phrase_tokens]``: the ids of the words a verbalising model is made to say."""
-        n = self.config.phrase_tokens
-        ids = self._tokenizer.encode(" " + phrase.strip(), add_special_tokens=False) if n else []
-        if not n or len(ids) != n:
-            raise InputError(
-                f"phrase={phrase!r}: " + (f"this model says {n} token(s) before its actions, and the phrase is "
-                                          f"{len(ids)}; give {n} words such as 'up fast'." if n else
-                                          "this model says nothing before its actions (phrase_tokens=0); drop phrase=.")
-            )
+        n, learned = self.config.phrase_tokens, self.config.phrases
+        if not isinstance(phrase, str):
+            raise InputError(f"phrase={phrase!r} must be a str of words, such as 'up fast'.")
+        if not n:
+            raise InputError(f"phrase={phrase!r}: this model says nothing before its actions "
+                             "(phrase_tokens=0); drop phrase=.")
+        if learned and " ".join(phrase.split()) not in learned:
+            raise InputError(f"phrase={phrase!r} is not one this model learned to say, so its actions would mean "
+                             f"nothing; use one of {', '.join(map(repr, learned))}.")
+        ids = self._tokenizer.encode(" " + phrase.strip(), add_special_tokens=False)
+        if len(ids) != n:
+            raise InputError(f"phrase={phrase!r}: this model says {n} token(s) before its actions, and the phrase "
+                             f"is {len(ids)}; give {n} words such as 'up fast'.")
         return torch.tensor([ids])
 
     def bridge_parts(self) -> dict:

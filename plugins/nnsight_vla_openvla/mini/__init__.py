@@ -9,6 +9,7 @@ import torch
 from nnsight_vla import CheckpointError
 
 from .. import MINI
+from . import instructions
 
 #: Built-in name -> training recipe (see `train.Settings`).
 BUILTINS = dict(zip(MINI, ("verbalise", "act")))
@@ -27,7 +28,9 @@ def configure(config, name: str):
     """smol-openvla's config for the built-in ``name``: the motion statistics, and two words said
     before the actions for a verbalising recipe."""
     config.norm_stats = STATS
-    config.phrase_tokens = 2 if BUILTINS[name] == "verbalise" else 0
+    verbalises = BUILTINS[name] == "verbalise"
+    config.phrase_tokens = 2 if verbalises else 0
+    config.phrases = [" ".join(p) for p in instructions.phrases()] if verbalises else None
     config.raw = {**config.raw, "llm_backbone_id": f"smollm2-135m-instruct+{name}"}
     return config
 
