@@ -10,9 +10,9 @@ what the lock takes from them, on the mid-size random OpenVLA (8 Llama layers, w
   unlocked    the same, the lock replaced by a no-op (plain predictions only: safe)
 
 Rounds alternate the variants so machine noise hits all alike; prints the medians and the
-ratios locked/serial and locked/unlocked. Torch already spreads one prediction's matmuls
-over the cores, so on a CPU the lock should cost little; on a GPU small batches in parallel
-could gain more from overlapping, and that is what the lock gives up.
+ratios locked/serial and locked/unlocked. What the lock gives up is the overlap of one
+thread's Python work with another's matmuls: on the 2-core AVX2 machine (3 threads, 12
+predictions) locked/serial was 1.08 and locked/unlocked 1.33.
 """
 
 from __future__ import annotations
