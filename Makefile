@@ -13,8 +13,9 @@ demo:
 # xdist_group and runs on one worker, so its fixtures are built once. The 20 slowest tests are listed.
 PYTEST = $$venv/bin/python -m pytest -n 2 --dist loadgroup --durations=20
 
+# The tests marked `stacks` run last, alone (scripts/test.sh says why).
 test:
-	@$(ENV) $(PYTEST) $(ARGS)
+	@$(ENV) bash scripts/test.sh $$venv/bin/python $(ARGS)
 
 # The edit-test loop: everything not marked slow (see CONTRIBUTING.md for what that leaves out).
 test-fast:

@@ -22,7 +22,16 @@ from nnsight_vla.eval.records import episode_row
 from nnsight_vla.probes import RolloutCollector, ShardFolder
 
 out = Path(sys.argv[1])
-result = {}
+result = {"seconds": {}}
+clock = [time.perf_counter()]
+
+
+def lap(phase: str) -> None:
+    """Record the seconds since the last phase ended (the test prints them)."""
+    now = time.perf_counter()
+    result["seconds"][phase] = round(now - clock[0], 1)
+    clock[0] = now
+
 common = {"suite": "libero_spatial", "steps": 2, "seed": 7, "camera_size": 64, "record_video": False}
 
 # The existing cluster of the second part starts now, while the first part runs.
@@ -35,11 +44,14 @@ head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--h
 try:
     # tiny-openvla on a local Ray that evaluate() starts and stops itself.
     model = nnsight_vla.load("tiny-openvla")
+    lap("load")
     args = {"steering": Clamp([(1, 3), (1, 17)], 8.0), "max_steps": 2, "camera_size": 64, "controls": ("baseline",)}
     sites = [Site(0, "resid"), Site(1, "neurons")]
     serial = evaluate(model, "libero_spatial", [0], 1, collect=RolloutCollector(sites, out / "serial"), **args).episodes
+    lap("serial")
     parallel = evaluate(model, "libero_spatial", [0], 1, workers=2, collect=RolloutCollector(sites, out / "parallel"),
                         **args).episodes
+    lap("local ray")
     result["tiny-openvla"] = {"serial": serial, "parallel": parallel}
     # each worker wrote its episodes' shards: the same files and arrays as the serial run's
     stores = [ShardFolder.read(out / name) for name in ("serial", "parallel")]
@@ -57,12 +69,14 @@ try:
             if probe.connect_ex(("127.0.0.1", 6390)) == 0:
                 break
         time.sleep(0.5)
+    lap("wait for the cluster")
     conditions = {"baseline": None, "steered": args["steering"]}
     jobs = job_order([0], 1, conditions)  # two jobs: one for each worker
     timings: list = []
     parallel = run_parallel(model, jobs, conditions, workers=2, address="127.0.0.1:6390", timings=timings, **common)
     rows = [episode_row("libero_spatial", job, parallel[job]) for job in jobs]
     result["cluster"] = {"rows": rows, "pids": sorted({pid for *_, pid in timings})}
+    lap("cluster")
     # A model edited in memory cannot be rebuilt by the workers: refused (one worker shows it).
     edited = nnsight_vla.load("tiny-openvla")
     with torch.no_grad():
@@ -72,6 +86,7 @@ try:
         result["edited"] = "no error"
     except VLAError as error:
         result["edited"] = f"{type(error).__name__}: {error}"
+    lap("edited")
 finally:
     import ray
 
@@ -82,4 +97,5 @@ finally:
     except subprocess.TimeoutExpired:  # `ray start --block` can take half a minute to stop its children
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(10)
+lap("stop")
 (out / "result.json").write_text(json.dumps(result))

@@ -13,7 +13,7 @@ from nnsight_vla import InputError
 from nnsight_vla.eval import evaluate
 
 #: The NDIF stack and the Ray check start many processes: one worker runs them, one after the other.
-pytestmark = pytest.mark.xdist_group("stacks")
+pytestmark = [pytest.mark.stacks, pytest.mark.xdist_group("stacks")]
 
 ROOT = Path(__file__).resolve().parents[1]
 

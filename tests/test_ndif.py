@@ -24,7 +24,7 @@ from nnsight_vla.remote import WEIGHT_FILES, _placement
 from conftest import random_image
 
 #: The NDIF stack and the Ray check start many processes: one worker runs them, one after the other.
-pytestmark = pytest.mark.xdist_group("stacks")
+pytestmark = [pytest.mark.stacks, pytest.mark.xdist_group("stacks")]
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# `make test`: every test on two xdist workers, then the tests marked `stacks` (the Ray cluster, the
+# NDIF stack), which start processes of their own, two at a time: alone, each process with a core.
+# Arguments go to both runs; a run they select nothing in (pytest's status 5) is not a failure.
+set -uo pipefail
+python=$1
+shift
+run() {
+  "$@"
+  local status=$?
+  [ "$status" -eq 0 ] || [ "$status" -eq 5 ] || exit "$status"
+}
+run "$python" -m pytest -n 2 --dist loadgroup --durations=20 -m "not stacks" "$@"
+NNSIGHT_VLA_TEST_PROCESSES=2 run "$python" -m pytest -n 0 --durations=10 -m stacks "$@"
