@@ -79,3 +79,59 @@ def test_a_steering_is_scored_against_its_random_controls():
     assert scored["success"]["pairs"] == 2 and scored["success"]["shift"] == 0.0
     assert versus_random(rows, {"up": ["up/random0"]})["up"]["z_displacement"]["z"] != \
         versus_random(rows, {"up": ["up/random0"]})["up"]["z_displacement"]["z"]  # one control: NaN
+
+
+def test_the_rank_p_value_counts_controls_at_least_as_far_on_the_tested_side():
+    from nnsight_vla.steering.controls import z_against
+
+    controls = [0.1, 0.3, 0.5, 0.5, -0.2, 0.0, 0.7, 0.2, 0.4]  # N = 9: p = (1 + k) / 10
+    assert z_against(0.5, controls).p == pytest.approx(4 / 10)  # 0.5, 0.5 (ties count) and 0.7
+    assert z_against(0.8, controls).p == pytest.approx(1 / 10) == z_against(0.8, controls).p_min  # none beyond
+    assert z_against(-0.2, controls, side=-1).p == pytest.approx(2 / 10)  # -0.2 itself
+    assert z_against(-0.5, controls, side=-1).p == pytest.approx(1 / 10)
+    assert z_against(0.8, controls, side=-1).p == pytest.approx(10 / 10)  # the wrong way: every control is beyond
+    # two-sided: |c - mean| >= |shift - mean|, mean 0.2777...
+    mean = np.mean(controls)
+    far = sum(abs(c - mean) >= abs(-0.3 - mean) for c in controls)
+    assert z_against(-0.3, controls, side=0).p == pytest.approx((1 + far) / 10) and far == 0
+    nan_kept_out = z_against(0.8, [*controls, float("nan"), float("inf")])
+    assert nan_kept_out.n == 9 and nan_kept_out.p == pytest.approx(0.1)
+    alike = z_against(0.0, [0.0] * 99)  # a steering that moves nothing, among controls that move nothing
+    assert alike.p == 1.0 and alike.p_min == pytest.approx(0.01) and alike.z == 0.0
+    mean_, std, z, *_ = z_against(0.4, [0.0, 0.1, -0.1])
+    assert (mean_, z) == pytest.approx((0.0, 4.0)) and std == pytest.approx(0.1)
+    with pytest.raises(InputError, match="side=2 must be 1"):
+        z_against(0.1, controls, side=2)
+
+
+def test_holm_matches_a_hand_computed_family():
+    from nnsight_vla.steering.controls import holm
+
+    # sorted: 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> kept at 0.06)
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(holm([0.5, 0.6]), [1.0, 1.0])  # capped at 1
+    got = holm([0.01, float("nan"), 0.02])  # NaN stays NaN and is not counted: m = 2
+    assert np.isnan(got[1]) and got[0] == pytest.approx(0.02) and got[2] == pytest.approx(0.02)
+    with pytest.raises(InputError, match=r"must lie in \[0, 1\]"):
+        holm([0.2, 1.5])
+
+
+def test_sides_make_the_p_value_one_sided_and_are_checked():
+    values = {"baseline": [0.0, 0.0], "up": [0.4, 0.4], **{f"up/random{k}": [0.1 * k, 0.1 * k] for k in range(9)}}
+    rows = [{"task": 0, "episode": e, "condition": c, "success": False, "z_displacement": z, "error": None,
+             **{m: 0.0 for m in ("length", "path_length", "displacement_per_step", "mean_speed", "max_speed",
+                                 "min_height")}} for c, zs in values.items() for e, z in enumerate(zs)]
+    groups = {"up": [f"up/random{k}" for k in range(9)]}
+    # control shifts 0.0 .. 0.8; the steering's 0.4: raised by 0.4..0.8 (5 controls), lowered by 0..0.4 (5)
+    up = versus_random(rows, groups, {"up": {"z_displacement": 1}})["up"]["z_displacement"]
+    assert up["p"] == pytest.approx(6 / 10) and up["side"] == 1 and up["p_min"] == pytest.approx(0.1)
+    down = versus_random(rows, groups, {"up": {"z_displacement": -1}})["up"]["z_displacement"]
+    assert down["p"] == pytest.approx(6 / 10) and down["side"] == -1
+    either = versus_random(rows, groups)["up"]["path_length"]
+    assert either["side"] == 0 and either["p"] == 1.0  # nothing moved: every control is as far
+    from nnsight_vla.steering.controls import check_sides
+
+    for bad, message in [({"down": {"dz": 1}}, "not a steering here"), ({"up": {"dx2": 1}}, "names the measure"),
+                         ({"up": {"dz": 2}}, "must be 1"), ({"up": {"dz": True}}, "must be 1"), (["up"], "must be a dict")]:
+        with pytest.raises(InputError, match=message):
+            check_sides(bad, ["up"], ["dx", "dz"])

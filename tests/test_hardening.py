@@ -167,7 +167,7 @@ def test_a_prediction_inside_a_trace_of_the_same_model_is_refused(tiny, obs):
     assert tiny.predict_action(obs).shape == (7,)  # the model still works
 
 
-def test_open_loop_refuses_what_it_cannot_score_and_takes_one_observation(tiny, obs):
+def test_open_loop_refuses_what_it_cannot_score_and_takes_one_observation(tiny, obs, obs_long):
     from nnsight_vla.steering import open_loop
 
     clamp = Clamp(CLUSTER, 6.0)
@@ -178,6 +178,7 @@ def test_open_loop_refuses_what_it_cannot_score_and_takes_one_observation(tiny, 
         (dict(steering=[clamp]), "steering must be a dict {name: intervention}, got list"),
         (dict(steering={"c": "clamp"}), "'clamp' is not an intervention"),
         (dict(steering={"c": clamp}, observations=[]), "observations is empty"),
+        (dict(steering={"c": clamp}, batch_size=0), "batch_size=0 must be a positive int"),
     ]:
         with pytest.raises(InputError, match=message):
             open_loop(tiny, kwargs.pop("observations", [obs]), progress=False, **kwargs)
@@ -186,6 +187,11 @@ def test_open_loop_refuses_what_it_cannot_score_and_takes_one_observation(tiny, 
     with tiny.steer(clamp):
         np.testing.assert_array_equal(result.actions["c"][0], tiny.predict_action(obs))
     assert all(np.isfinite(row["z"]) or row["random_std"] == 0 for row in result.table())
+    batched = open_loop(tiny, [obs, obs_long, obs], {"c": clamp}, controls=2, batch_size=2, progress=False)
+    alone = open_loop(tiny, [obs, obs_long, obs], {"c": clamp}, controls=2, progress=False)
+    assert set(batched.actions) == set(alone.actions)
+    for label, actions in alone.actions.items():  # the same action tokens, batched or not
+        np.testing.assert_allclose(batched.actions[label], actions, atol=1e-6, err_msg=label)
 
 
 @pytest.fixture(scope="module")

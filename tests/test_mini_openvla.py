@@ -124,12 +124,12 @@ def test_the_closed_loop_grid_scores_each_cluster_on_its_own_metric():
     (− expected), with the paired interval of that metric; the other metrics stay out."""
     from nnsight_vla_openvla.mini import report
 
-    def scored(shift, z):
-        return {"shift": shift, "random_mean": 0.0, "random_std": 1.0, "z": z}
+    def scored(shift, z, p):
+        return {"shift": shift, "random_mean": 0.0, "random_std": 1.0, "z": z, "p": p, "p_min": 0.02, "controls": 49}
 
     statistics = {
-        "vs_random": {"up_20@2": {"z_displacement": scored(0.04, 4.5), "mean_speed": scored(0.09, 0.5)},
-                      "slow_10@8": {"z_displacement": scored(0.0, 0.1), "mean_speed": scored(-0.2, -2.5)}},
+        "vs_random": {"up_20@2": {"z_displacement": scored(0.04, 4.5, 0.02), "mean_speed": scored(0.09, 0.5, 0.4)},
+                      "slow_10@8": {"z_displacement": scored(0.0, 0.1, 0.5), "mean_speed": scored(-0.2, -2.5, 0.3)}},
         "up_20@2": {"z_displacement": {"ci_low": 0.03, "ci_high": 0.05}, "mean_speed": {}},
         "slow_10@8": {"z_displacement": {}, "mean_speed": {}},
     }
@@ -137,5 +137,7 @@ def test_the_closed_loop_grid_scores_each_cluster_on_its_own_metric():
     assert [(r["steering"], r["measure"], r["expected_sign"], r["z"]) for r in rows] == [
         ("up_20@2", "z_displacement", 1, 4.5), ("slow_10@8", "mean_speed", -1, -2.5)]
     table = report.grid_table(rows)
-    assert table[2] == "| up_20@2 | z_displacement (+ expected) | +0.0400 [+0.0300, +0.0500] | +0.0000 ± 1.0000 | +4.50 |"
-    assert table[3] == "| slow_10@8 | mean_speed (− expected) | -0.2000 | +0.0000 ± 1.0000 | -2.50 |"
+    assert table[2] == ("| up_20@2 | z_displacement (+ expected) | +0.0400 [+0.0300, +0.0500] | +0.000 ± 1.000 | "
+                        "49 | +4.50 | **0.020** (≥ 0.020) | **0.040** |")  # Holm: 2 x 0.02
+    assert table[3] == ("| slow_10@8 | mean_speed (− expected) | -0.2000 | +0.000 ± 1.000 | 49 | -2.50 | 0.300 "
+                        "(≥ 0.020) | 0.300 |")

@@ -21,12 +21,14 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..paths import probed_folder
 from ..steering import bind, random_control
+from ..steering.controls import check_sides
 from ..towers import module_of
 from .libero import MAX_STEPS, check_task, init_state_count
 from .parallel import Job, fingerprint, job_order, run_parallel
 from .records import (EPISODES, append_row, as_json, describe_steering, episode_row, file_label, model_identity,
                       open_run, write_files, write_video)
 from .rollout import Episode, Simulators, run_job
+from .metrics import METRICS
 from .stats import condition_means, paired_statistics, versus_random
 
 #: The serial progress bar shows the step inside the episode every this many steps.
@@ -76,6 +78,7 @@ def evaluate(
     random_controls: int = 1,
     instruction: str | None = None,
     simulators: Simulators | None = None,
+    sides: Mapping[str, Mapping[str, int]] | None = None,
 ) -> EvalResult:
     """Run every condition on the same tasks, init states and seeds (a paired design).
 
@@ -86,7 +89,8 @@ def evaluate(
     draws N controls per steering (seeds ``seed..seed+N-1``; a single steering's are then
     ``"random<k>"``), and ``statistics["vs_random"]`` scores each steering's paired shift
     against its controls' shifts (`stats.versus_random`: the z-score the paper's random
-    baseline asks for). ``tasks``: a task id or a list of them. ``episodes``
+    baseline asks for, and the rank p-value, one-sided where ``sides`` says which way a
+    steering should move a metric, e.g. ``{"up": {"z_displacement": 1}}``). ``tasks``: a task id or a list of them. ``episodes``
     per task are its init states ``0..episodes-1`` (at most the task's count: 50 in LIBERO).
     ``max_steps``: the step limit of an episode (None: the suite's standard limit).
     ``instruction``: said to the model instead of each task's own (e.g. a neutral
@@ -149,6 +153,7 @@ def evaluate(
         raise InputError("resume=True needs out_dir=, the folder of the run to continue.")
     check_simulators(simulators, suite, camera_size, workers > 1 or ray_address is not None)
     conditions, groups = steering_conditions(model, steering, controls, random_controls, seed)
+    sides = check_sides(sides, groups, METRICS)  # before any rollout
     steps = MAX_STEPS[suite] if max_steps is None else max_steps
     check_episodes(suite, tasks, episodes)
     jobs = job_order(tasks, episodes, conditions)
@@ -208,7 +213,7 @@ def evaluate(
     summary = condition_means(ordered, list(conditions), tasks)
     statistics = paired_statistics(ordered, list(conditions))
     if statistics and any(len(names) > 1 for names in groups.values()):
-        statistics["vs_random"] = versus_random(ordered, groups)
+        statistics["vs_random"] = versus_random(ordered, groups, sides)
     if folder is not None:
         write_files(folder, ordered, summary, statistics)
     return EvalResult(ordered, summary, statistics, folder)

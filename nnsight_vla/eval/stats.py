@@ -134,13 +134,17 @@ def paired_statistics(rows: list[dict], conditions: list[str]) -> dict:
     return out
 
 
-def versus_random(rows: list[dict], groups: dict[str, list[str]]) -> dict:
+def versus_random(rows: list[dict], groups: dict[str, list[str]],
+                  sides: dict[str, dict[str, int]] | None = None) -> dict:
     """Each steering's paired shift from the baseline against its random controls' shifts:
-    ``{steering: {metric: {"shift", "random_mean", "random_std", "z", "controls", "pairs"}}}``.
+    ``{steering: {metric: {"shift", "random_mean", "random_std", "z", "p", "p_min", "side",
+    "controls", "pairs"}}}``.
 
     A shift is the mean of ``condition - baseline`` over the episodes where neither failed
-    (success: over all); its z-score among the controls' shifts is `steering.z_against`'s.
-    Steerings without controls are left out.
+    (success: over all); it is scored among the controls' shifts by `steering.z_against`: the
+    z-score (which assumes normal controls) and the rank p-value, one-sided where ``sides``
+    says which way a steering should move a metric (``{"up": {"z_displacement": 1}}``),
+    two-sided elsewhere. Steerings without controls are left out.
 
     Example:
         >>> versus_random(rows, {"up": ["up/random0", "up/random1", "up/random2"]})["up"]["z_displacement"]["z"]
@@ -164,7 +168,9 @@ def versus_random(rows: list[dict], groups: dict[str, list[str]]) -> dict:
         for metric in METRICS:
             own, pairs = shift(name, metric)
             randoms = [shift(label, metric)[0] for label in labels]
-            mean, std, z = z_against(own, randoms)
-            out[name][metric] = {"shift": own, "random_mean": mean, "random_std": std, "z": z,
-                                 "controls": int(np.isfinite(randoms).sum()), "pairs": pairs}
+            side = (sides or {}).get(name, {}).get(metric, 0)
+            score = z_against(own, randoms, side)
+            out[name][metric] = {"shift": own, "random_mean": score.mean, "random_std": score.std, "z": score.z,
+                                 "p": score.p, "p_min": score.p_min, "side": side, "controls": score.n,
+                                 "pairs": pairs}
     return out

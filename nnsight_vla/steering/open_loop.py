@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..observation import Observation
-from .controls import random_control, z_against
+from .controls import check_sides, random_control, z_against
 from .runtime import steer
 
 #: The columns of the effect table: shifts of each translation axis and of the speed (their norm).
@@ -46,25 +46,32 @@ class OpenLoopResult:
         """``[4]``: the condition's mean change of `MEASURES` from the baseline, over observations."""
         return (measures(self.actions[condition]) - measures(self.actions["baseline"])).mean(axis=0)
 
-    def table(self) -> list[dict]:
-        """Per steering and measure: its shift, its controls' mean and standard deviation, and
-        the z-score of the shift among the controls (`z_against`: ``(shift - mean) / std``)."""
+    def table(self, sides: Mapping[str, Mapping[str, int]] | None = None) -> list[dict]:
+        """Per steering and measure: its shift, its controls' mean and standard deviation, the
+        z-score of the shift among them (`z_against`; it assumes the controls' shifts are
+        normal) and the rank p-value, which does not (``p``, with ``p_min`` = 1/(controls + 1)).
+
+        ``sides``: per steering, the measures it should move and which way, e.g.
+        ``{"up": {"dz": 1}}``; p is one-sided there and two-sided elsewhere."""
+        sides = check_sides(sides, self.names, MEASURES)
         rows = []
         for name in self.names:
             own = self.shift(name)
             randoms = np.array([self.shift(f"{name}/random{k}") for k in range(self.controls)]).reshape(-1, len(MEASURES))
             for i, measure in enumerate(MEASURES):
-                mean, std, z = z_against(own[i], randoms[:, i])
-                rows.append({"steering": name, "measure": measure, "shift": float(own[i]), "random_mean": mean,
-                             "random_std": std, "z": z, "controls": self.controls,
-                             "observations": len(self.actions["baseline"])})
+                side = sides.get(name, {}).get(measure, 0)
+                score = z_against(own[i], randoms[:, i], side)
+                rows.append({"steering": name, "measure": measure, "shift": float(own[i]), "random_mean": score.mean,
+                             "random_std": score.std, "z": score.z, "p": score.p, "p_min": score.p_min, "side": side,
+                             "controls": score.n, "observations": len(self.actions["baseline"])})
         return rows
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``open_loop.csv`` (the table), ``actions.npz`` (every condition) and ``meta.json``."""
+    def save(self, folder: str | Path, sides: Mapping[str, Mapping[str, int]] | None = None) -> Path:
+        """Write ``open_loop.csv`` (the table, `table(sides)`), ``actions.npz`` (every condition)
+        and ``meta.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        rows = self.table()
+        rows = self.table(sides)
         with open(folder / "open_loop.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -76,10 +83,12 @@ class OpenLoopResult:
 
 
 def open_loop(model: Any, observations: Any, steering: Mapping[str, Any], *, controls: int = 10, seed: int = 0,
-              progress: bool = True, **options: Any) -> OpenLoopResult:
+              batch_size: int = 1, progress: bool = True, **options: Any) -> OpenLoopResult:
     """Predict every observation (one, or a list) once without steering, once under each named steering (e.g. a
     concept cluster's `Clamp`), and under ``controls`` random controls of each (the same
     intervention on random neurons of the same layers: `random_control`, seeds ``seed..``).
+    ``batch_size`` observations go through each prediction (faster; batched sums may differ
+    from single ones in the last bit, the same way for every condition).
 
     Example:
         >>> result = open_loop(model, [obs1, obs2], {"up": Clamp(up, 4.0)}, controls=10)
@@ -96,6 +105,9 @@ def open_loop(model: Any, observations: Any, steering: Mapping[str, Any], *, con
     items = [observations] if isinstance(observations, Observation) else list(observations)
     if not items:
         raise InputError("observations is empty; give one Observation or a list of them.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size={batch_size!r} must be a positive int.")
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     conditions: dict[str, Any] = {"baseline": None}
     for name, intervention in steering.items():
         if "/" in name or name == "baseline":
@@ -106,10 +118,12 @@ def open_loop(model: Any, observations: Any, steering: Mapping[str, Any], *, con
     actions, words = {}, {}
     for label, intervention in tqdm(conditions.items(), desc="open-loop conditions", disable=not progress):
         with steer(model, intervention):  # None: the baseline
-            rows = [model.predict_action(obs, **options) for obs in items]
-        said = [r[1] for r in rows if isinstance(r, tuple)]  # a verbalising model's words (with_phrase=True)
+            outputs = [model.predict_action(batch if len(batch) > 1 else batch[0], **options) for batch in batches]
+        said = [w for out in outputs if isinstance(out, tuple)  # a verbalising model's words (with_phrase=True)
+                for w in ([out[1]] if isinstance(out[1], str) else out[1])]
         if said:
             words[label] = said
-        actions[label] = np.stack([np.asarray(r[0] if isinstance(r, tuple) else r, dtype=np.float64) for r in rows])
+        arrays = [np.asarray(out[0] if isinstance(out, tuple) else out, dtype=np.float64) for out in outputs]
+        actions[label] = np.concatenate([a if len(b) > 1 else a[None] for a, b in zip(arrays, batches)])
     meta = {"seed": seed, "options": {k: repr(v) for k, v in options.items()}}
     return OpenLoopResult(actions, list(steering), controls, meta, words)

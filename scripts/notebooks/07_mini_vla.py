@@ -63,7 +63,8 @@ CELLS = [
         "rows = experiment.open_loop_grid(mini, \"mini-openvla\", Path(\"work/open-loop\"), sizes=[20], values=[2.0],\n"
         "                                 controls=CONTROLS, frames_used=SCENES, table=table, concepts=[\"up\", \"down\"])\n"
         "for r in rows:\n"
-        "    print(f\"{r['steering']:10s} {r['measure']:5s} shift {r['shift']:+.3f}  z {r['z']:+.2f}  says {sorted(set(r['words']))}\")"
+        "    print(f\"{r['steering']:10s} {r['measure']:5s} shift {r['shift']:+.3f}  z {r['z']:+.2f}  \"\n"
+        "          f\"p {r['p']:.2f} (N={r['controls']}, at best {r['p_min']:.2f})  says {sorted(set(r['words']))}\")"
     ),
     new_markdown_cell(
         "Closed-loop in LIBERO (the paper's protocol: the clamp is on for every forward of every "
@@ -74,7 +75,8 @@ CELLS = [
         "result = experiment.closed_loop(mini, Path(\"work/closed-loop\"), size=20, value=2.0, controls=LOOP_CONTROLS,\n"
         "                                episodes=1, max_steps=STEPS, concepts=[\"up\"], table=table)\n"
         "scored = result.statistics[\"vs_random\"][\"up_20@2\"]\n"
-        "print({metric: round(scored[metric][\"z\"], 2) for metric in (\"z_displacement\", \"mean_speed\", \"path_length\")})\n"
+        "print({metric: (round(scored[metric][\"z\"], 2), round(scored[metric][\"p\"], 2))\n"
+        "       for metric in (\"z_displacement\", \"mean_speed\", \"path_length\")})  # (z, rank p)\n"
         "Image(\"work/closed-loop/trajectories.png\")"
     ),
     new_markdown_cell(

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: The paper's motion concepts: the open-loop measure and the closed-loop metric each should move, and which way.
 CONCEPTS = {"up": ("dz", "z_displacement", 1), "down": ("dz", "z_displacement", -1),
             "fast": ("speed", "mean_speed", 1), "slow": ("speed", "mean_speed", -1)}
@@ -30,15 +32,28 @@ def concept_clusters(model, sizes: list[int], table: Any = None) -> dict:
     return {(concept, size): lens.cluster(table, concept, size=size) for concept in CONCEPTS for size in sizes}
 
 
+#: The family-wise level of a grid: a cell holds when its Holm-corrected p is at most this.
+ALPHA = 0.05
+
+
 def open_loop_grid(model, name: str, out: Path, sizes: list[int], values: list[float], controls: int,
                    instruction: str = NEUTRAL, frames_used: int = 4, seed: int = 0, calls: Any = "all",
-                   table: Any = None, concepts: list[str] | None = None) -> list[dict]:
-    """Every concept × size × value on held-out frames vs ``controls`` random clusters each;
-    writes `OpenLoopResult.save`'s files and ``summary.json`` (each steering's expected measure).
+                   table: Any = None, concepts: list[str] | None = None, batch_size: int = 4,
+                   escalate: bool = True) -> list[dict]:
+    """Every concept × size × value on held-out frames vs ``controls`` random clusters each,
+    one cell at a time (``out/cells/<cell>/``: `OpenLoopResult.save`'s files and ``row.json``;
+    a cell already there with the same settings is read back, so an interrupted grid resumes).
+
+    Each cell is scored on its concept's own measure by the rank p-value on the expected side;
+    with ``escalate``, a cell with p <= `ALPHA` is rerun with enough controls that its p could
+    pass the strictest Holm threshold (alpha / cells). ``summary.json`` holds every cell's row
+    with its controls N, p, Holm-corrected p over the grid (``p_holm``) and words said.
     ``calls``: the forwards clamped (`Clamp`'s; ``"all"`` is the paper's OpenVLA rule,
     ``"prefill"`` its π0-FAST rule)."""
+    from tqdm.auto import tqdm
+
     from nnsight_vla import Clamp, Observation
-    from nnsight_vla.steering import open_loop
+    from nnsight_vla.steering.controls import holm
 
     from . import frames
 
@@ -46,19 +61,44 @@ def open_loop_grid(model, name: str, out: Path, sizes: list[int], values: list[f
     steering = {f"{concept}_{size}@{value:g}": Clamp(cluster, value, calls=calls)
                 for (concept, size), cluster in concept_clusters(model, sizes, table).items()
                 if concept in (concepts or CONCEPTS) for value in values}
-    options = {"with_phrase": True} if model.config.phrase_tokens else {}
-    result = open_loop(model, obs, steering, controls=controls, seed=seed, **options)
-    result.meta.update(model=name, instruction=instruction, frames=len(obs), calls=calls)
-    result.save(out)
+    settings = {"model": name, "instruction": instruction, "frames": len(obs), "calls": calls, "seed": seed,
+                "batch_size": batch_size}
+    enough = int(np.ceil(len(steering) / ALPHA))  # controls + 1 > cells / alpha: p_min below alpha / cells
     rows = []
-    for row in result.table():
-        concept = row["steering"].split("_")[0]
-        measure, _, sign = CONCEPTS[concept]
-        if row["measure"] == measure:
-            rows.append({**row, "expected_sign": sign})
-    rows = with_words(rows, result.words, controls)
+    for cell, clamp in tqdm(steering.items(), desc="open-loop cells", unit="cell"):
+        row = _open_loop_cell(model, obs, cell, clamp, controls, settings, out / "cells" / cell)
+        if escalate and row["p"] <= ALPHA and row["controls"] + 1 <= enough:
+            row = _open_loop_cell(model, obs, cell, clamp, enough - 1, settings, out / "cells" / f"{cell}+")
+        rows.append(row)
+    for row, corrected in zip(rows, holm([r["p"] for r in rows])):
+        row["p_holm"] = float(corrected)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    (out / "meta.json").write_text(json.dumps({**settings, "cells": len(rows), "alpha": ALPHA}, indent=1))
     return rows
+
+
+def _open_loop_cell(model, obs: list, cell: str, clamp: Any, controls: int, settings: dict, folder: Path) -> dict:
+    """One cell's row (its concept's measure, p on the expected side, words), run or read back."""
+    from nnsight_vla.steering import open_loop
+
+    done = folder / "row.json"
+    if done.is_file():
+        row = json.loads(done.read_text())
+        if row.get("settings") == settings and row["controls"] == controls:
+            return row
+    concept = cell.split("_")[0]
+    measure, _, sign = CONCEPTS[concept]
+    options = {"with_phrase": True} if model.config.phrase_tokens else {}
+    result = open_loop(model, obs, {cell: clamp}, controls=controls, seed=settings["seed"],
+                       batch_size=settings["batch_size"], progress=False, **options)
+    result.meta.update(settings)
+    sides = {cell: {measure: sign}}
+    result.save(folder, sides)
+    row = next(r for r in result.table(sides) if r["measure"] == measure)
+    row = with_words([{**row, "expected_sign": sign}], result.words, controls)[0]
+    row["settings"] = settings
+    done.write_text(json.dumps(row, indent=1))
+    return row
 
 
 def with_words(rows: list[dict], words: dict[str, list[str]], controls: int) -> list[dict]:
@@ -88,8 +128,9 @@ def closed_loop(model, out: Path, size: int, value: float, controls: int, episod
     clusters = concept_clusters(model, [size], table)
     steering = {f"{concept}_{size}@{value:g}": Clamp(clusters[concept, size], value, calls=calls)
                 for concept in concepts or CONCEPTS}
+    sides = {name: {CONCEPTS[name.split("_")[0]][1]: CONCEPTS[name.split("_")[0]][2]} for name in steering}
     return evaluate(model, SUITE, [TASK], episodes, steering=steering, random_controls=controls, seed=seed,
-                    max_steps=max_steps, camera_size=256, instruction=instruction, out_dir=out)
+                    max_steps=max_steps, camera_size=256, instruction=instruction, out_dir=out, sides=sides)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from nnsight_vla.eval.plots import plot_trajectories
+from nnsight_vla.steering.controls import holm
 
-from .experiment import CONCEPTS, with_words
+from .experiment import ALPHA, CONCEPTS, with_words
 
 #: Run folders under ``--runs``: a title (it names the figures), the open-loop run, the
 #: closed-loop runs (one per cluster size and clamp value).
@@ -26,27 +27,46 @@ RUNS = (("mini-openvla", "open-loop",
 CLOSED = ("z_displacement", "mean_speed", "path_length", "displacement_per_step")
 
 
+def _p(row: dict, key: str = "p") -> str:
+    """A p-value as a table cell: bold where it is at most `ALPHA` ("–" where the run had none)."""
+    value = row.get(key)
+    if value is None or not np.isfinite(value):
+        return "–"
+    return f"**{value:.3f}**" if value <= ALPHA else f"{value:.3f}"
+
+
+def _scores(r: dict) -> str:
+    """The cells shared by every table: controls' mean ± sd, N, z, p (with its minimum), Holm p."""
+    return (f"{r['random_mean']:+.3f} ± {r['random_std']:.3f} | {r.get('controls', '–')} | {r['z']:+.2f} | "
+            f"{_p(r)} (≥ {r['p_min']:.3f}) | {_p(r, 'p_holm')}" if "p" in r else
+            f"{r['random_mean']:+.3f} ± {r['random_std']:.3f} | {r.get('controls', '–')} | {r['z']:+.2f} | – | –")
+
+
+SCORE_HEADER = "random clusters (mean ± sd) | N | z (if normal) | p, rank (min) | p, Holm over the grid"
+
+
 def open_loop_table(rows: list[dict]) -> list[str]:
-    lines = ["| cluster @ value | measure | shift | random clusters (mean ± sd) | z | says the concept (random) |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| cluster @ value | measure | shift | {SCORE_HEADER} | says the concept (random) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         says = f"{r['says_concept']:.0%} ({r['random_says_concept']:.0%})" if r["words"] else "–"
         lines.append(f"| {r['steering']} | {r['measure']} ({'+' if r['expected_sign'] > 0 else '−'} expected) "
-                     f"| {r['shift']:+.3f} | {r['random_mean']:+.3f} ± {r['random_std']:.3f} | {r['z']:+.2f} | {says} |")
+                     f"| {r['shift']:+.3f} | {_scores(r)} | {says} |")
     return lines
 
 
 def closed_loop_table(statistics: dict) -> list[str]:
-    lines = ["| cluster @ value | metric | shift from baseline [95 % CI], paired | random clusters (mean ± sd) | z |",
-             "|---|---|---|---|---|"]
+    lines = ["| cluster @ value | metric | shift from baseline [95 % CI], paired | random clusters (mean ± sd) | N | "
+             "z (if normal) | p, rank (min) |", "|---|---|---|---|---|---|---|"]
     for name, scored in statistics["vs_random"].items():
         own = CONCEPTS[name.split("_")[0]][1]
         for metric in (own, *[m for m in CLOSED if m != own]):
             s, paired = scored[metric], statistics[name][metric]
             ci = f" [{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]" if "ci_low" in paired else ""
             mark = "**" if metric == own else ""
+            p = f"{_p(s)} (≥ {s['p_min']:.3f})" if "p" in s else "–"
             lines.append(f"| {name} | {mark}{metric}{mark} | {s['shift']:+.4f}{ci} | {s['random_mean']:+.4f} ± "
-                         f"{s['random_std']:.4f} | {s['z']:+.2f} |")
+                         f"{s['random_std']:.4f} | {s.get('controls', '–')} | {s['z']:+.2f} | {p} |")
     return lines
 
 
@@ -61,14 +81,21 @@ def own_metric_rows(statistics: dict) -> list[dict]:
     return rows
 
 
+def with_holm(rows: list[dict]) -> list[dict]:
+    """The rows of one grid with ``p_holm``: Holm's correction over the grid's cells."""
+    if not all("p" in r for r in rows):
+        return rows
+    return [{**r, "p_holm": float(h)} for r, h in zip(rows, holm([r["p"] for r in rows]))]
+
+
 def grid_table(rows: list[dict]) -> list[str]:
-    """One line per closed-loop steering: its own metric's shift, interval, random band and z."""
-    lines = ["| cluster @ value | metric | shift [95 % CI], paired | random clusters (mean ± sd) | z |",
-             "|---|---|---|---|---|"]
-    for r in rows:
+    """One line per closed-loop steering: its own metric's shift, interval, random band, N, z and p."""
+    lines = [f"| cluster @ value | metric | shift [95 % CI], paired | {SCORE_HEADER} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in with_holm(rows):
         ci = f" [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]" if r["ci"][0] is not None else ""
         lines.append(f"| {r['steering']} | {r['measure']} ({'+' if r['expected_sign'] > 0 else '−'} expected) | "
-                     f"{r['shift']:+.4f}{ci} | {r['random_mean']:+.4f} ± {r['random_std']:.4f} | {r['z']:+.2f} |")
+                     f"{r['shift']:+.4f}{ci} | {_scores(r)} |")
     return lines
 
 
@@ -101,11 +128,14 @@ def report(runs: Path, out: Path) -> Path:
         summary = runs / open_dir / "summary.json"
         if summary.is_file():
             meta = json.loads((runs / open_dir / "meta.json").read_text())
-            rows = with_words(json.loads(summary.read_text()), meta["words"], meta["controls"])
+            rows = json.loads(summary.read_text())
+            if rows and "says_concept" not in rows[0]:  # a grid run before the per-cell runner
+                rows = with_words(rows, meta["words"], meta["controls"])
             tables[name] = rows
+            counts = sorted({r.get("controls", meta.get("controls")) for r in rows})
             lines += [f"### Open-loop: {meta['frames']} held-out scenes, instruction {meta['instruction']!r}, "
-                      f"{meta['controls']} random clusters per row, forwards clamped: {meta.get('calls', 'all')}",
-                      "", *open_loop_table(rows), ""]
+                      f"{' or '.join(map(str, counts))} random clusters per cell, forwards clamped: "
+                      f"{meta.get('calls', 'all')}", "", *open_loop_table(rows), ""]
         done = [d for d in closed_dirs if (runs / d / "statistics.json").is_file()]
         runs_statistics = {d: json.loads((runs / d / "statistics.json").read_text()) for d in done}
         grid = [row for d in done for row in own_metric_rows(runs_statistics[d])]
