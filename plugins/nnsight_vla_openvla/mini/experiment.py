@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--controls", type=int, default=10, help="random clusters per steering")
     parser.add_argument("--instruction", default=NEUTRAL, help="the neutral instruction")
     parser.add_argument("--frames", type=int, default=4, help="open-loop: held-out scenes used")
+    parser.add_argument("--batch-size", type=int, default=4, help="open-loop: scenes per prediction")
+    parser.add_argument("--no-escalate", action="store_true",
+                        help="open-loop: keep --controls for cells with p <= 0.05 (else they get enough for Holm)")
     parser.add_argument("--episodes", type=int, default=2, help="closed-loop: init states")
     parser.add_argument("--max-steps", type=int, default=15, help="closed-loop: steps per episode")
     parser.add_argument("--concepts", default=",".join(CONCEPTS), help="closed-loop: concepts, comma-separated")
@@ -164,10 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "open-loop":
         rows = open_loop_grid(model, args.model, args.out, [int(s) for s in args.sizes.split(",")],
                               [float(v) for v in args.values.split(",")], args.controls, args.instruction, args.frames,
-                              calls=calls)
+                              calls=calls, batch_size=args.batch_size, escalate=not args.no_escalate)
         for row in rows:
             print(f"{row['steering']:>14s} {row['measure']:>5s} shift {row['shift']:+.3f}  random {row['random_mean']:+.3f}"
                   f" ± {row['random_std']:.3f}  z {row['z']:+.2f} (expected {'+' if row['expected_sign'] > 0 else '-'})"
+                  f"  p {row['p']:.3f} of N={row['controls']}, Holm {row['p_holm']:.3f}"
                   f"  says it {row['says_concept']:.0%} (random {row['random_says_concept']:.0%})")
         return
     result = closed_loop(model, args.out, args.size, args.value, args.controls, args.episodes, args.max_steps,
@@ -176,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         _, metric, sign = CONCEPTS[name.split("_")[0]]
         s = scored[metric]
         print(f"{name:>12s} {metric}: shift {s['shift']:+.4f}  random {s['random_mean']:+.4f} ± {s['random_std']:.4f}"
-              f"  z {s['z']:+.2f} (expected {'+' if sign > 0 else '-'}); path_length z {scored['path_length']['z']:+.2f}")
+              f"  z {s['z']:+.2f} (expected {'+' if sign > 0 else '-'}), p {s['p']:.3f} of N={s['controls']}; "
+              f"path_length z {scored['path_length']['z']:+.2f}")
 
 
 if __name__ == "__main__":
