@@ -46,14 +46,21 @@ def test_evaluate_end_to_end(name, steering, tmp_path, spatial64):
 @pytest.mark.slow
 def test_named_steerings_with_random_controls_under_a_neutral_instruction(tiny, tmp_path, spatial64):
     """The paper's design: each named steering vs its own random controls, every condition told
-    "move the arm" instead of the task's instruction; vs_random from the rows by hand."""
+    "move the arm" instead of the task's instruction; vs_random from the rows by hand. Two named
+    steerings make these conditions (checked without rolling out); one is rolled out."""
+    from nnsight_vla.eval.evaluate import steering_conditions
     from nnsight_vla.eval.libero import env_actions, reset_to
 
-    steering = {"a": Clamp([(1, 3), (1, 17)], 8.0), "b": Clamp([(0, 5)], -4.0)}
+    two = {"a": Clamp([(1, 3), (1, 17)], 8.0), "b": Clamp([(0, 5)], -4.0)}
+    conditions, groups = steering_conditions(tiny, two, ("baseline", "random"), 2, 7)
+    assert list(conditions) == ["baseline", "a", "a/random0", "a/random1", "b", "b/random0", "b/random1"]
+    assert groups == {"a": ["a/random0", "a/random1"], "b": ["b/random0", "b/random1"]}
+    assert conditions["b/random1"][0].cluster.by_layer().keys() == {0}  # b's own shape, seed 7 + 1
+    steering = {"a": two["a"]}
     result = evaluate(tiny, "libero_spatial", [0], episodes=1, steering=steering, random_controls=2, max_steps=2,
                       camera_size=64, instruction="move the arm", record_video=True, out_dir=tmp_path, seed=7,
                       simulators=spatial64)
-    names = ["baseline", "a", "a/random0", "a/random1", "b", "b/random0", "b/random1"]
+    names = ["baseline", "a", "a/random0", "a/random1"]
     assert [r["condition"] for r in result.episodes] == names
     assert list(spatial64.envs) == [0]  # evaluate left the caller's environment open
     env = spatial64.get(0)

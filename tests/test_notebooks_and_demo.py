@@ -16,7 +16,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 #: papermill does): every cell still runs, against the real components, on less data.
 REDUCED = {
     "04_libero_eval.ipynb": {"STEPS": 4},
-    "06_probes.ipynb": {"FRAMES": 20, "STRIDE": 24, "SHUFFLES": 1, "STEPS": 3},
+    "06_probes.ipynb": {"FRAMES": 20, "STRIDE": 24, "SHUFFLES": 1, "STEPS": 1},
     "07_mini_vla.ipynb": {"LENS_LAYERS": "range(24, 30)", "SCENES": 1, "CONTROLS": 2, "STEPS": 2, "LOOP_CONTROLS": 2},
 }
 
