@@ -119,6 +119,16 @@ def test_the_instructions_contrast_and_their_gap_by_hand():
     assert explain.separation(features, labels, {(0, 0): unit})[0, 0] == pytest.approx(2 * np.sqrt(2))
 
 
+def test_the_evidence_plot_marks_what_survives_holm(tmp_path):
+    from nnsight_vla_openvla.mini import report
+
+    rows = [{"steering": f"up_{k}@2", "p": p, "p_min": 0.001, "controls": 999} for k, p in
+            enumerate([0.001, 0.02, 0.5])]
+    held = report.with_holm(rows)
+    assert [round(r["p_holm"], 3) for r in held] == [0.003, 0.04, 0.5]  # 3 x 0.001, 2 x 0.02, 1 x 0.5
+    assert report.plot_p({"grid": rows}, tmp_path / "p.png").stat().st_size > 10_000
+
+
 def test_the_closed_loop_grid_scores_each_cluster_on_its_own_metric():
     """Hand-made statistics: "up" is read on z_displacement (+ expected), "slow" on mean_speed
     (− expected), with the paired interval of that metric; the other metrics stay out."""

@@ -118,6 +118,31 @@ def plot_z(tables: dict[str, list[dict]], path: Path, protocol: str = "open-loop
     return save_png(fig, path)
 
 
+def plot_p(tables: dict[str, list[dict]], path: Path, protocol: str = "open-loop") -> Path:
+    """Per recipe: each cell's rank p on its expected side as -log10(p); red where it holds
+    after Holm's correction over the grid, orange where only uncorrected p <= alpha; a tick at
+    the best p its N controls allow; dashed at alpha."""
+    from nnsight_vla.plotting import figure, save_png
+
+    fig = figure(12, 3.2 * len(tables))
+    axes = np.atleast_1d(fig.subplots(len(tables), 1))
+    for ax, (name, rows) in zip(axes, tables.items()):
+        rows = with_holm(rows) if not all("p_holm" in r for r in rows) else rows
+        height = -np.log10([r["p"] for r in rows])
+        colors = ["tab:red" if r["p_holm"] <= ALPHA else "tab:orange" if r["p"] <= ALPHA else "tab:gray"
+                  for r in rows]
+        ax.bar(range(len(rows)), height, color=colors)
+        ax.scatter(range(len(rows)), -np.log10([r["p_min"] for r in rows]), marker="_", color="black", s=60,
+                   label="best p its N controls allow")
+        ax.axhline(-np.log10(ALPHA), color="black", linestyle="--", linewidth=0.8)
+        ax.set_xticks(range(len(rows)), [f"{r['steering']} (N={r['controls']})" for r in rows], rotation=90, fontsize=7)
+        ax.set_ylabel("-log10 p (rank, expected side)")
+        ax.legend(fontsize=7, loc="upper right")
+        ax.set_title(f"{name}, {protocol}: red holds after Holm over the grid, orange only uncorrected "
+                     f"(dashed: p = {ALPHA})", fontsize=9)
+    return save_png(fig, path)
+
+
 def report(runs: Path, out: Path) -> Path:
     """Write ``results.md``, ``open_loop_z.png``, ``closed_loop_z.png``, each closed-loop run's
     trajectories and a copy of the explanation figure."""
@@ -150,10 +175,12 @@ def report(runs: Path, out: Path) -> Path:
                       *closed_loop_table(runs_statistics[d]), ""]
             rows = [json.loads(line) for line in (runs / d / "episodes.jsonl").read_text().splitlines()]
             plot_trajectories(rows, out / f"{d}-trajectories.png")
-    if tables:
-        plot_z(tables, out / "open_loop_z.png")
-    if grids:
-        plot_z(grids, out / "closed_loop_z.png", "closed-loop")
+    for found, protocol in ((tables, "open-loop"), (grids, "closed-loop")):
+        if found:
+            plot_z(found, out / f"{protocol.replace('-', '_')}_z.png", protocol)
+        scored = {name: rows for name, rows in found.items() if all("p" in r for r in rows)}
+        if scored:
+            plot_p(scored, out / f"{protocol.replace('-', '_')}_p.png", protocol)
     explained = runs / "explain" / "explain.png"
     if explained.is_file():
         shutil.copy(explained, out / "explain.png")
