@@ -1,5 +1,7 @@
 """mini-openvla: the shipped adapters follow held-out instructions, load strictly, save and reload; the verbalising decode."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -127,6 +129,16 @@ def test_the_evidence_plot_marks_what_survives_holm(tmp_path):
     held = report.with_holm(rows)
     assert [round(r["p_holm"], 3) for r in held] == [0.003, 0.04, 0.5]  # 3 x 0.001, 2 x 0.02, 1 x 0.5
     assert report.plot_p({"grid": rows}, tmp_path / "p.png").stat().st_size > 10_000
+    run = tmp_path / "open-loop-x"
+    run.mkdir()
+    cells = [{**r, "measure": "dz", "expected_sign": 1, "shift": 0.4, "random_mean": 0.0, "random_std": 0.1, "z": 4.0,
+              "words": ["up fast"], "says_concept": 1.0, "random_says_concept": 0.05} for r in held]
+    (run / "summary.json").write_text(json.dumps(cells))
+    (run / "meta.json").write_text(json.dumps({"model": "m", "frames": 4, "instruction": "move the arm",
+                                               "calls": "all", "alpha": 0.05}))
+    page = report.grid_page(run, tmp_path / "docs").read_text()
+    assert "3 cells, 999 random clusters each" in page and (tmp_path / "docs" / "open-loop-x_p.png").is_file()
+    assert "| up_0@2 | dz (+ expected) | +0.400 | +0.000 ± 0.100 | 999 | +4.00 | **0.001** (≥ 0.001) | **0.003** |" in page
 
 
 def test_the_closed_loop_grid_scores_each_cluster_on_its_own_metric():

@@ -189,12 +189,31 @@ def report(runs: Path, out: Path) -> Path:
     return out / "results.md"
 
 
+def grid_page(run: Path, out: Path) -> Path:
+    """One open-loop grid's page, ``<run name>.md`` (its table, with N, p and Holm p per cell)
+    and its p plot, ``<run name>_p.png``, in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows, meta = json.loads((run / "summary.json").read_text()), json.loads((run / "meta.json").read_text())
+    counts = sorted({r["controls"] for r in rows})
+    png = plot_p({meta["model"]: rows}, out / f"{run.name}_p.png")
+    lines = [f"# {meta['model']}, open-loop: {meta['frames']} held-out scenes, instruction {meta['instruction']!r}, "
+             f"forwards clamped: {meta['calls']}", "",
+             f"{len(rows)} cells, {' or '.join(map(str, counts))} random clusters each; p is the rank p-value on the "
+             f"concept's expected side, Holm's correction is over these {len(rows)} cells (α = {meta['alpha']}). "
+             f"Bold: p ≤ α. Plot: [{png.name}]({png.name}).", "", *open_loop_table(rows), ""]
+    page = out / f"{run.name}.md"
+    page.write_text("\n".join(lines))
+    return page
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, required=True, help="the folder holding the experiment's run folders")
+    parser.add_argument("--runs", type=Path, required=True,
+                        help="the folder holding the experiment's run folders (with --grid: one open-loop grid's folder)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--grid", action="store_true", help="write only the page of the open-loop grid in --runs")
     args = parser.parse_args(argv)
-    print(f"wrote {report(args.runs, args.out)}")
+    print(f"wrote {grid_page(args.runs, args.out) if args.grid else report(args.runs, args.out)}")
 
 
 if __name__ == "__main__":
