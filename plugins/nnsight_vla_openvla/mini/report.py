@@ -36,10 +36,11 @@ def _p(row: dict, key: str = "p") -> str:
 
 
 def _scores(r: dict) -> str:
-    """The cells shared by every table: controls' mean ± sd, N, z, p (with its minimum), Holm p."""
+    """The cells shared by every table: controls' mean ± sd, N, z, p (with its minimum), Holm p
+    ("–" for runs made before p-values)."""
+    p = f"{_p(r)} (≥ {r['p_min']:.3f})" if "p" in r else "–"
     return (f"{r['random_mean']:+.3f} ± {r['random_std']:.3f} | {r.get('controls', '–')} | {r['z']:+.2f} | "
-            f"{_p(r)} (≥ {r['p_min']:.3f}) | {_p(r, 'p_holm')}" if "p" in r else
-            f"{r['random_mean']:+.3f} ± {r['random_std']:.3f} | {r.get('controls', '–')} | {r['z']:+.2f} | – | –")
+            f"{p} | {_p(r, 'p_holm')}")
 
 
 SCORE_HEADER = "random clusters (mean ± sd) | N | z (if normal) | p, rank (min) | p, Holm over the grid"
