@@ -5,6 +5,7 @@ a time limit, and leaves no file behind."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import signal
 from pathlib import Path
@@ -66,6 +67,10 @@ CASES = [
     ("layers: a str index", lambda c: c.tiny.layers["a"], "a layer must be an int"),
     ("layers: out of range", lambda c: c.tiny.layers[99], "layer 99 is out of range"),
     ("spec facts on the model", lambda c: c.tiny.camera_names, "model.spec.camera_names"),
+    ("X-VLA: images past its position embeddings", lambda c: _xvla().predict_action(_xvla_obs(84, 84)),
+     "84x84 images: its Florence-2 position embeddings reach 80x80"),
+    ("X-VLA: cameras of two sizes", lambda c: _xvla().predict_action(_xvla_obs(64, 80)),
+     "must share one size; got image 64x64, image2 80x80"),
     # collect
     ("collect: no observations", lambda c: collect(c.tiny, [], Site(1)), "observations is empty"),
     ("collect: no sites", lambda c: collect(c.tiny, c.obs, []), "sites is empty"),
@@ -160,6 +165,17 @@ CASES = [
     ("cli probe: not a folder of activations", cli("probe", "nowhere", "--out", "p"), "nowhere holds no manifest.json"),
     ("cli serve deploy without a stack", cli("serve", "deploy", "tiny-openvla"), "serve up"),
 ]
+
+
+@functools.lru_cache(maxsize=1)
+def _xvla():
+    return nnsight_vla.load("tiny-xvla")
+
+
+def _xvla_obs(first: int, second: int) -> Observation:
+    """tiny-xvla's two cameras at the given sides (80 pixels is the most its positions reach)."""
+    images = {"image": np.zeros((first, first, 3), np.uint8), "image2": np.zeros((second, second, 3), np.uint8)}
+    return Observation(images, "pick up the bowl", state=np.zeros(8, np.float32))
 
 
 def _steer(c, interventions):

@@ -52,7 +52,7 @@ def _part(model: Any, part: str) -> BridgePart:
         raise InputError(
             f"{type(model).__name__} ({model.name_or_path!r}) has no TransformerLens bridge: no adapter maps its "
             "architecture yet. Trace it with nnsight instead (`with model.predict_action(obs) as tracer:`); the "
-            "README's TransformerLens section lists the families that have one."
+            "families that have one are listed in docs/transformer_lens.md."
         )
     if part not in parts:
         raise InputError(

@@ -12,7 +12,7 @@ from lerobot.policies.xvla.processor_xvla import make_xvla_pre_post_processors
 from lerobot.utils.constants import OBS_LANGUAGE_TOKENS as TOKENS_KEY
 from torch.overrides import TorchFunctionMode
 
-from nnsight_vla import Layout, SetupError, TowerLayout
+from nnsight_vla import InputError, Layout, SetupError, TowerLayout
 from nnsight_vla.testing.words import build_word_tokenizer
 
 from .kind import PolicyKind
@@ -105,6 +105,14 @@ XVLA_KIND = PolicyKind(
 )
 
 
+def _feature_side(vision: Any, pixels: int) -> int:
+    """Positions along one side of Florence-2's last feature map for an image side of
+    ``pixels``: each DaViT stage's patch convolution in turn."""
+    for size, stride, padding in zip(vision.patch_size, vision.patch_stride, vision.patch_padding):
+        pixels = (pixels + 2 * padding - size) // stride + 1
+    return pixels
+
+
 @functools.lru_cache(maxsize=1)
 def tiny_text_tokenizer() -> Any:
     """BART's special-token layout (``<s>, <pad>, </s>, <unk>``) over English words, padded
@@ -160,6 +168,35 @@ class XVLA(LeRobotVLA):
         policy = super()._policy(device)
         policy.get_submodule(ENCODER).add_module(NO_FINAL_NORM.rpartition(".")[2], torch.nn.Identity())
         return policy
+
+    def _inputs(self, observations: list) -> dict[str, Any]:
+        batch = super()._inputs(observations)
+        sizes = {camera: tuple(batch[f"observation.images.{camera}"].shape[-2:]) for camera in self.cameras}
+        if len(set(sizes.values())) > 1:
+            raise InputError(f"{self.name_or_path} stacks its cameras into one tensor, so their images must share "
+                             f"one size; got {', '.join(f'{c} {h}x{w}' for c, (h, w) in sizes.items())}. Resize them.")
+        height, width = sizes[self.cameras[0]]
+        if self.policy_config.resize_imgs_with_padding is None and not self._fits(height, width):
+            largest = max(n for n in range(1, max(height, width)) if self._fits(n, n))
+            raise InputError(
+                f"{self.name_or_path} cannot take {height}x{width} images: its Florence-2 position embeddings "
+                f"reach {largest}x{largest} pixels. Resize the images, or set resize_imgs_with_padding in the "
+                "policy's config."
+            )
+        return batch
+
+    def _fits(self, height: int, width: int) -> bool:
+        """Whether an image fits the vision tower's learned 2-D positions and the BART encoder's
+        positions, which hold the first camera's image tokens and the instruction's."""
+        vision, text = self.vision_config, self._module.model.vlm.config.text_config
+        rows, columns = _feature_side(vision, height), _feature_side(vision, width)
+        tokens = rows * columns + self.policy_config.tokenizer_max_length
+        return max(rows, columns) <= vision.max_position_embeddings and tokens <= text.max_position_embeddings
+
+    @property
+    def vision_config(self) -> Any:
+        """Florence-2's vision configuration (DaViT: patch convolutions, position embeddings)."""
+        return self._module.model.vlm.config.vision_config
 
     def noise(self, batch_size: int, seed: int | None) -> torch.Tensor | None:
         """The initial flow-matching noise ``[batch, chunk_size, model action dims]``: the same

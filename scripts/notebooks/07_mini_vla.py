@@ -82,8 +82,8 @@ CELLS = [
     new_markdown_cell(
         "## The full run\n\n"
         "Made with `python -m nnsight_vla_openvla.mini.experiment open-loop|closed-loop` and "
-        "`python -m nnsight_vla_openvla.mini.explain`; the README's section \"Does steering by "
-        "semantic neurons work?\" gives the verdict."
+        "`python -m nnsight_vla_openvla.mini.explain`; docs/mini_vla/README.md gives the "
+        "protocol, the tables and the verdict."
     ),
     new_code_cell(
         "results = Path(nnsight_vla.__file__).resolve().parent.parent / \"docs\" / \"mini_vla\"\n"
