@@ -231,31 +231,6 @@ def eval_command(args) -> None:
                            f"{result.out_dir / 'episodes.jsonl'}.")
 
 
-def parse_sites(specs: list[str], model) -> list:
-    """``KIND[@TOWER]:LAYERS`` (LAYERS: ``all``, ``3``, ``0,4,8`` or ``0-11``) as `Site` objects."""
-    from .sites import Site
-
-    sites = []
-    for spec in specs:
-        head, _, layers = spec.partition(":")
-        kind, _, tower = head.partition("@")
-        tower = tower or "vlm"
-        if not layers or kind not in ("resid", "neurons", "mlp_out", "attn_out"):
-            raise InputError(f"--sites {spec!r}: write KIND[@TOWER]:LAYERS, e.g. resid:all, "
-                             "neurons@expert:0-2 (KIND: resid, neurons, mlp_out, attn_out).")
-        if tower not in model.towers():
-            raise InputError(f"--sites {spec!r}: {model.spec.family} has towers {sorted(model.towers())}, not {tower!r}.")
-        count = model.towers()[tower].n_layers
-        try:
-            chosen = range(count) if layers == "all" else [
-                n for part in layers.split(",")
-                for n in (range(int(part.split("-")[0]), int(part.split("-")[1]) + 1) if "-" in part[1:] else [int(part)])]
-        except ValueError as err:
-            raise InputError(f"--sites {spec!r}: LAYERS is 'all', an int, a list 0,4,8 or a range 0-11.") from err
-        sites += [Site(n, kind, tower) for n in chosen]
-    return sites
-
-
 def _calls_or_positions(value: str):
     return value if not value.lstrip("-").replace(",", "").replace("-", "").isdigit() else [int(v) for v in value.split(",")]
 
@@ -271,7 +246,9 @@ def collect_command(args) -> None:
     from .registry import load
 
     model = load(args.model)
-    sites = parse_sites(args.sites, model)
+    from .sites import expand_sites
+
+    sites = [site for spec in args.sites for site in expand_sites(spec, model)]
     calls, positions = _calls_or_positions(args.calls), _calls_or_positions(args.positions)
     if args.data is not None:
         source = probes.DatasetFrames(args.data, episodes=args.episodes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
@@ -32,6 +33,10 @@ KINDS: dict[str, Kind] = {
     "mlp_out": Kind("mlp", "output", "d_model", "blocks.{layer}.hook_mlp_out"),
     "attn_out": Kind("attn", "output", "d_model", "blocks.{layer}.hook_attn_out"),
 }
+
+#: Each kind's TransformerLens hook name as a pattern whose group is the layer.
+_HOOK_PATTERNS = {name: re.compile("^" + re.escape(kind.hook_name).replace(r"\{layer\}", r"(\d+)") + "$")
+                  for name, kind in KINDS.items()}
 
 #: ``(activation, call) -> activation``: what a hook does on one forward of a site.
 SiteFn = Callable[[torch.Tensor, int], torch.Tensor | None]
@@ -74,13 +79,23 @@ class Site:
         return f"{self.tower}.{self.layer}.{self.kind}"
 
     @classmethod
-    def parse(cls, text: str) -> Site:
-        """``"vlm.20.resid"`` (or ``"20.resid"``) -> ``Site(20, "resid", "vlm")``."""
-        parts = str(text).split(".")
+    def parse(cls, text: str, tower: str = "vlm") -> Site:
+        """A site from its one text form, ``str(site)``: ``"vlm.20.resid"``, or ``"20.resid"``
+        on ``tower``; or from a TransformerLens hook name on ``tower``'s bridge
+        (``"blocks.20.mlp.hook_post"`` -> ``Site(20, "neurons")``)."""
+        text = str(text)
+        if text.startswith("blocks.") or "hook_" in text:  # a TransformerLens hook name
+            for kind, pattern in _HOOK_PATTERNS.items():
+                if match := pattern.match(text):
+                    return cls(int(match.group(1)), kind, tower)
+            known = [k.hook_name for k in KINDS.values()]
+            raise InputError(f"hook {text!r} is not one of the hook points a prediction runs: {known}.")
+        parts = text.split(".")
         if len(parts) == 2:
-            parts = ["vlm", *parts]
+            parts = [tower, *parts]
         if len(parts) != 3 or not parts[1].lstrip("-").isdigit():
-            raise InputError(f"site {text!r} is not TOWER.LAYER.KIND, e.g. 'vlm.20.resid' or '20.neurons'.")
+            raise InputError(f"site {text!r} is not TOWER.LAYER.KIND, e.g. 'vlm.20.resid' or '20.neurons', "
+                             "nor a TransformerLens hook name such as 'blocks.20.hook_resid_post'.")
         return cls(int(parts[1]), parts[2], parts[0])
 
     @classmethod
@@ -191,6 +206,26 @@ class Site:
             return None if out is None else with_hidden(output, lambda _: out)
 
         return module.register_forward_hook(post)
+
+
+def expand_sites(spec: str, model: Any) -> list[Site]:
+    """The range form ``KIND[@TOWER]:LAYERS`` as sites of ``model``; LAYERS is ``all``, ``3``,
+    ``0,4,8``, ``0-11`` or a mix (``resid@expert:0-2,5``); TOWER defaults to ``"vlm"``."""
+    head, _, layers = str(spec).partition(":")
+    kind, _, tower = head.partition("@")
+    tower = tower or "vlm"
+    if not layers or kind not in KINDS:
+        raise InputError(f"sites {spec!r}: write KIND[@TOWER]:LAYERS, e.g. resid:all or neurons@expert:0-2 "
+                         f"(KIND: {', '.join(KINDS)}).")
+    if tower not in model.towers():
+        raise InputError(f"sites {spec!r}: {model.spec.family} has towers {sorted(model.towers())}, not {tower!r}.")
+    try:
+        chosen = range(model.towers()[tower].n_layers) if layers == "all" else [
+            n for part in layers.split(",") for n in (
+                range(int(part.split("-")[0]), int(part.split("-")[1]) + 1) if "-" in part[1:] else [int(part)])]
+    except ValueError as err:
+        raise InputError(f"sites {spec!r}: LAYERS is 'all', an int, a list 0,4,8 or a range 0-11.") from err
+    return [Site(n, kind, tower).on(model) for n in chosen]
 
 
 @contextlib.contextmanager

@@ -140,7 +140,7 @@ CASES = [
      "pass a list of them"),
     ("hooks: unknown hook point", lambda c: _enter(tl.hooks(c.tiny, [("blocks.1.nope", lambda x, hook: x)])),
      "hook 'blocks.1.nope' is not one of"),
-    ("site_of: unknown hook point", lambda c: tl.site_of("blocks.1.hook_nope"), "hook 'blocks.1.hook_nope' is not one of"),
+    ("Site.parse: unknown hook point", lambda c: Site.parse("blocks.1.hook_nope"), "hook 'blocks.1.hook_nope' is not one of"),
     ("train_sae: d_sae 0", lambda c: tl.train_sae(c.tiny, [c.obs], Site(1), c.out / "sae", d_sae=0), "d_sae=0 must be a positive int"),
     ("train_sae: into /proc", lambda c: tl.train_sae(c.tiny, [c.obs], Site(1), "/proc/sae", d_sae=8), "/proc"),
     ("load_sae: missing folder", lambda c: tl.load_sae(c.out / "no-sae"), "no-sae does not exist"),
@@ -161,7 +161,7 @@ CASES = [
     ("cli eval: --episodes 0", cli("eval", "tiny-openvla", "--episodes", "0", "--out", "e"), "episodes must be at least 1"),
     ("cli collect: no source", cli("collect", "tiny-openvla", "--sites", "resid:1", "--out", "a"), "give one source: --data"),
     ("cli collect: bad site", cli("collect", "tiny-openvla", "--data", "d", "--sites", "resid:x", "--out", "a"),
-     "--sites 'resid:x': LAYERS is"),
+     "sites 'resid:x': LAYERS is"),
     ("cli probe: not a folder of activations", cli("probe", "nowhere", "--out", "p"), "nowhere holds no manifest.json"),
     ("cli serve deploy without a stack", cli("serve", "deploy", "tiny-openvla"), "serve up"),
 ]

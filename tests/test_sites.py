@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nnsight_vla import InputError, LayerIndexError, Site, collect
-from nnsight_vla.sites import hooked
+from nnsight_vla.sites import KINDS, expand_sites, hooked
 
 
 def test_names_and_hook_names(tiny):
@@ -23,6 +23,32 @@ def test_names_and_hook_names(tiny):
         Site(0, "resid", "expert").on(tiny)
     with pytest.raises(InputError, match="TOWER.LAYER.KIND"):
         Site.parse("resid")
+
+
+@pytest.mark.parametrize("site", [Site(layer, kind, tower) for layer in (0, 3, -1) for kind in KINDS
+                                  for tower in ("vlm", "expert")])
+def test_one_spelling_round_trips(site):
+    assert Site.parse(str(site)) == site
+    if site.layer >= 0:  # a hook name holds the layer and kind; the tower is the bridge's
+        assert Site.parse(site.hook_name, tower=site.tower) == site
+    if site.tower == "vlm":
+        assert Site.parse(f"{site.layer}.{site.kind}") == site
+
+
+def test_every_accepted_spelling_and_the_range_form(tiny):
+    assert Site.parse("blocks.12.mlp.hook_post") == Site(12, "neurons")
+    assert Site.parse("blocks.2.hook_attn_out", tower="expert") == Site(2, "attn_out", "expert")
+    assert Site.parse("4.mlp_out", tower="expert") == Site(4, "mlp_out", "expert")
+    with pytest.raises(InputError, match="is not one of the hook points a prediction runs"):
+        Site.parse("blocks.1.hook_resid_mid")
+    assert expand_sites("resid:all", tiny) == [Site(0), Site(1)]
+    assert expand_sites("neurons@vlm:1", tiny) == [Site(1, "neurons")]
+    assert expand_sites("attn_out:0-1", tiny) == expand_sites("attn_out:0,1", tiny) == [Site(0, "attn_out"), Site(1, "attn_out")]
+    for spec, message in [("resid", "KIND\\[@TOWER\\]:LAYERS"), ("hidden:all", "KIND: neurons, resid"),
+                          ("resid@expert:0", "has towers \\['vlm'\\], not 'expert'"), ("resid:x", "LAYERS is"),
+                          ("resid:5", "layer 5 is out of range")]:
+        with pytest.raises((InputError, LayerIndexError), match=message):
+            expand_sites(spec, tiny)
 
 
 @pytest.mark.parametrize("kind", ["neurons", "resid", "mlp_out", "attn_out"])

@@ -8,7 +8,7 @@ import torch
 from nnsight_vla import Clamp, InputError, SetupError, Site
 from nnsight_vla.lens import project_value_vectors
 from nnsight_vla.steering import hook_points
-from nnsight_vla.transformer_lens import HookSteering, bridge_inputs, hooks, site_of, to_bridge
+from nnsight_vla.transformer_lens import HookSteering, bridge_inputs, hooks, to_bridge
 
 pytestmark = pytest.mark.xdist_group("transformer_lens")  # one worker builds the module's fixtures
 
@@ -116,7 +116,9 @@ def test_bad_inputs(tiny, obs):
 
         bridge_inputs(tiny, Observation({"wrist": obs.images["image"]}, "go"))
     with pytest.raises(InputError, match="is not one of the hook points"):
-        site_of("blocks.1.hook_resid_mid")
+        from nnsight_vla import Site
+
+        Site.parse("blocks.1.hook_resid_mid")
     with pytest.raises(InputError, match="two hooks on"):
         with hooks(tiny, [("blocks.1.mlp.hook_post", print), ("blocks.1.mlp.hook_post", print)]):
             pass

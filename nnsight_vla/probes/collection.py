@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..paths import missing_folders, remove_if_empty
 from ..sites import Site
 from .sources import as_source
-from .store import MANIFEST, Buffer, ShardFolder, site_name
+from .store import MANIFEST, Buffer, ShardFolder
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -27,9 +27,9 @@ def settings_of(model: Any, recorder: Recorder, calls: Any, positions: Any, dtyp
         raise InputError(f"dtype={dtype!r} is not one of {list(DTYPES)}.")
     widths = {}
     for site in recorder.sites:
-        widths[site_name(site)] = model.towers()[site.tower].d_mlp if site.kind == "neurons" \
+        widths[str(site)] = model.towers()[site.tower].d_mlp if site.kind == "neurons" \
             else model.towers()[site.tower].d_model
-    return {"model": model_identity(model), "sites": [site_name(s) for s in recorder.sites], "widths": widths,
+    return {"model": model_identity(model), "sites": [str(s) for s in recorder.sites], "widths": widths,
             "calls": calls if isinstance(calls, str) else [int(c) for c in calls],
             "positions": positions if isinstance(positions, str) else [int(p) for p in positions],
             "dtype": dtype, **extra}

@@ -18,20 +18,10 @@ from ..paths import probed_folder
 from ..sites import Site
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: sites named by str(site), tower.layer.kind
 INDEX = "shards"  # the manifest's index of written shards: rows, episodes, frames, targets
 ACTS, TARGET = "acts/", "target/"  # tensor name prefixes inside a shard
 IDS = ("episode", "frame")
-
-
-def site_name(site: Site) -> str:
-    """A site's tensor name in a shard: ``tower.kind.layer``."""
-    return f"{site.tower}.{site.kind}.{site.layer}"
-
-
-def site_of(name: str) -> Site:
-    tower, kind, layer = name.rsplit(".", 2)
-    return Site(int(layer), kind, tower)
 
 
 class ShardFolder:
@@ -92,12 +82,13 @@ class ShardFolder:
                              "(make one with nnsight_vla.probes.collect_to_disk or `nnsight-vla collect`).")
         manifest = json.loads(manifest_file.read_text())
         if manifest.get("format") != FORMAT:
-            raise InputError(f"{path}: manifest format {manifest.get('format')!r}, this version reads {FORMAT}.")
+            raise InputError(f"{path}: manifest format {manifest.get('format')!r}, this version reads {FORMAT}; "
+                             "collect the activations again with this version.")
         return cls(path, manifest)
 
     @property
     def sites(self) -> list[Site]:
-        return [site_of(name) for name in self.manifest["sites"]]
+        return [Site.parse(name) for name in self.manifest["sites"]]
 
     def shards(self) -> list[Path]:
         """The complete shard files, in name order (the order of their rows)."""
@@ -116,7 +107,7 @@ class ShardFolder:
         """One shard ``name``: activations ``[rows, calls, positions, width]`` per site (in the
         manifest's dtype), the rows' episode and frame ids, and their targets."""
         dtype = getattr(torch, self.manifest["dtype"])
-        tensors = {ACTS + site_name(s): a.to(dtype).contiguous() for s, a in activations.items()}
+        tensors = {ACTS + str(s): a.to(dtype).contiguous() for s, a in activations.items()}
         tensors.update({k: torch.as_tensor(np.asarray(ids[k], np.int64)) for k in IDS})
         tensors.update({TARGET + k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in targets.items()})
         rows = {t.shape[0] for t in tensors.values()}
@@ -161,13 +152,13 @@ class ShardFolder:
         for shard in shards:
             with safe_open(shard, "pt") as f:
                 for key in f.keys():
-                    if key.startswith(ACTS) and site_of(key[len(ACTS):]) not in wanted:
+                    if key.startswith(ACTS) and Site.parse(key[len(ACTS):]) not in wanted:
                         continue
                     parts.setdefault(key, []).append(f.get_tensor(key).float().numpy()
                                                      if key.startswith(ACTS) else f.get_tensor(key).numpy())
         joined = {k: np.concatenate(v) for k, v in parts.items()}
         return {
-            "activations": {s: joined[ACTS + site_name(s)] for s in wanted},
+            "activations": {s: joined[ACTS + str(s)] for s in wanted},
             **{k: joined[k] for k in IDS},
             "targets": {k[len(TARGET):]: v for k, v in joined.items() if k.startswith(TARGET)},
         }

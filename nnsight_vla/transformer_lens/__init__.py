@@ -10,9 +10,9 @@ Example:
 
 from .adapters import relocate
 from .bridge import BridgePart, TokenPrompt, bridge_inputs, to_bridge, token_inputs
-from .hooks import HookSteering, hooks, site_of
+from .hooks import HookSteering, hooks
 
-__all__ = ["BridgePart", "HookSteering", "TokenPrompt", "bridge_inputs", "hooks", "relocate", "site_of", "to_bridge", "token_inputs"]
+__all__ = ["BridgePart", "HookSteering", "TokenPrompt", "bridge_inputs", "hooks", "relocate", "to_bridge", "token_inputs"]
 
 # SAE-Lens at VLA hook points (sae_lens itself is imported on first use)
 from .sae import (  # noqa: E402

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import InputError
-from ..sites import KINDS, Site
+from ..sites import Site
 from ..steering.edits import Edit
 from ..steering.interventions import Intervention
-
-_NAMES = {re.compile("^" + re.escape(kind.hook_name).replace(r"\{layer\}", r"(\d+)") + "$"): name
-          for name, kind in KINDS.items()}
-
-
-def site_of(hook_name: str, tower: str = "vlm") -> Site:
-    """The site of a TransformerLens hook name, e.g. ``"blocks.3.mlp.hook_post"`` -> ``Site(3, "neurons")``."""
-    for pattern, kind in _NAMES.items():
-        match = pattern.match(hook_name)
-        if match:
-            return Site(int(match.group(1)), kind, tower)
-    known = [k.hook_name for k in KINDS.values()]
-    raise InputError(f"hook {hook_name!r} is not one of the hook points a prediction runs: {known}.")
-
 
 class _HookPoint:
     """What a TransformerLens hook function gets as ``hook``: its name and the call index."""
@@ -60,7 +45,7 @@ class HookSteering(Intervention):
             raise InputError("no hooks given; pass [(hook_name, fn(activation, hook)), ...].")
         names = [name for name, _ in self._hooks]
         for name, fn in self._hooks:
-            site_of(name, tower)
+            Site.parse(name, tower)
             if not callable(fn):
                 raise InputError(f"the hook on {name!r} is not a function: {fn!r}.")
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -80,7 +65,7 @@ class HookSteering(Intervention):
                 result = fn(x, point)
                 return x if result is None else result
 
-            out.append(Edit(site_of(name, self.tower).on(model), run))
+            out.append(Edit(Site.parse(name, self.tower).on(model), run))
         return out
 
     def random_like(self, model: Any, seed: int, rng: Any) -> Intervention:

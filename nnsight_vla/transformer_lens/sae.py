@@ -4,7 +4,7 @@ bridges); training lives in `sae_training`.
 
 An SAE names where it reads in ``sae.cfg.metadata.hook_name``, a TransformerLens hook point such
 as ``"blocks.1.hook_resid_post"`` or ``"blocks.1.mlp.hook_post"``: that is a `Site`
-(`site_of`), and the SAE's ``d_in`` must be the site's width. SAE-Lens is imported only when
+(`Site.parse`), and the SAE's ``d_in`` must be the site's width. SAE-Lens is imported only when
 one of these functions needs it (importing it takes seconds).
 
 Example:
@@ -31,7 +31,6 @@ from ..sites import KINDS, Site
 from ..steering.edits import Edit, as_list
 from ..steering.interventions import Intervention, number
 from .bridge import to_bridge
-from .hooks import site_of
 
 #: The SAE metadata key naming the tower an SAE was trained on (absent: ``"vlm"``).
 TOWER_KEY = "vla_tower"
@@ -87,7 +86,7 @@ def sae_site(model: Any, sae: Any, tower: str | None = None) -> Site:
             f"the SAE reads {hook!r} and writes {meta.hook_name_out!r} (a transcoder); only SAEs that "
             "reconstruct the activation they read are supported."
         )
-    site = site_of(hook, sae_tower(sae, tower)).on(model)
+    site = Site.parse(hook, sae_tower(sae, tower)).on(model)
     width = site.width(model)
     if sae.cfg.d_in != width:
         raise InputError(
@@ -350,7 +349,7 @@ def attach_sae(bridge: Any, sae: Any, *, use_error_term: bool = True) -> Any:
     hook = sae.cfg.metadata.hook_name
     if not hook:
         raise InputError("the SAE's cfg.metadata.hook_name is empty; set it to the hook it reads.")
-    site = site_of(hook, "vlm")
+    site = Site.parse(hook, "vlm")
     width = getattr(bridge.cfg, KINDS[site.kind].width)
     if sae.cfg.d_in != width:
         raise InputError(

@@ -14,7 +14,6 @@ from ..errors import InputError
 from ..paths import writable_folder
 from ..sites import Site
 from ..steering.interventions import number
-from .hooks import site_of
 from .sae import TOWER_KEY, _sae_lens, load_sae, sae_site
 
 def activation_rows(model: Any, observations: Any, site: Site, *, calls: Any = "prefill",
@@ -77,7 +76,7 @@ def fit_sae(activations: torch.Tensor, hook_name: str, folder: str | Path, *, d_
     from sae_lens.config import SAETrainerConfig
 
     folder = writable_folder(folder, "SAE folder")
-    site = site_of(hook_name, tower)
+    site = Site.parse(hook_name, tower)
     acts = torch.as_tensor(activations)
     if acts.ndim < 2 or not acts.is_floating_point():
         raise InputError(
