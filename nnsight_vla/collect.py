@@ -11,87 +11,32 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import InputError
+from .schedule import Calls, Positions
 from .sites import Site, hooked
-
-CALLS = ("all", "prefill", "actions")
-POSITIONS = ("all", "last", "mean")
-
 
 class _Done(Exception):
     """Raised by a hook once every wanted call was seen: the rest of the prediction is skipped."""
 
 
 def wanted_calls(model: Any, site: Site, calls: Any) -> list[int] | None:
-    """The forward calls of ``site`` that ``calls`` selects (None: all of them).
-
-    ``"prefill"`` is the first call; ``"actions"`` the calls whose last position emits an
-    action, as the family says (`VLA.action_calls`): OpenVLA's decoding forwards, Pi0's
-    denoising steps of the expert. ``None`` (`collect`'s default) is ``"actions"`` on a
-    tower that emits actions and ``"all"`` on one that does not (Pi0's VLM, run once).
-    """
+    """The forward calls of ``site`` that ``calls`` selects (`Calls`; None: all of them).
+    ``None`` (`collect`'s default) is ``"actions"`` on a tower that emits actions and
+    ``"all"`` on one that does not (Pi0's VLM, run once)."""
+    schedule = model.schedule()[site.tower]
     if calls is None:
-        found = model.action_calls(site.tower)
-        return None if found is None else list(found)
-    if isinstance(calls, str):
-        if calls not in CALLS:
-            raise InputError(f"calls={calls!r} is not one of {list(CALLS)} or a list of ints.")
-        if calls == "all":
-            return None
-        if calls == "prefill":
-            return [0]
-        found = model.action_calls(site.tower)
-        if found is None:
-            raise InputError(
-                f"no forward of tower {site.tower!r} emits actions in {type(model).__name__}; "
-                "choose calls='all', 'prefill' or a list of ints."
-            )
-        return list(found)
-    try:
-        chosen = sorted({int(c) for c in calls})
-    except (TypeError, ValueError) as err:
-        raise InputError(f"calls={calls!r} is not one of {list(CALLS)} or a list of ints.") from err
-    if not chosen or chosen[0] < 0:
-        raise InputError(f"calls={calls!r} must be non-negative call indices, at least one.")
-    return chosen
+        calls = "all" if schedule.actions is None else "actions"
+    chosen = Calls.parse(calls).resolve(schedule)
+    return None if chosen is None else list(chosen)
 
 
-def _check_positions(positions: Any, batch_size: int) -> Any:
-    if isinstance(positions, str):
-        if positions not in POSITIONS:
-            raise InputError(f"positions={positions!r} is not one of {list(POSITIONS)} or a list of ints.")
-        exact = positions == "last"
-    else:
-        try:
-            positions = [int(p) for p in positions]
-        except (TypeError, ValueError) as err:
-            raise InputError(f"positions={positions!r} is not one of {list(POSITIONS)} or a list of ints.") from err
-        if not positions:
-            raise InputError("positions is empty; give at least one index.")
-        exact = all(p < 0 for p in positions)
-    if batch_size > 1 and not exact:
+def _check_positions(positions: Any, batch_size: int) -> Positions:
+    positions = Positions.parse(positions)
+    if batch_size > 1 and not positions.from_the_end:
         raise InputError(
-            f"positions={positions!r} with batch_size={batch_size}: batched rows are padded, so only "
+            f"positions={positions} with batch_size={batch_size}: batched rows are padded, so only "
             "positions counted from the end ('last' or negative indices) are exact; use batch_size=1."
         )
     return positions
-
-
-def _select(x: torch.Tensor, positions: Any, site: Site, call: int) -> torch.Tensor:
-    """``[batch, P, width]`` of a site's ``[batch, length, width]`` activation."""
-    if positions == "all":
-        return x
-    if positions == "last":
-        return x[:, -1:]
-    if positions == "mean":
-        return x.mean(dim=1, keepdim=True)
-    length = x.shape[1]
-    bad = [p for p in positions if not -length <= p < length]
-    if bad:
-        raise InputError(
-            f"positions {bad} are out of range: this observation's sequence has {length} positions "
-            f"at {site}, call {call} (0..{length - 1}, or -1..-{length}); image patches count."
-        )
-    return x[:, positions]
 
 
 class Recorder:
@@ -133,7 +78,7 @@ class Recorder:
             ran[site] = call + 1
             if want is None or call in want:
                 # a copy: some families add into a module's output in place after the hook (SmolVLA)
-                seen[site][call] = _select(x, self.positions, site, call).detach().to("cpu", torch.float32, copy=True)
+                seen[site][call] = self.positions.select(x, call).detach().to("cpu", torch.float32, copy=True)
                 if stop_early and self.finite and all(len(seen[s]) == len(self.wanted[s]) for s in self.sites):
                     raise _Done
             return None
@@ -165,11 +110,13 @@ def collect(
         observations: One observation or a sequence of them.
         sites: `Site` objects (``Site(20, "resid")``, ``Site(1, "neurons", "expert")``) or
             their text (``"expert.1.neurons"``).
-        calls: Which forward calls of each site: ``"all"``, ``"prefill"`` (the first),
-            ``"actions"`` (those emitting actions, per the family) or call indices; by default
-            the action calls, or every call of a tower that emits no actions. A prediction
-            stops early once every wanted call was seen.
-        positions: ``"last"`` (the default), ``"all"``, ``"mean"`` (over the sequence) or indices.
+        calls: Which forward calls of each site (`nnsight_vla.schedule.Calls`, as for
+            interventions): ``"all"``, ``"prefill"`` (the first), ``"actions"`` (those emitting
+            actions, per the family), call indices or a slice; by default the action calls, or
+            every call of a tower that emits no actions. A prediction stops early once every
+            wanted call was seen.
+        positions: ``"last"`` (the default), ``"all"``, ``"mean"`` (over the sequence),
+            ``"prefix"`` (the prefill's positions) or indices (`nnsight_vla.schedule.Positions`).
         batch_size: Observations per prediction (rows are padded: then only positions
             counted from the end are allowed).
         progress: Show a tqdm bar over batches.

@@ -23,6 +23,7 @@ from .layout import STANDARD_NAMES, Layout
 from .observation import Observation
 from .paths import writable_folder, writing
 from .remote import from_model_key, model_key
+from .schedule import Schedule, TowerSchedule
 from .spec import ModelSpec
 from .steering.runtime import steer
 from .towers import Tower, module_of
@@ -136,6 +137,14 @@ class VLA(Remotable):
         """Per dimension of un-normalised ``actions`` ``[rows, dims]``, the bin index of the
         family's action tokens (families that decode actions from tokens)."""
         raise InputError(f"{type(self).__name__} has no action-token bins (OpenVLA has).")
+
+    def schedule(self) -> Schedule:
+        """Each tower's forwards in one prediction with default options: how many, which emit
+        actions, whether they are denoising steps (`nnsight_vla.schedule`)."""
+        return Schedule({
+            name: TowerSchedule(name, self.calls_per_prediction(name), self.layout.tower(name).runs,
+                                self.action_calls(name), name != "vlm" and self.layout.tower(name).runs != 1)
+            for name in self.towers()})
 
     def calls_per_prediction(self, tower: str) -> int | None:
         """How many forwards ``tower`` makes in one prediction with default options (None: it varies)."""

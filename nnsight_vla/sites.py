@@ -155,8 +155,7 @@ class Site:
 
     def runs_at(self, model: Any, step: int) -> bool:
         """Whether the site runs at a trace's ``step`` (Pi0's VLM runs at step 0 only)."""
-        runs = self.tower_of(model).runs
-        return runs is None or step < runs
+        return model.schedule()[self.tower].runs_at(step)
 
     # -- inside an nnsight trace ---------------------------------------------------
 

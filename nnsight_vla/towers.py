@@ -68,11 +68,6 @@ class Tower:
         return f"Tower({self.name!r}, n_layers={self.n_layers}, d_model={self.d_model}, d_mlp={self.d_mlp})"
 
     @property
-    def runs(self) -> int | None:
-        """1 when the tower runs once per prediction; None when it runs on every forward."""
-        return self.layout.runs
-
-    @property
     def n_layers(self) -> int:
         return len(self.layers)
 

@@ -36,7 +36,7 @@ def test_spec_names_and_the_tied_vocabulary(xvla):
     spec, policy = xvla.spec, xvla._module
     assert (spec.n_layers, spec.d_model, spec.d_mlp, spec.vocab_size) == (2, 32, 64, 1024)
     assert (spec.action_dim, spec.chunk_size, spec.extra["num_denoising_steps"]) == (7, 10, 4)
-    assert {n: (t.n_layers, t.d_mlp, t.runs) for n, t in xvla.towers().items()} == {
+    assert {n: (t.n_layers, t.d_mlp, xvla.schedule()[n].runs) for n, t in xvla.towers().items()} == {
         "vlm": (2, 64, 1), "expert": (2, 128, None)}
     lm = policy.model.vlm.language_model
     assert xvla.lm_head._module.weight is lm.shared.weight  # the tied embedding is the vocabulary

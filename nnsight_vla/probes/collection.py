@@ -10,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..collect import Recorder
+from ..schedule import Calls, Positions
 from ..errors import InputError
 from ..paths import missing_folders, remove_if_empty
 from ..sites import Site
@@ -30,8 +31,7 @@ def settings_of(model: Any, recorder: Recorder, calls: Any, positions: Any, dtyp
         widths[str(site)] = model.towers()[site.tower].d_mlp if site.kind == "neurons" \
             else model.towers()[site.tower].d_model
     return {"model": model_identity(model), "sites": [str(s) for s in recorder.sites], "widths": widths,
-            "calls": calls if isinstance(calls, str) else [int(c) for c in calls],
-            "positions": positions if isinstance(positions, str) else [int(p) for p in positions],
+            "calls": Calls.parse(calls).to_json(), "positions": Positions.parse(positions).to_json(),
             "dtype": dtype, **extra}
 
 

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..neurons import NeuronCluster
+from ..schedule import Calls, Positions
 from ..sites import Site
 from ..towers import Tower, get_tower
 from .directions import mean_activations
 from .edits import Edit, EditFn, apply
-
-POSITIONS = ("all", "prefix", "last")
-CALLS = ("all", "prefill")
-
 
 def number(value: Any, what: str) -> float:
     """``value`` as a finite float; strings, booleans, NaN and infinities are refused."""
@@ -28,42 +25,36 @@ def number(value: Any, what: str) -> float:
     return float(value)
 
 
-def _choice(value: Any, allowed: Sequence[str], what: str, negative: bool = False) -> Any:
-    """One of ``allowed``, or a non-empty tuple of ints (negative ones only if ``negative``)."""
-    wrong = InputError(f"{what}={value!r} is not one of {list(allowed)} or a list of ints.")
-    if isinstance(value, str):
-        if value not in allowed:
-            raise wrong
-        return value
-    try:
-        items = tuple(value)
-    except TypeError as err:
-        raise wrong from err
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items):
-        raise wrong
-    if not items:
-        raise InputError(f"{what}={value!r} is empty; give at least one index or {list(allowed)}.")
-    if not negative and min(items) < 0:
-        raise InputError(f"{what}={value!r}: indices count from 0 (the first forward of a prediction).")
-    return tuple(int(v) for v in items)
+#: An edit's change of the activations it selects, ``[..., positions, width] -> same shape``.
+Change = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Intervention:
-    """Where and when an intervention acts (shared by every kind).
+    """Where and when an intervention acts (shared by every kind), in the vocabulary of
+    `nnsight_vla.schedule` that `collect` reads with too.
 
     Args:
         positions: ``"all"`` token positions, ``"prefix"`` (the observation's tokens: the
-            prefill call only), ``"last"``, or explicit indices along each call's sequence axis.
+            prefill call only), ``"last"``, or indices along each call's sequence axis
+            (`Positions`; ``"mean"`` is for reading only).
         calls: ``"all"`` forward calls of the site in a prediction, ``"prefill"`` (the first
-            only: the paper's rule for autoregressive decoding), or explicit call indices.
-        steps: For a tower run once per denoising step (Pi0's expert): which steps.
+            only: the paper's rule for autoregressive decoding), ``"actions"`` (those that emit
+            actions), call indices or a slice (`Calls`).
+        steps: On a tower run once per denoising step (Pi0's expert), its name for ``calls``.
         tower: ``"vlm"`` (the language model) or another tower of the model (``"expert"``).
     """
 
     def __init__(self, *, positions: Any = "all", calls: Any = "all", steps: Any = "all", tower: str = "vlm"):
-        self.positions = _choice(positions, POSITIONS, "positions", negative=True)
-        self.calls = _choice(calls, CALLS, "calls")
-        self.steps = _choice(steps, ("all",), "steps")
+        self._positions, self._calls = Positions.parse(positions), Calls.parse(calls)
+        self._steps = Calls.parse(steps, "steps")
+        if self._positions.chosen == "mean":
+            raise InputError("positions='mean' averages positions when reading; an intervention writes at "
+                             "positions: use 'all', 'last', 'prefix' or indices.")
+        if self._calls.chosen != "all" and self._steps.chosen != "all":
+            raise InputError(f"calls={calls!r} and steps={steps!r}: steps= is the name of calls= on a denoising "
+                             "tower; give one of them.")
+        # as given: descriptions of a steering (an evaluation's run.json) record these
+        self.positions, self.calls, self.steps = self._positions.chosen, self._calls.chosen, self._steps.chosen
         self.tower = str(tower)
 
     def apply(self, model: Any, step: int = 0) -> None:
@@ -81,49 +72,49 @@ class Intervention:
         raise NotImplementedError
 
     def _tower(self, model: Any) -> Tower:
+        return self._when(model)[0]
+
+    def _when(self, model: Any) -> tuple[Tower, frozenset[int] | None]:
+        """The tower, and the forwards of it this intervention acts on (None: every one)."""
         tower = get_tower(model, self.tower)
-        if self.steps != "all" and (tower.name == "vlm" or tower.runs == 1):
+        schedule = model.schedule()[tower.name]
+        if self.steps != "all" and not schedule.denoising:
             raise InputError(
                 f"steps= selects denoising steps of a tower run once per step (Pi0's 'expert'); "
                 f"tower {self.tower!r} of {model.spec.family} has none: use calls= instead."
             )
-        if self.tower != "vlm" and (self.calls == "prefill" or self.positions == "prefix"):
+        if schedule.denoising and (self.calls == "prefill" or self.positions == "prefix"):
             raise InputError(
                 f"tower {self.tower!r} reads no observation prefix and has no prefill call; "
                 "use positions='all'/'last'/indices and steps=."
             )
-        runs = model.calls_per_prediction(tower.name)
-        for what, chosen in (("calls", self.calls), ("steps", self.steps)):
-            late = [c for c in chosen if runs is not None and c >= runs] if isinstance(chosen, tuple) else []
-            if late:
-                raise InputError(
-                    f"{what}={list(chosen)}: tower {tower.name!r} runs {runs} time(s) per prediction "
-                    f"(0..{runs - 1}), so {late} would never be steered."
-                )
-        return tower
+        what, chosen = ("steps", self._steps) if self.steps != "all" else ("calls", self._calls)
+        calls = chosen.resolve(schedule, what)
+        runs = schedule.forwards
+        late = [c for c in calls if c >= runs] if calls is not None and runs is not None else []
+        if late:
+            raise InputError(
+                f"{what}={list(calls)}: tower {tower.name!r} runs {runs} time(s) per prediction "
+                f"(0..{runs - 1}), so {late} would never be steered."
+            )
+        return tower, None if calls is None else frozenset(calls)
 
     # -- when and where -----------------------------------------------------------------
 
-    def active(self, call: int) -> bool:
-        """Whether the intervention acts on the site's ``call``-th forward in a prediction."""
-        if self.calls == "prefill" and call != 0:
-            return False
-        if isinstance(self.calls, tuple) and call not in self.calls:
-            return False
-        return self.steps == "all" or call in self.steps
-
-    def position_index(self, length: int, call: int) -> torch.Tensor | None:
-        """Indices along a call's sequence axis (None: every position; empty: none)."""
-        if self.positions == "all":
-            return None
-        if self.positions == "prefix":
-            return None if call == 0 else torch.empty(0, dtype=torch.long)
-        if self.positions == "last":
-            return torch.tensor([length - 1])
-        bad = [p for p in self.positions if not -length <= p < length]
-        if bad:
-            raise InputError(f"positions {bad} are outside this call's {length} positions.")
-        return torch.tensor([p % length for p in self.positions])
+    def _change(self, calls: frozenset[int] | None, x: torch.Tensor, call: int, change: Change) -> torch.Tensor:
+        """``x`` with ``change`` applied at this intervention's positions of forward ``call``
+        (``x`` itself when ``call`` is not one of ``calls``, or no position is chosen)."""
+        if calls is not None and call not in calls:
+            return x
+        index = self._positions.index(x.shape[-2], call)
+        if index is None:
+            return change(x)
+        if not len(index):
+            return x
+        pos = index.to(x.device)
+        x = x.clone()
+        x[..., pos, :] = change(x[..., pos, :])
+        return x
 
 
 class NeuronIntervention(Intervention):
@@ -146,7 +137,7 @@ class NeuronIntervention(Intervention):
         """Compute anything the edit needs from the model (e.g. mean activations)."""
 
     def edits(self, model: Any) -> list[Edit]:
-        tower = self._tower(model)
+        tower, calls = self._when(model)
         self.prepare(model)
         out = []
         for layer, neurons in self.cluster.by_layer().items():
@@ -158,7 +149,7 @@ class NeuronIntervention(Intervention):
                     f"has d_mlp={tower.d_mlp} (0..{tower.d_mlp - 1})."
                 )
             site = Site(layer, "neurons", self.tower)
-            out.append(Edit(site, self._edit_fn(layer, torch.tensor(neurons))))
+            out.append(Edit(site, self._edit_fn(layer, torch.tensor(neurons), calls)))
         return out
 
     def random_like(self, model: Any, seed: int, rng: np.random.Generator) -> NeuronIntervention:
@@ -168,21 +159,17 @@ class NeuronIntervention(Intervention):
             control.means = {}
         return control
 
-    def _edit_fn(self, layer: int, neurons: torch.Tensor) -> EditFn:
-        def edit(x: torch.Tensor, call: int) -> torch.Tensor:
-            if not self.active(call):
-                return x
-            positions = self.position_index(x.shape[-2], call)
+    def _edit_fn(self, layer: int, neurons: torch.Tensor, calls: frozenset[int] | None) -> EditFn:
+        def change(x: torch.Tensor) -> torch.Tensor:
             idx = neurons.to(x.device)
-            if positions is None and self.fill is not None:
-                return x.index_fill(-1, idx, self.fill)  # one op, out of place: Clamp's common case
             x = x.clone()
-            if positions is None:
-                x[..., idx] = self.new_values(x[..., idx], layer, idx).to(x.dtype)
-            elif len(positions):
-                pos = positions.to(x.device)[:, None]
-                x[..., pos, idx] = self.new_values(x[..., pos, idx], layer, idx).to(x.dtype)
+            x[..., idx] = self.new_values(x[..., idx], layer, idx).to(x.dtype)
             return x
+
+        def edit(x: torch.Tensor, call: int) -> torch.Tensor:
+            if self.fill is not None and self.positions == "all" and (calls is None or call in calls):
+                return x.index_fill(-1, neurons.to(x.device), self.fill)  # one op, out of place: Clamp's common case
+            return self._change(calls, x, call, change)
 
         return edit
 
@@ -264,7 +251,7 @@ class Add(Intervention):
         self.direction, self.layer, self.alpha = direction, layer, number(alpha, "alpha")
 
     def edits(self, model: Any) -> list[Edit]:
-        tower = self._tower(model)
+        tower, calls = self._when(model)
         layer = tower.layer(self.layer)
         if self.direction.shape[0] != tower.d_model:
             raise InputError(
@@ -274,15 +261,8 @@ class Add(Intervention):
         shift = self.alpha * self.direction
 
         def edit(x: torch.Tensor, call: int) -> torch.Tensor:
-            if not self.active(call):
-                return x
-            positions = self.position_index(x.shape[-2], call)
             delta = shift.to(device=x.device, dtype=x.dtype)
-            if positions is None:
-                return x + delta
-            x = x.clone()
-            x[..., positions.to(x.device), :] += delta
-            return x
+            return self._change(calls, x, call, lambda selected: selected + delta)
 
         return [Edit(Site(layer, "resid", self.tower), edit)]
 

@@ -36,8 +36,7 @@ def example_observation(model: Any, seed: int = 0, instruction: str = "pick up t
 
 def prediction_steps(model: Any) -> int:
     """Forwards of one prediction that a trace iterates over (the tower that runs most often)."""
-    counts = [n for t in model.towers() if (n := model.calls_per_prediction(t)) is not None]
-    return max(counts, default=1)
+    return model.schedule().steps
 
 
 def _fail(check: str, message: str) -> None:
@@ -100,9 +99,9 @@ def check_observation_matters(model: Any) -> None:
 
 
 def action_tower(model: Any) -> str:
-    """The tower whose forwards emit the actions (the first with `action_calls`), else the first tower."""
-    names = list(model.towers())
-    return next((name for name in names if model.action_calls(name) is not None), names[0])
+    """The tower whose forwards emit the actions (the first, per the model's schedule), else the first tower."""
+    towers = model.schedule().towers
+    return next((name for name, tower in towers.items() if tower.actions is not None), next(iter(towers)))
 
 
 def check_clamp_matters(model: Any) -> None:
@@ -140,7 +139,7 @@ def check_collect(model: Any) -> None:
         got = acts[site][:, : want.shape[1], 0]
         if got.shape != want.shape or not torch.equal(got, want.cpu()):
             _fail("collect", f"{site}: the collector's {tuple(got.shape)} differ from the trace's {tuple(want.shape)}")
-        calls = model.action_calls(site.tower)
+        calls = model.schedule()[site.tower].actions
         if calls is not None and acts[site].shape[1] < len(calls):
             _fail("collect", f"{site} ran {acts[site].shape[1]} times, fewer than action_calls {calls}")
 

@@ -27,6 +27,7 @@ import torch
 
 from ..collect import collect
 from ..errors import CheckpointError, InputError, SetupError
+from ..schedule import Calls, TowerSchedule
 from ..sites import KINDS, Site
 from ..steering.edits import Edit, as_list
 from ..steering.interventions import Intervention, number
@@ -203,21 +204,11 @@ class FeatureIntervention(Intervention):
             return (steered - clean).to(device=x.device, dtype=x.dtype)
 
     def edits(self, model: Any) -> list[Edit]:
-        self._tower(model)
+        _, calls = self._when(model)
         site = sae_site(model, self.sae, self.tower)
 
         def edit(x: torch.Tensor, call: int) -> torch.Tensor:
-            if not self.active(call):
-                return x
-            positions = self.position_index(x.shape[-2], call)
-            if positions is None:
-                return x + self.delta(x)
-            if not len(positions):
-                return x
-            pos = positions.to(x.device)
-            x = x.clone()
-            x[..., pos, :] = x[..., pos, :] + self.delta(x[..., pos, :])
-            return x
+            return self._change(calls, x, call, lambda selected: selected + self.delta(selected))
 
         return [Edit(site, edit)]
 
@@ -245,22 +236,14 @@ class FeatureIntervention(Intervention):
                 f"this SAE is not attached to the bridge at {name!r}; attach it first with "
                 "attach_sae(bridge, sae) (or build the bridge with to_sae_bridge(model, sae))."
             )
-        calls = [0]
+        # a bridge runs the language model's forwards, one per call, as the VLA's VLM tower does
+        chosen = Calls.parse(self.calls).resolve(TowerSchedule("vlm", None, None, None, False))
+        calls, count = None if chosen is None else frozenset(chosen), [0]
 
         def fn(feats: torch.Tensor, hook: Any = None) -> torch.Tensor:
-            call = calls[0]
-            calls[0] += 1
-            if not self.active(call):
-                return feats
-            positions = self.position_index(feats.shape[-2], call)
-            if positions is None:
-                return self.steer_features(feats)
-            if not len(positions):
-                return feats
-            pos = positions.to(feats.device)
-            feats = feats.clone()
-            feats[..., pos, :] = self.steer_features(feats[..., pos, :])
-            return feats
+            call = count[0]
+            count[0] += 1
+            return self._change(calls, feats, call, self.steer_features)
 
         return bridge.get_sae_hook_name(self.sae), fn
 
