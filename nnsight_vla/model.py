@@ -17,6 +17,7 @@ from nnsight.modeling.mixins.remotable import Remotable
 from nnsight.tracing.tracer import WithBlockNotFoundError
 
 from .checkpoint import parse_device, parse_dtype
+from .edits import steer
 from .envoys import IdleEnvoy, InertEnvoy, InertOutputEnvoy, LayersEnvoy
 from .errors import InputError, StandardNameError
 from .layout import STANDARD_NAMES, Layout
@@ -25,7 +26,6 @@ from .paths import writable_folder, writing
 from .remote import from_model_key, model_key
 from .schedule import Schedule, TowerSchedule
 from .spec import ModelSpec
-from .steering.runtime import steer
 from .towers import Tower, module_of
 
 def _linear_shape(envoy: Any, tied: bool = False) -> tuple[int, int] | None:

@@ -328,3 +328,13 @@ def test_lens_on_a_tower_without_a_vocabulary_names_what_the_cli_can_do(capsys, 
     err = capsys.readouterr().err
     assert "--tower expert: that tower has no vocabulary" in err and "omit --tower" in err
     assert "pass unembed=" not in err
+
+
+def test_the_model_class_stands_below_the_features():
+    """The base class imports no feature package: steering, lenses and collection build on it."""
+    code = "import sys, nnsight_vla.model; print(sorted(m for m in sys.modules if m.startswith('nnsight_vla.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "nnsight_vla.model" in loaded
+    for feature in ("nnsight_vla.steering", "nnsight_vla.lens", "nnsight_vla.collect", "nnsight_vla.probes",
+                    "nnsight_vla.eval", "nnsight_vla.transformer_lens"):
+        assert f"'{feature}" not in loaded, feature

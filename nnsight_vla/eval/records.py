@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..errors import InputError
 from ..neurons import NeuronCluster
 from ..remote import class_path, model_key
-from ..steering.edits import as_list
+from ..edits import as_list
 from .parallel import Job, same_weights
 from .plots import plot_metrics, plot_trajectories
 from .rollout import Episode

@@ -2,10 +2,9 @@
 
 from .controls import random_control
 from .directions import load_direction, mean_activations, mean_difference, residual, save_direction, unit
-from .edits import Edit, apply, bind
+from ..edits import Edit, apply, bind, hook_points, steer
 from .interventions import Ablate, Add, Clamp, Intervention, Scale
 from .open_loop import OpenLoopResult, open_loop
-from .runtime import hook_points, steer
 
 __all__ = [
     "Ablate", "Add", "Clamp", "Edit", "Intervention", "Scale", "apply", "bind", "hook_points",

@@ -7,7 +7,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from ..errors import InputError
-from .edits import as_list
+from ..edits import as_list
 
 
 def random_control(steering: Any, seed: int, model: Any) -> list:

@@ -14,7 +14,7 @@ from ..schedule import Calls, Positions
 from ..sites import Site
 from ..towers import Tower, get_tower
 from .directions import mean_activations
-from .edits import Edit, EditFn, apply
+from ..edits import Edit, EditFn, apply
 
 def number(value: Any, what: str) -> float:
     """``value`` as a finite float; strings, booleans, NaN and infinities are refused."""

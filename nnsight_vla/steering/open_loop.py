@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..observation import Observation
 from .controls import check_sides, random_control, z_against
-from .runtime import steer
+from ..edits import steer
 
 #: The columns of the effect table: shifts of each translation axis and of the speed (their norm).
 MEASURES = ("dx", "dy", "dz", "speed")

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import InputError
 from ..sites import Site
-from ..steering.edits import Edit
+from ..edits import Edit
 from ..steering.interventions import Intervention
 
 class _HookPoint:

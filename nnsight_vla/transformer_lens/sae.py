@@ -29,7 +29,7 @@ from ..collect import collect
 from ..errors import CheckpointError, InputError, SetupError
 from ..schedule import Calls, TowerSchedule
 from ..sites import KINDS, Site
-from ..steering.edits import Edit, as_list
+from ..edits import Edit, as_list
 from ..steering.interventions import Intervention, number
 from .bridge import to_bridge
 
