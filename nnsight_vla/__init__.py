@@ -1,6 +1,7 @@
 """nnsight-vla: vision-language-action policies as traceable nnsight models.
 
-Public names are imported on first use (PEP 562), so ``import nnsight_vla`` and the
+Users' names are here (at most about twenty); a model family's author imports from
+`nnsight_vla.family`. Public names are imported on first use (PEP 562), so ``import nnsight_vla`` and the
 ``nnsight-vla`` command's ``--help`` stay fast: torch, transformers and nnsight load only
 when a model, a lens or steering is first touched.
 """
@@ -24,22 +25,16 @@ _EXPORTS = {
     "StandardNameError": "errors",
     "UnknownModelError": "errors",
     "VLAError": "errors",
-    "Layout": "layout",
-    "TowerLayout": "layout",
     "VLA": "model",
     "NeuronCluster": "neurons",
     "Observation": "observation",
-    "Family": "registry",
     "families": "registry",
     "load": "registry",
-    "register": "registry",
     "Site": "sites",
-    "ModelSpec": "spec",
     "Ablate": "steering",
     "Add": "steering",
     "Clamp": "steering",
     "Scale": "steering",
-    "Tower": "towers",
 }
 
 __all__ = sorted(_EXPORTS, key=lambda name: (name[0].islower(), name))
@@ -58,15 +53,12 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
         UnknownModelError,
         VLAError,
     )
-    from .layout import Layout, TowerLayout
     from .model import VLA
     from .neurons import NeuronCluster
     from .observation import Observation
-    from .registry import Family, families, load, register
+    from .registry import families, load
     from .sites import Site
-    from .spec import ModelSpec
     from .steering import Ablate, Add, Clamp, Scale
-    from .towers import Tower
 
 
 class _Package(types.ModuleType):

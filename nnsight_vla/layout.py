@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -77,6 +77,50 @@ class TowerLayout:
 
 
 @dataclass(frozen=True)
+class BridgePart:
+    """One part of a model that a TransformerLens bridge wraps (`transformer_lens.to_bridge`).
+
+    Attributes:
+        path: The module the bridge wraps (a weight-sharing copy of it), from the model's root.
+        architecture: The name its adapter is registered under (a ``transformer_lens.architectures``
+            entry point).
+        tower: The layout tower the bridge runs.
+        config: The attribute path from the module to its transformers config.
+        unfoldable: Why TransformerLens's weight processing (compatibility mode, folded norms)
+            cannot apply to it, if it cannot (e.g. adaptive norms whose scale depends on an input).
+
+    Example:
+        >>> BridgePart("model.vlm", "ToyVLM", "vlm", config="config.text_config")
+    """
+
+    path: str
+    architecture: str
+    tower: str = "vlm"
+    config: str = "config"
+    unfoldable: str | None = None
+
+    def hf_config(self, module: torch.nn.Module) -> Any:
+        """The transformers config of this part of ``module`` (a model's root module)."""
+        config = module.get_submodule(self.path)
+        for attr in self.config.split("."):
+            config = getattr(config, attr)
+        return config
+
+
+@dataclass(frozen=True)
+class TokenPrompt:
+    """One observation as token ids for a bridge (what a family's ``bridge_tokens`` returns):
+    the ids with placeholders where the image patches go, that slice, the patch embeddings,
+    and, for towers whose mask is not causal (Pi0's prefix-LM), ``forward_kwargs(ids)``: the
+    attention mask and positions the policy would build for any ids of this length."""
+
+    tokens: torch.Tensor
+    patches: slice
+    embeddings: torch.Tensor
+    forward_kwargs: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
+
+
+@dataclass(frozen=True)
 class Layout:
     """A family's contract with the core, as data.
 
@@ -89,6 +133,7 @@ class Layout:
             ``*`` every entry (in `inert`, `inert_output` and `idle`).
         inert_output: Modules whose output alone cannot change the actions.
         idle: Modules that never run in a prediction (reading them in a trace is an error).
+        bridges: The parts a TransformerLens bridge can wrap, by name (``"vlm"``, ``"expert"``).
 
     Example:
         >>> Layout((TowerLayout("vlm", "lm.model.layers", "lm.model.norm", "lm.lm_head"),),
@@ -101,11 +146,15 @@ class Layout:
     inert: tuple[str, ...] = ()
     inert_output: tuple[str, ...] = ()
     idle: tuple[str, ...] = ()
+    bridges: Mapping[str, BridgePart] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.towers]
         if not names or names[0] != "vlm" or len(set(names)) != len(names):
             raise StandardNameError(f"a layout's towers must be distinct and start with 'vlm', got {names}.")
+        strays = sorted(name for name, part in self.bridges.items() if part.tower not in names)
+        if strays:
+            raise StandardNameError(f"the layout's bridges {strays} run towers it does not have ({names}).")
 
     def rename(self) -> dict[str, str]:
         """The nnsight rename map: family path -> standard name (identity entries dropped)."""
@@ -141,14 +190,14 @@ class Layout:
                 tower.name, check(tower.layers), check(tower.norm), check(tower.unembed),
                 check(tower.embed), check(tower.root), tower.runs, tower.block, tower.layers_run,
             ))
-        for path in self.modules:
+        for path in [*self.modules, *(part.path for part in self.bridges.values())]:
             check(path)
         def every(paths: tuple[str, ...]) -> tuple[str, ...]:
             return tuple(check(p) for path in paths for p in expand(module, path, where))
 
         return Layout(
             tuple(towers), dict(self.modules), check(self.run_start) if self.run_start else "",
-            every(self.inert), every(self.inert_output), every(self.idle),
+            every(self.inert), every(self.inert_output), every(self.idle), dict(self.bridges),
         )
 
 

@@ -20,7 +20,7 @@ from .checkpoint import parse_device, parse_dtype
 from .edits import steer
 from .envoys import IdleEnvoy, InertEnvoy, InertOutputEnvoy, LayersEnvoy
 from .errors import InputError, StandardNameError
-from .layout import STANDARD_NAMES, Layout
+from .layout import STANDARD_NAMES, BridgePart, Layout
 from .observation import Observation
 from .paths import writable_folder, writing
 from .remote import from_model_key, model_key
@@ -120,9 +120,9 @@ class VLA(Remotable):
 
     # -- hooks a family implements ---------------------------------------------------
 
-    def bridge_parts(self) -> dict[str, Any]:
-        """Parts a TransformerLens bridge can wrap, by name (`nnsight_vla.transformer_lens.BridgePart`)."""
-        return {}
+    def bridge_parts(self) -> dict[str, BridgePart]:
+        """Parts a TransformerLens bridge can wrap, by name: the layout's `BridgePart` records."""
+        return dict(self.layout.bridges)
 
     def bridge_inputs(self, part: str, observations: list[Observation]) -> dict[str, torch.Tensor]:
         """What ``part`` is fed in a prediction's first forward, as bridge keyword arguments."""

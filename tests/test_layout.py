@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from nnsight_vla import InertSiteWarning, Layout, StandardNameError, TowerLayout
+from nnsight_vla import InertSiteWarning, StandardNameError
+from nnsight_vla.family import Layout, TowerLayout
 from nnsight_vla.layout import find
 
 

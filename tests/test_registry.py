@@ -4,7 +4,8 @@ import pytest
 
 import nnsight_vla
 from nnsight_vla import CheckpointError, UnknownModelError
-from nnsight_vla.registry import Family, resolve
+from nnsight_vla.family import Family, register
+from nnsight_vla.registry import resolve
 
 
 def test_openvla_is_registered_through_the_entry_point():
@@ -38,7 +39,7 @@ def test_hub_id_offline_says_to_download(monkeypatch):
 
 def test_family_resolves_by_config_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"type": "toy"}))
-    nnsight_vla.register(Family("toy", "nowhere:Toy", ("toy",)))
+    register(Family("toy", "nowhere:Toy", ("toy",)))
     try:
         assert resolve(tmp_path).name == "toy"
     finally:

@@ -4,39 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 
 from ..errors import InputError, SetupError
+from ..layout import BridgePart, TokenPrompt
 from ..towers import module_of
-
-
-@dataclass(frozen=True)
-class BridgePart:
-    """What a family bridges for one part: the module (a path from the model's root), the
-    architecture name its adapter is registered under, the module's HF config, and why
-    TransformerLens's weight processing (folded norms, centred unembedding) cannot apply
-    to it, if it cannot (e.g. adaptive norms whose scale depends on an input)."""
-
-    path: str
-    architecture: str
-    hf_config: Any
-    unfoldable: str | None = None
-
-
-@dataclass(frozen=True)
-class TokenPrompt:
-    """One observation as token ids for a bridge (what a family's ``bridge_tokens`` returns):
-    the ids with placeholders where the image patches go, that slice, the patch embeddings,
-    and, for towers whose mask is not causal (Pi0's prefix-LM), ``forward_kwargs(ids)``: the
-    attention mask and positions the policy would build for any ids of this length."""
-
-    tokens: torch.Tensor
-    patches: slice
-    embeddings: torch.Tensor
-    forward_kwargs: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None
 
 
 def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -96,7 +70,7 @@ def to_bridge(model: Any, part: str = "vlm", compatibility: bool = False) -> Any
             "without it (raw weights; every hook and the cache still work)."
         )
     module = shared_copy(module_of(model).get_submodule(spec.path))
-    config = copy.copy(spec.hf_config)
+    config = copy.copy(spec.hf_config(module_of(model)))
     config._attn_implementation = "eager"  # hook_pattern needs the attention weights
     bridge = build_bridge_from_module(module, spec.architecture, hf_config=config, model_name=model.name_or_path)
     if compatibility:

@@ -1,6 +1,6 @@
 """lerobot policies for nnsight-vla: the family declarations (lerobot loads only when a model is used)."""
 
-from nnsight_vla.registry import Family
+from nnsight_vla.family import Family
 
 #: Pi0 and Pi0.5 (lerobot's ``pi0`` and ``pi05`` types), one family.
 PI0_FAMILY = Family(

@@ -39,7 +39,7 @@ import torch
 from lerobot.policies.common.vla_utils import prepare_attention_masks_4d
 from lerobot.utils.constants import ACTION_TOKEN_MASK, ACTION_TOKENS, OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
 
-from nnsight_vla import SetupError, cache
+from nnsight_vla.family import SetupError, cache
 
 from . import fast_task
 from .inputs import to_batch

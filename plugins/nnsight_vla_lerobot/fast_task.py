@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnsight_vla import InputError, Observation
+from nnsight_vla.family import InputError, Observation
 
 from .tiny import ACTION_DIM, CAMERAS, STATE_DIM, TINY_STATS
 

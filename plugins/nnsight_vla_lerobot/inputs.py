@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from nnsight_vla import InputError, Observation
+from nnsight_vla.family import InputError, Observation
 
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"

@@ -6,32 +6,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Mapping
 
-from nnsight_vla import Layout
-
-
-@dataclass(frozen=True)
-class BridgeSpec:
-    """One part of a policy that a TransformerLens bridge wraps (`transformer_lens.to_bridge`).
-
-    Attributes:
-        path: The module the bridge wraps (a weight-sharing copy of it), from the policy's root.
-        architecture: The name its adapter is registered under (a ``transformer_lens.architectures``
-            entry point).
-        tower: The layout tower the bridge runs; its inputs in a prediction's first forward of
-            that tower are the bridge's inputs (`LeRobotVLA.bridge_inputs`).
-        config: The attribute path from the module to its transformers config.
-        unfoldable: Why TransformerLens's weight processing (compatibility mode) cannot
-            apply, if it cannot.
-
-    Example:
-        >>> BridgeSpec("model.vlm", "ToyVLM", "vlm", config="config.text_config")
-    """
-
-    path: str
-    architecture: str
-    tower: str
-    config: str = "config"
-    unfoldable: str | None = None
+from nnsight_vla.family import Layout
 
 
 def no_action_calls(config: Any, tower: str) -> range | None:
@@ -62,7 +37,6 @@ class PolicyKind:
         resize: ``(modeling, sizes) -> {attribute: replacement}``: what of `modeling` is
             replaced while a resized policy is built.
         tiny_options: extra config fields of the tiny policy (e.g. its image size).
-        bridges: TransformerLens parts by name (``"vlm"``, ``"expert"``), see `BridgeSpec`.
 
     Example:
         >>> PolicyKind("toy", ToyConfig, ToyPolicy, make_toy_pre_post_processors,
@@ -85,4 +59,3 @@ class PolicyKind:
     tiny_sizes: Mapping[str, Mapping[str, Any]] | None = None
     resize: Callable[[ModuleType, Mapping], Mapping[str, Any]] | None = None
     tiny_options: Mapping[str, Any] = field(default_factory=dict)
-    bridges: Mapping[str, BridgeSpec] = field(default_factory=dict)

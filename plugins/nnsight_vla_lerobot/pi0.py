@@ -11,9 +11,9 @@ from lerobot.policies.pi0 import modeling_pi0, processor_pi0
 from lerobot.policies.pi05 import PI05Config, PI05Policy, make_pi05_pre_post_processors
 from lerobot.policies.pi05 import modeling_pi05, processor_pi05
 
-from nnsight_vla import Layout, TowerLayout
+from nnsight_vla.family import BridgePart, Layout, TowerLayout
 
-from .kind import BridgeSpec, PolicyKind
+from .kind import PolicyKind
 from .policy import LeRobotVLA
 
 PWE = "model.paligemma_with_expert"
@@ -57,8 +57,8 @@ TINY_SIZES = {
 #: lm_head, and the action expert, whose bridge returns its final norm's output (its head
 #: never runs).
 BRIDGES = {
-    "vlm": BridgeSpec(f"{PWE}.paligemma", "PiGemmaVLM", "vlm", config="config.text_config"),
-    "expert": BridgeSpec(
+    "vlm": BridgePart(f"{PWE}.paligemma", "PiGemmaVLM", "vlm", config="config.text_config"),
+    "expert": BridgePart(
         f"{PWE}.gemma_expert", "PiGemmaExpert", "expert",
         unfoldable="the action expert has no unembedding to fold its final norm into",
     ),
@@ -70,9 +70,9 @@ PI05_BRIDGES = {**BRIDGES, "expert": replace(
 )}
 
 
-def _layout(names: dict[str, str]) -> Layout:
+def _layout(names: dict[str, str], bridges: dict) -> Layout:
     return Layout(TOWERS, {**COMMON_NAMES, **names}, run_start=f"{VLM}.embed_tokens",
-                  inert=INERT, inert_output=INERT_OUTPUT, idle=IDLE)
+                  inert=INERT, inert_output=INERT_OUTPUT, idle=IDLE, bridges=bridges)
 
 
 def _expert_steps(config: Any, tower: str) -> range | None:
@@ -105,13 +105,13 @@ def _resize(modeling: ModuleType, sizes: Mapping) -> dict[str, Any]:
 
 def _kind(type_: str, classes: tuple, names: dict[str, str], bridges: dict = BRIDGES) -> PolicyKind:
     return PolicyKind(
-        type_, *classes, layout=_layout(names),
+        type_, *classes, layout=_layout(names, bridges),
         tokenizer_name="google/paligemma-3b-pt-224", tokenizer_label="PaliGemma",
         action_calls=_expert_steps, spec_extra=("num_inference_steps",),
         # the expert never decodes tokens: no lerobot forward reads its head
         unused_weights=(f"{PWE}.gemma_expert.lm_head.weight",),
         remap_keys=_openpi_keys, tiny_sizes=TINY_SIZES, resize=_resize,
-        tiny_options={"image_resolution": (64, 64)}, bridges=bridges,
+        tiny_options={"image_resolution": (64, 64)},
     )
 
 

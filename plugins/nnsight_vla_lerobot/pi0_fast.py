@@ -17,8 +17,7 @@ from lerobot.policies.pi0_fast import PI0FastConfig, PI0FastPolicy, make_pi0_fas
 from lerobot.policies.pi0_fast import modeling_pi0_fast, processor_pi0_fast
 from lerobot.processor import tokenizer_processor
 
-from nnsight_vla import Layout, ModelSpec, TowerLayout, VLAError
-from nnsight_vla.testing.words import build_word_tokenizer
+from nnsight_vla.family import Layout, ModelSpec, TowerLayout, VLAError, build_word_tokenizer
 
 from . import fast_fit, fast_task, sizing
 from .kind import PolicyKind

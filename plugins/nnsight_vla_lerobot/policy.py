@@ -16,9 +16,10 @@ from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK as MASK_KEY
 from lerobot.utils.constants import OBS_LANGUAGE_TOKENS as TOKENS_KEY
 from transformers.cache_utils import Cache, DynamicCache
 
-from nnsight_vla import VLA, CheckpointError, InputError, ModelSpec, Observation, SetupError
-from nnsight_vla.checkpoint import check_state_dict, load_module, read_state_dict
-from nnsight_vla.remote import config_folder, weights_folder
+from nnsight_vla.family import (
+    VLA, CheckpointError, InputError, ModelSpec, Observation, SetupError, check_state_dict,
+    config_folder, load_module, read_state_dict, weights_folder,
+)
 
 from . import sizing, tiny
 from .inputs import IMAGE_PREFIX, STATE_KEY, from_lerobot, from_libero, to_batch
@@ -300,23 +301,11 @@ class LeRobotVLA(VLA):
 
     # -- TransformerLens ---------------------------------------------------------------
 
-    def bridge_parts(self) -> dict:
-        """The kind's TransformerLens parts (`PolicyKind.bridges`), each with its module's config."""
-        from nnsight_vla.transformer_lens import BridgePart
-
-        parts = {}
-        for name, spec in self.kind.bridges.items():
-            config = self._module.get_submodule(spec.path)
-            for attr in spec.config.split("."):
-                config = getattr(config, attr)
-            parts[name] = BridgePart(spec.path, spec.architecture, config, spec.unfoldable)
-        return parts
-
     def _bridge_spec(self, part: str) -> Any:
-        if part not in self.kind.bridges:
+        if part not in self.layout.bridges:
             raise InputError(f"{type(self).__name__} has no TransformerLens part {part!r}; it has "
-                             f"{sorted(self.kind.bridges) or 'none (no adapter for its architecture yet)'}.")
-        return self.kind.bridges[part]
+                             f"{sorted(self.layout.bridges) or 'none (no adapter for its architecture yet)'}.")
+        return self.layout.bridges[part]
 
     def bridge_inputs(self, part: str, observations: list[Observation]) -> dict[str, Any]:
         """The keyword arguments the part's tower gets in the first forward of a seed-0
@@ -342,7 +331,7 @@ class LeRobotVLA(VLA):
         builds (images always valid, the instruction's pad ids masked)."""
         from lerobot.policies.common.vla_utils import make_att_2d_masks, prepare_attention_masks_4d
 
-        from nnsight_vla.transformer_lens import TokenPrompt
+        from nnsight_vla.family import TokenPrompt
 
         self._bridge_spec(part)
         if part != "vlm":

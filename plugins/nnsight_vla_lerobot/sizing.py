@@ -9,7 +9,7 @@ import threading
 from types import ModuleType
 from typing import Any, Iterator, Mapping
 
-from nnsight_vla import CheckpointError
+from nnsight_vla.family import CheckpointError
 
 from .kind import PolicyKind
 

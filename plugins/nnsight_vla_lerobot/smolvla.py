@@ -12,9 +12,7 @@ import torch
 from lerobot.policies.smolvla import SmolVLAConfig, SmolVLAPolicy, make_smolvla_pre_post_processors
 from lerobot.policies.smolvla import modeling_smolvla, processor_smolvla, smolvlm_with_expert
 
-from nnsight_vla import Layout, TowerLayout
-from nnsight_vla.layout import DECODER_BLOCK
-from nnsight_vla.testing.words import build_word_tokenizer
+from nnsight_vla.family import DECODER_BLOCK, Layout, TowerLayout, build_word_tokenizer
 
 from . import sizing
 from .kind import PolicyKind

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
 
-from nnsight_vla.testing.words import build_word_tokenizer
+from nnsight_vla.family import build_word_tokenizer
 
 from .kind import PolicyKind
 

@@ -26,7 +26,7 @@ from transformer_lens.model_bridge.generalized_components import (
 )
 from transformer_lens.model_bridge.supported_architectures.gemma1 import Gemma1ArchitectureAdapter
 
-from nnsight_vla.transformer_lens import relocate
+from nnsight_vla.family import relocate
 
 from .pi0 import BRIDGES, PI0
 

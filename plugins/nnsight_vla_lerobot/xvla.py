@@ -12,8 +12,7 @@ from lerobot.policies.xvla.processor_xvla import make_xvla_pre_post_processors
 from lerobot.utils.constants import OBS_LANGUAGE_TOKENS as TOKENS_KEY
 from torch.overrides import TorchFunctionMode
 
-from nnsight_vla import InputError, Layout, SetupError, TowerLayout
-from nnsight_vla.testing.words import build_word_tokenizer
+from nnsight_vla.family import InputError, Layout, SetupError, TowerLayout, build_word_tokenizer
 
 from .kind import PolicyKind
 from .policy import LeRobotVLA

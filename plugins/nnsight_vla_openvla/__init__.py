@@ -1,6 +1,6 @@
 """OpenVLA for nnsight-vla: the family declaration (heavy modules load only when used)."""
 
-from nnsight_vla.registry import Family
+from nnsight_vla.family import Family
 
 TINY, SMOL = "tiny-openvla", "smol-openvla"
 MINI = ("mini-openvla", "mini-openvla-act")  # smol-openvla taught to follow motion instructions

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from nnsight_vla import InputError
+from nnsight_vla.family import InputError
 
 
 class ActionTokenizer:

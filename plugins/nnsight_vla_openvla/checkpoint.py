@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from nnsight_vla import CheckpointError
-from nnsight_vla.checkpoint import write_state_dict
+from nnsight_vla.family import CheckpointError, write_state_dict
 
 from .config import OpenVLAConfig
 from .processor import OpenVLAProcessor

@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import LlamaConfig
 
-from nnsight_vla import CheckpointError
+from nnsight_vla.family import CheckpointError
 
 # The fused DINOv2 + SigLIP backbone of every released OpenVLA checkpoint.
 DINOSIGLIP_224 = ("vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224")

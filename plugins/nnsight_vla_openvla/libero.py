@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from nnsight_vla import Observation
+from nnsight_vla.family import Observation
 
 from .processor import libero_frame
 

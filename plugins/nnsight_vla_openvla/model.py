@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from nnsight_vla import VLA, CheckpointError, InputError, Layout, ModelSpec, Observation, TowerLayout
-from nnsight_vla.checkpoint import load_module, read_state_dict
-from nnsight_vla.observation import DEFAULT_CAMERA as CAMERA
-from nnsight_vla.remote import config_folder, weights_folder
+from nnsight_vla.family import (
+    DEFAULT_CAMERA as CAMERA, VLA, BridgePart, CheckpointError, InputError, Layout, ModelSpec, Observation,
+    TowerLayout, config_folder, load_module, read_state_dict, weights_folder,
+)
 
 from . import SMOL, TINY, mini, smol, tiny
 from .actions import ActionTokenizer, normalize, select_stats, unnormalize
@@ -82,6 +82,7 @@ class OpenVLA(VLA):
         ),),
         modules={"vision_backbone": "vision", "projector": "projector"},
         run_start="vision_backbone",  # the prefill; each decoding step after it reuses the cache
+        bridges={"vlm": BridgePart("language_model", ARCHITECTURE)},  # the adapter in tl_adapter.py
     )
     _persistent_attributes = ("_tokenizer", "processor", "action_tokenizer", "config")  # config: norm statistics
 
@@ -237,12 +238,6 @@ class OpenVLA(VLA):
                              f"is {len(ids)}; give {n} words such as 'up fast'.")
         return torch.tensor([ids])
 
-    def bridge_parts(self) -> dict:
-        """The language model, bridged through the adapter registered as ``OpenVLAForActionPrediction``."""
-        from nnsight_vla.transformer_lens import BridgePart
-
-        return {"vlm": BridgePart("language_model", ARCHITECTURE, self.config.llama)}
-
     def bridge_inputs(self, part: str, observations: list) -> dict[str, torch.Tensor]:
         """The Llama's inputs in the prefill: token embeddings with the patches after BOS."""
         embeds, mask, positions = self._module.embed(**self._inputs(observations))
@@ -250,7 +245,7 @@ class OpenVLA(VLA):
 
     def bridge_tokens(self, part: str, observations: list) -> Any:
         """One prompt's ids with pad ids where the patches go (after BOS); the mask is causal."""
-        from nnsight_vla.transformer_lens import TokenPrompt
+        from nnsight_vla.family import TokenPrompt
 
         if len(observations) != 1:
             raise InputError(f"token inputs are for one observation, got {len(observations)}.")

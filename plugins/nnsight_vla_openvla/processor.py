@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nnsight_vla import CheckpointError, Observation
-from nnsight_vla.observation import DEFAULT_CAMERA
+from nnsight_vla.family import DEFAULT_CAMERA, CheckpointError, Observation
 
 from .config import DEFAULT_NORMALIZE
 from .tfimage import center_crop, jpeg_round_trip, lanczos3_resize

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from nnsight_vla import CheckpointError, cache
+from nnsight_vla.family import CheckpointError, cache
 
 from . import SMOL as NAME
 from .config import OpenVLAConfig

@@ -2,7 +2,7 @@
 
 from transformer_lens.model_bridge.supported_architectures.llama import LlamaArchitectureAdapter
 
-from nnsight_vla.transformer_lens import relocate
+from nnsight_vla.family import relocate
 
 from .model import OpenVLA
 

@@ -6,7 +6,7 @@ import functools
 
 from transformers import PreTrainedTokenizerFast
 
-from nnsight_vla.testing.words import build_word_tokenizer
+from nnsight_vla.family import build_word_tokenizer
 
 N_RESERVED = 256  # at least the last 256 pieces of the base vocabulary: OpenVLA's action tokens overwrite them
 #: OpenVLA pads its vocabulary to a multiple of this (``pad_to_multiple_of`` in config.json).
