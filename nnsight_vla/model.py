@@ -69,6 +69,11 @@ class VLA(Remotable):
     #: The family's module paths (a class attribute, or set per instance in `_configure`).
     layout: Layout
 
+    #: What the family can do beyond the base contract, by name; features check these, never
+    #: catch the base class's refusal. ``"action_bins"``: `action_bins` maps actions to the
+    #: bins of the action tokens it decodes (OpenVLA).
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
     spec: ModelSpec
 
     def __init__(self, source: str, *, dtype=None, device=None, dispatch: bool = False,
@@ -136,7 +141,7 @@ class VLA(Remotable):
     def action_bins(self, actions: np.ndarray) -> np.ndarray:
         """Per dimension of un-normalised ``actions`` ``[rows, dims]``, the bin index of the
         family's action tokens (families that decode actions from tokens)."""
-        raise InputError(f"{type(self).__name__} has no action-token bins (OpenVLA has).")
+        raise InputError(f"{type(self).__name__} has no action-token bins (OpenVLA has; see `capabilities`).")
 
     def schedule(self) -> Schedule:
         """Each tower's forwards in one prediction with default options: how many, which emit

@@ -51,7 +51,7 @@ class RolloutCollector:
         """A copy ready for the evaluation's ``jobs``: its shard folder opened (an evaluation
         without ``resume`` starts this collection over too)."""
         recorder = Recorder(model, self.sites, calls=self.calls, positions=self.positions)
-        model_targets = ["action_bins"] if _has_bins(model) else []
+        model_targets = ["action_bins"] if "action_bins" in model.capabilities else []
         settings = settings_of(model, recorder, self.calls, self.positions, self.dtype,
                                source={"type": "libero", "conditions": conditions, **source},
                                model_targets=model_targets)
@@ -72,14 +72,6 @@ class RolloutCollector:
         if len(rows.buffer):
             task, episode, condition = rows.job
             rows.buffer.flush(ShardFolder(Path(self.out), self.manifest), f"{condition.replace('/', '__')}-task{task:03d}-ep{episode:03d}")
-
-
-def _has_bins(model: Any) -> bool:
-    try:
-        model.action_bins(np.zeros((1, model.spec.action_dim)))
-    except InputError:
-        return False
-    return True
 
 
 class EpisodeRows:

@@ -84,6 +84,7 @@ class OpenVLA(VLA):
         run_start="vision_backbone",  # the prefill; each decoding step after it reuses the cache
         bridges={"vlm": BridgePart("language_model", ARCHITECTURE)},  # the adapter in tl_adapter.py
     )
+    capabilities = frozenset({"action_bins"})
     _persistent_attributes = ("_tokenizer", "processor", "action_tokenizer", "config")  # config: norm statistics
 
     def _configure(self, source: str, unnorm_key: str | None = None, center_crop: bool = False,
