@@ -7,8 +7,10 @@ transformers and nnsight are imported by the commands themselves, so ``--help`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError, VLAError
 
@@ -190,13 +192,39 @@ def _print_summary(result) -> None:
         print(f"{task:<4d}  " + "  ".join(cells))
 
 
-def eval_command(args) -> None:
-    from .errors import InputError
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``eval`` options: one per `EvalConfig` field, with its default and help."""
+    from .eval.config import EvalConfig
+
+    for item in dataclasses.fields(EvalConfig):
+        flag = item.metadata["flag"]
+        if flag == "":
+            continue
+        flag = flag or "--" + item.name.replace("_", "-")
+        if item.type in ("bool", bool):
+            parser.add_argument(flag, dest=item.name, action="store_true", help=item.metadata["help"])
+        elif item.name == "tasks":
+            parser.add_argument(flag, dest=item.name, default=",".join(map(str, item.default)),
+                                help=item.metadata["help"] + ", comma-separated, e.g. 0,1")
+        else:
+            kind = int if "int" in str(item.type) else str
+            parser.add_argument(flag, dest=item.name, type=kind, default=item.default, help=item.metadata["help"])
+
+
+def eval_config(args) -> Any:
+    """The `EvalConfig` of the ``eval`` command's options (checked before the model loads)."""
+    from .eval.config import EvalConfig
 
     try:
         tasks = [int(t) for t in args.tasks.split(",")]
     except ValueError as err:
         raise InputError(f"--tasks {args.tasks!r} must be comma-separated ints, e.g. 0,1.") from err
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig) if f.metadata["flag"] != ""}
+    return EvalConfig(**{**options, "tasks": tasks})
+
+
+def eval_command(args) -> None:
+    config = eval_config(args)
     if args.steer is not None:
         _steer_spec(args.steer)  # a missing file or cluster fails before the model loads
     from .paths import probed_folder
@@ -209,11 +237,7 @@ def eval_command(args) -> None:
     model = load(args.model)
     steering = None if args.steer is None else parse_steer(args.steer, model)
     try:
-        result = evaluate(model, args.suite, tasks, args.episodes, steering=steering, seed=args.seed,
-                          max_steps=args.max_steps, camera_size=args.camera_size,
-                          record_video=args.video, out_dir=args.out, workers=args.workers,
-                          ray_address=args.ray_address, resume=args.resume, random_controls=args.random_controls,
-                          instruction=args.instruction)
+        result = evaluate(model, config, steering=steering, out_dir=args.out, resume=args.resume)
     except KeyboardInterrupt:
         episodes = args.out / "episodes.jsonl"
         done = sum(1 for _ in episodes.open()) if episodes.is_file() else 0
@@ -333,21 +357,9 @@ def main(argv: list[str] | None = None) -> int:
 
     evaluation = commands.add_parser("eval", help="closed-loop LIBERO evaluation, baseline vs steered vs random")
     evaluation.add_argument("model", help="built-in name or checkpoint folder")
-    evaluation.add_argument("--suite", default="libero_10", help="libero_spatial/object/goal/10/90")
-    evaluation.add_argument("--tasks", default="0", help="comma-separated task ids, e.g. 0,1")
-    evaluation.add_argument("--episodes", type=int, default=1, help="episodes (init states) per task")
     evaluation.add_argument("--steer", default=None, help="CLUSTERS.yaml[#NAME]:VALUE — clamp a cluster")
-    evaluation.add_argument("--seed", type=int, default=7, help="seed of the resets, of the policy (seed + step) and of the random control")
-    evaluation.add_argument("--max-steps", type=int, default=None, help="step limit of an episode (default: the suite's limit)")
-    evaluation.add_argument("--camera-size", type=int, default=256, help="side of the rendered camera images, in pixels")
-    evaluation.add_argument("--video", action="store_true", help="write an MP4 per episode")
-    evaluation.add_argument("--random-controls", type=int, default=1,
-                            help="random clusters per steering (>= 2 adds z-scores against them: statistics.json vs_random)")
-    evaluation.add_argument("--instruction", default=None,
-                            help="said instead of each task's instruction, e.g. 'move the arm'")
     evaluation.add_argument("--out", required=True, type=Path, help="output folder")
-    evaluation.add_argument("--workers", type=int, default=1, help="Ray worker processes (1: serial, no Ray)")
-    evaluation.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: a local Ray)")
+    _config_arguments(evaluation)
     evaluation.add_argument("--resume", action="store_true",
                             help="continue the run in --out from its saved episodes (same settings; "
                             "without it a run there is started over)")

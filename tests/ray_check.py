@@ -16,7 +16,7 @@ import torch
 
 import nnsight_vla
 from nnsight_vla import Clamp, Site, VLAError
-from nnsight_vla.eval import evaluate
+from nnsight_vla.eval import EvalConfig, evaluate
 from nnsight_vla.eval.parallel import job_order, run_parallel
 from nnsight_vla.eval.records import episode_row
 from nnsight_vla.probes import RolloutCollector, ShardFolder
@@ -32,7 +32,9 @@ def lap(phase: str) -> None:
     result["seconds"][phase] = round(now - clock[0], 1)
     clock[0] = now
 
-common = {"suite": "libero_spatial", "steps": 2, "seed": 7, "camera_size": 64, "record_video": False}
+#: the cluster part's settings: the jobs below, two workers on the existing cluster
+cluster = EvalConfig("libero_spatial", (0,), 1, max_steps=2, seed=7, camera_size=64, workers=2,
+                     ray_address="127.0.0.1:6390")
 
 # The existing cluster of the second part starts now, while the first part runs.
 # Its own process group, stopped by id (`ray stop` would stop every Ray on the machine, such as
@@ -73,7 +75,7 @@ try:
     conditions = {"baseline": None, "steered": args["steering"]}
     jobs = job_order([0], 1, conditions)  # two jobs: one for each worker
     timings: list = []
-    parallel = run_parallel(model, jobs, conditions, workers=2, address="127.0.0.1:6390", timings=timings, **common)
+    parallel = run_parallel(model, jobs, conditions, cluster, timings=timings)
     rows = [episode_row("libero_spatial", job, parallel[job]) for job in jobs]
     result["cluster"] = {"rows": rows, "pids": sorted({pid for *_, pid in timings})}
     lap("cluster")

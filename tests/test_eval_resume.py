@@ -2,6 +2,7 @@
 bad settings and folders are refused before any rollout."""
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import json
@@ -12,7 +13,7 @@ import pytest
 import nnsight_vla
 from nnsight_vla import InputError, NeuronCluster
 from nnsight_vla.cli import main, parse_steer
-from nnsight_vla.eval import Simulators, evaluate
+from nnsight_vla.eval import EvalConfig, Simulators, evaluate
 from nnsight_vla.eval import rollout as rollout_module
 from nnsight_vla.eval.evaluate import EvalResult
 from nnsight_vla.eval.records import rows_csv
@@ -161,6 +162,15 @@ def test_resume_refuses_other_settings_and_changes_nothing(runs):
                  resume=True, **SETTINGS)
     with pytest.raises(InputError, match=r"tasks: recorded \[0, 1\], now \[1\]"):
         evaluate(model, SUITE, 1, steering=steering, out_dir=folder, resume=True, **SETTINGS)
+    # the same refusals from the settings object, which the keyword forms build
+    config = EvalConfig(SUITE, [0, 1], **SETTINGS)
+    assert json.loads((folder / "run.json").read_text())["settings"]["max_steps"] == config.steps == 3
+    with pytest.raises(InputError, match=r"other settings \(max_steps: recorded 3, now 5\)"):
+        evaluate(model, dataclasses.replace(config, max_steps=5), steering=steering, out_dir=folder, resume=True)
+    with pytest.raises(InputError, match=r"tasks: recorded \[0, 1\], now \[1\]"):
+        evaluate(model, dataclasses.replace(config, tasks=(1,)), steering=steering, out_dir=folder, resume=True)
+    with pytest.raises(InputError, match="give the tasks and episodes in the EvalConfig"):
+        evaluate(model, config, [0], 1, steering=steering, out_dir=folder, resume=True)
     assert files(folder) == before
 
 
@@ -336,12 +346,12 @@ def test_ray_results_reach_the_caller_as_they_arrive_and_a_dead_worker_says_resu
     actor = Actor()
     jobs = parallel.job_order([0], 2, ["baseline"])
     seen = []
-    done = parallel._dispatch(FakeRay(), [actor], jobs, {"baseline": None}, 3, 7, False, None,
+    done = parallel._dispatch(FakeRay(), [actor], jobs, {"baseline": None}, None,
                               lambda job, episode: seen.append((job, episode.failed)))
     assert seen == [((0, 0, "baseline"), False), ((0, 1, "baseline"), True)] and set(done) == set(jobs)
     seen.clear()
     with pytest.raises(VLAError, match="Ray worker stopped.*resume=True"):
-        parallel._dispatch(FakeRay(dies=jobs[1]), [actor], jobs, {"baseline": None}, 3, 7, False, None,
+        parallel._dispatch(FakeRay(dies=jobs[1]), [actor], jobs, {"baseline": None}, None,
                            lambda job, episode: seen.append(job))
     assert seen == [jobs[0]]  # what arrived before the worker died is kept
 

@@ -13,9 +13,8 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
 from ..errors import InputError
@@ -23,10 +22,11 @@ from ..paths import probed_folder
 from ..steering import bind, random_control
 from ..steering.controls import check_sides
 from ..towers import module_of
-from .libero import MAX_STEPS, check_task, init_state_count
-from .parallel import Job, fingerprint, job_order, run_parallel
-from .records import (EPISODES, append_row, as_json, describe_steering, episode_row, file_label, model_identity,
-                      open_run, write_files, write_video)
+from .config import EvalConfig
+from .libero import check_task, init_state_count
+from .parallel import job_order, run_parallel
+from .records import (EPISODES, Job, append_row, as_json, describe_steering, episode_row, file_label, fingerprint,
+                      model_identity, open_run, write_files, write_video)
 from .rollout import Episode, Simulators, run_job
 from .metrics import METRICS
 from .stats import condition_means, paired_statistics, versus_random
@@ -61,22 +61,22 @@ class EvalResult:
 
 def evaluate(
     model: Any,
-    suite: str,
-    tasks: int | Sequence[int],
-    episodes: int,
+    suite: str | EvalConfig,
+    tasks: int | Sequence[int] | None = None,
+    episodes: int | None = None,
     steering: Any = None,
-    controls: Sequence[str] = ("baseline", "random"),
-    seed: int = 7,
-    max_steps: int | None = None,
-    camera_size: int = 256,
-    record_video: bool = False,
+    controls: Sequence[str] = EvalConfig.controls,
+    seed: int = EvalConfig.seed,
+    max_steps: int | None = EvalConfig.max_steps,
+    camera_size: int = EvalConfig.camera_size,
+    record_video: bool = EvalConfig.record_video,
     out_dir: str | Path | None = None,
-    workers: int = 1,
-    ray_address: str | None = None,
+    workers: int = EvalConfig.workers,
+    ray_address: str | None = EvalConfig.ray_address,
     resume: bool = False,
     collect: Any = None,
-    random_controls: int = 1,
-    instruction: str | None = None,
+    random_controls: int = EvalConfig.random_controls,
+    instruction: str | None = EvalConfig.instruction,
     simulators: Simulators | None = None,
     sides: Mapping[str, Mapping[str, int]] | None = None,
 ) -> EvalResult:
@@ -130,56 +130,45 @@ def evaluate(
         ...                   steering={"up": Clamp(up, 4.0)}, random_controls=10)
         >>> result.statistics["vs_random"]["up"]["z_displacement"]["z"]
     """
-    controls = (controls,) if isinstance(controls, str) else tuple(controls)
-    unknown = set(controls) - {"baseline", "random"}
-    if unknown:
-        raise InputError(f"unknown controls {sorted(unknown)}; use 'baseline' and/or 'random'.")
-    tasks = task_list(tasks)
-    _count(episodes, "episodes")
-    if max_steps is not None:
-        _count(max_steps, "max_steps", "(None: the suite's standard limit)")
-    _count(workers, "workers")
-    _count(camera_size, "camera_size", "(pixels per side of the camera images, e.g. 256)")
-    if not _is_int(seed) or seed < 0:
-        raise InputError(f"seed must be an int >= 0 (it seeds the resets, the policy and the random controls), "
-                         f"got {seed!r} ({type(seed).__name__}).")
-    _count(random_controls, "random_controls")
-    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
-        raise InputError(f"instruction must be a non-empty string such as 'move the arm' (None: each task's "
-                         f"own), got {instruction!r}.")
+    if isinstance(suite, EvalConfig):
+        if tasks is not None or episodes is not None:
+            raise InputError("give the tasks and episodes in the EvalConfig, or a suite name with them, not both.")
+        config = suite
+    else:
+        if tasks is None and episodes is None:
+            raise InputError("evaluate(model, suite, tasks, episodes, ...): give the tasks and the episodes per "
+                             "task, or an EvalConfig.")
+        config = EvalConfig(suite, tasks, episodes, controls, random_controls, seed, max_steps, camera_size,
+                            record_video, instruction, workers, ray_address)
+    suite, tasks, episodes = config.suite, list(config.tasks), config.episodes
     for task in tasks:
         check_task(suite, task)
     if resume and out_dir is None:
         raise InputError("resume=True needs out_dir=, the folder of the run to continue.")
-    check_simulators(simulators, suite, camera_size, workers > 1 or ray_address is not None)
-    conditions, groups = steering_conditions(model, steering, controls, random_controls, seed)
+    check_simulators(simulators, suite, config.camera_size, config.parallel)
+    conditions, groups = steering_conditions(model, steering, config.controls, config.random_controls, config.seed)
     sides = check_sides(sides, groups, METRICS)  # before any rollout
-    steps = MAX_STEPS[suite] if max_steps is None else max_steps
     check_episodes(suite, tasks, episodes)
     jobs = job_order(tasks, episodes, conditions)
     if collect is not None:
-        source = {"suite": suite, "tasks": tasks, "episodes": episodes, "seed": seed, "max_steps": steps,
-                  "steering": None if steering is None else describe_steering(steering)}
-        if instruction is not None:
-            source["instruction"] = instruction
+        source = {"suite": suite, "tasks": tasks, "episodes": episodes, "seed": config.seed,
+                  "max_steps": config.steps, "steering": None if steering is None else describe_steering(steering)}
+        if config.instruction is not None:
+            source["instruction"] = config.instruction
         collect = collect.bind(model, jobs, list(conditions), source, resume)
 
     folder = None if out_dir is None else probed_folder(out_dir, create=True)
     rows: dict[Job, dict] = {}
     if folder is not None:
-        settings = {
-            "suite": suite, "tasks": tasks, "episodes": episodes, "conditions": list(conditions),
-            "seed": seed, "max_steps": steps, "camera_size": camera_size, "record_video": bool(record_video),
-            "model": model_identity(model), "instruction": instruction,
-            "steering": None if steering is None else describe_steering(steering),
-        }
+        settings = config.record(list(conditions), model_identity(model),
+                                 None if steering is None else describe_steering(steering))
         rows = open_run(folder, as_json(settings), fingerprint(module_of(model)), resume, jobs)
 
     def on_result(job: Job, run: Episode) -> None:
         task, episode, condition = job
         row = episode_row(suite, job, run)
         if folder is not None:
-            if record_video and run.frames:
+            if config.record_video and run.frames:
                 write_video(folder / "videos" / f"{file_label(condition)}_task{task}_ep{episode}.mp4", run.frames)
             append_row(folder / EPISODES, row)  # after its video: a row on disk means a finished episode
         run.frames = []
@@ -193,14 +182,10 @@ def evaluate(
     try:
         if not pending:
             pass
-        elif workers > 1 or ray_address is not None:
-            run_parallel(model, pending, conditions, suite=suite, steps=steps, seed=seed,
-                         camera_size=camera_size, record_video=record_video, workers=workers,
-                         address=ray_address, on_result=on_result, done=len(rows), collector=collect,
-                         instruction=instruction)
+        elif config.parallel:
+            run_parallel(model, pending, conditions, config, on_result=on_result, done=len(rows), collector=collect)
         else:
-            _run_serial(model, pending, conditions, suite, steps, seed, camera_size, record_video,
-                        on_result=on_result, done=len(rows), collector=collect, instruction=instruction,
+            _run_serial(model, pending, conditions, config, on_result=on_result, done=len(rows), collector=collect,
                         simulators=simulators)
     except BaseException as error:  # Ctrl-C and killed workers included: say how to go on
         if folder is not None:
@@ -250,17 +235,17 @@ def steering_conditions(model: Any, steering: Any, controls: tuple, random_contr
     return conditions, groups
 
 
-def _run_serial(model, jobs, conditions, suite, steps, seed, camera_size, record_video,
+def _run_serial(model, jobs, conditions, config: EvalConfig,
                 on_result: Callable[[Job, Episode], None] | None = None, done: int = 0,
-                collector: Any = None, instruction: str | None = None, simulators: Simulators | None = None) -> dict:
+                collector: Any = None, simulators: Simulators | None = None) -> dict:
     """Run ``jobs`` one after another in this process; ``on_result(job, episode)`` as each
     finishes. The bar counts episodes (``done`` of them finished before: a resumed run) and
     shows the step inside the current one. ``simulators``: the caller's, left open; else
     this run's own, closed at the end."""
-    runs, own = {}, simulators is None
-    simulators = Simulators(suite, camera_size) if own else simulators
+    runs, own, steps = {}, simulators is None, config.steps
+    simulators = Simulators(config.suite, config.camera_size) if own else simulators
     try:
-        with tqdm(total=done + len(jobs), initial=done, desc=f"{suite} rollouts", unit="episode") as bar:
+        with tqdm(total=done + len(jobs), initial=done, desc=f"{config.suite} rollouts", unit="episode") as bar:
             for job in jobs:
                 task, episode, condition = job
                 label = f"task {task} ep {episode} {condition}"
@@ -270,8 +255,7 @@ def _run_serial(model, jobs, conditions, suite, steps, seed, camera_size, record
                     if step % PROGRESS_EVERY == 0 or step == steps:
                         bar.set_postfix_str(f"{label} step {step}/{steps}")
 
-                run = run_job(model, simulators, job, steps, conditions[condition], seed, record_video, progress,
-                              collector, instruction)
+                run = run_job(model, simulators, job, config, conditions[condition], progress, collector)
                 if on_result is not None:
                     on_result(job, run)
                 runs[job] = run
@@ -299,35 +283,6 @@ def check_simulators(simulators: Any, suite: str, camera_size: int, parallel: bo
 
 
 # -- inputs ---------------------------------------------------------------------------------
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _count(value: Any, name: str, note: str = "") -> None:
-    if not _is_int(value):
-        raise InputError(f"{name} must be an int, got {value!r} ({type(value).__name__}). {note}".rstrip())
-    if value < 1:
-        raise InputError(f"{name} must be at least 1, got {value}. {note}".rstrip())
-
-
-def task_list(tasks: Any) -> list[int]:
-    """``tasks`` (one task id, or a sequence of distinct ids) as a list of ints."""
-    if _is_int(tasks):
-        return [int(tasks)]
-    if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable):
-        raise InputError(f"tasks must be a task id or a list of task ids (ints), e.g. [0, 1]; got {tasks!r}.")
-    items = list(tasks)
-    bad = [t for t in items if not _is_int(t)]
-    if bad:
-        raise InputError(f"tasks must be ints, e.g. [0, 1]; got {bad[0]!r} ({type(bad[0]).__name__}) in {tasks!r}.")
-    if not items:
-        raise InputError("tasks is empty; give at least one task id, e.g. [0].")
-    twice = sorted({int(t) for t in items if items.count(t) > 1})
-    if twice:
-        raise InputError(f"tasks lists {twice} more than once; list each task once.")
-    return [int(t) for t in items]
 
 
 def check_episodes(suite: str, tasks: Sequence[int], episodes: int) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 
 from ..errors import InputError, SetupError
 from ..registry import family_of
+from .config import MAX_STEPS
 
 #: Suites and their standard step limits (OpenVLA's LIBERO evaluation).
-MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
 TASKS_PER_SUITE = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
 
 
@@ -31,7 +31,7 @@ class _MacroAdvice(logging.Filter):
         return not str(record.msg).startswith(self.ADVICE)
 
 
-def _quiet_robosuite() -> None:
+def quiet_robosuite() -> None:
     """Set up robosuite's logger before robosuite is imported (it keeps filters and flags)."""
     logger = logging.getLogger("robosuite_logs")
     # robosuite prints its records through its own console handler; importing lerobot gives the
@@ -77,7 +77,7 @@ def ensure_libero(config_dir: str | Path | None = None) -> Path:
         }
         config.write_text(yaml.safe_dump({k: str(v) for k, v in paths.items()}))
     os.environ["LIBERO_CONFIG_PATH"] = str(folder)
-    _quiet_robosuite()
+    quiet_robosuite()
     choose_renderer()
     return folder
 

@@ -13,41 +13,17 @@ from tqdm import tqdm
 from ..errors import InputError, SetupError, VLAError
 from ..remote import class_path, model_key, rebuild
 from ..towers import module_of
+from .config import EvalConfig
+from .records import Job, fingerprint, same_weights
 from .rollout import Episode
-
-#: (task, episode, condition)
-Job = tuple[int, int, str]
-
-
-def fingerprint(module: torch.nn.Module) -> list[tuple[str, float, float]]:
-    """Per tensor (name, sum, sum of squares) in float64: two copies of a model agree only if
-    their weights do (an in-memory edit, such as a planted neuron, changes it)."""
-    out = []
-    for name, tensor in module.state_dict().items():
-        t = tensor.detach()
-        if not t.is_floating_point():
-            t = t.double()
-        out.append((name, float(t.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(t, dtype=torch.float64) ** 2)))
-    return out
-
-
-def same_weights(a: list, b: list, rtol: float = 1e-9) -> str | None:
-    """None when two fingerprints agree; else the first tensor that differs."""
-    if [n for n, *_ in a] != [n for n, *_ in b]:
-        return "the tensor names"
-    for (name, s1, q1), (_, s2, q2) in zip(a, b):
-        if abs(s1 - s2) > rtol * max(1.0, abs(q1) ** 0.5) or abs(q1 - q2) > rtol * max(1.0, abs(q1)):
-            return name
-    return None
-
 
 class Worker:
     """A Ray actor: rebuilds the model from its key once, keeps one simulator per task."""
 
-    def __init__(self, suite: str, camera_size: int):
+    def __init__(self, config: EvalConfig):
         from .rollout import Simulators
 
-        self.simulators, self.model = Simulators(suite, camera_size), None
+        self.config, self.simulators, self.model = config, Simulators(config.suite, config.camera_size), None
 
     def load(self, model_class: str, key: str, weights: list | None, threads: int,
              device: str | None = None) -> None:
@@ -66,15 +42,13 @@ class Worker:
                     "memory. Save it with model.save_pretrained(DIR) and evaluate nnsight_vla.load(DIR)."
                 )
 
-    def run(self, job: Job, steps: int, steering: Any, seed: int, record_video: bool, collector: Any = None,
-            instruction: str | None = None):
+    def run(self, job: Job, steering: Any, collector: Any = None):
         """One job, as a serial run does it (`rollout.run_job`): an episode that raises comes
         back as a failed `Episode`; the worker writes only the collector's shard."""
         from .rollout import run_job
 
         start = time.time()
-        run = run_job(self.model, self.simulators, job, steps, steering, seed, record_video, collector=collector,
-                      instruction=instruction)
+        run = run_job(self.model, self.simulators, job, self.config, steering, collector=collector)
         return job, run, (start, time.time(), os.getpid())
 
     def close(self) -> None:
@@ -85,14 +59,8 @@ def run_parallel(
     model: Any,
     jobs: list[Job],
     conditions: dict[str, Any],
+    config: EvalConfig,
     *,
-    suite: str,
-    steps: int,
-    seed: int,
-    camera_size: int,
-    record_video: bool,
-    workers: int,
-    address: str | None = None,
     worker_options: dict | None = None,
     check_weights: bool = True,
     threads: int | None = None,
@@ -100,12 +68,12 @@ def run_parallel(
     on_result: Callable[[Job, Episode], None] | None = None,
     done: int = 0,
     collector: Any = None,
-    instruction: str | None = None,
 ) -> dict[Job, Episode]:
-    """Run ``jobs`` on ``workers`` (>= 1) Ray actors; returns the episodes by job, as a serial run would.
+    """Run ``jobs`` on ``config.workers`` (>= 1) Ray actors; returns the episodes by job, as a
+    serial run would.
 
-    A local Ray is started when none is running and ``address`` is None; otherwise Ray
-    connects to ``address`` (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``), whose nodes
+    A local Ray is started when none is running and ``config.ray_address`` is None; otherwise
+    Ray connects to that address (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``), whose nodes
     need nnsight-vla and LIBERO installed. ``worker_options`` go to ``actor.options`` (e.g.
     ``{"num_gpus": 1}``); workers put the model on the caller's device. Workers use
     ``threads`` CPU threads for torch (default: as many as the caller, which keeps results
@@ -118,7 +86,6 @@ def run_parallel(
     the run with a `VLAError` (the episodes that arrived before are kept by ``on_result``).
     ``done``: jobs finished before (a resumed run), for the progress bar. ``collector``: a
     bound `nnsight_vla.probes.RolloutCollector`; each worker writes its episodes' shards.
-    ``instruction``: said instead of each task's own (None: the task's).
     """
     try:
         import ray
@@ -127,28 +94,27 @@ def run_parallel(
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if address is None:
+        if config.ray_address is None:
             # "local": always a fresh Ray of our own, never a cluster some other process left
             # recorded in /tmp/ray (ray.init() alone would join that one)
-            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=config.workers, include_dashboard=False, log_to_driver=False)
         else:
-            check_reachable(address)
-            ray.init(address=address, log_to_driver=False)
+            check_reachable(config.ray_address)
+            ray.init(address=config.ray_address, log_to_driver=False)
     actors = []
     try:
         weights = fingerprint(module_of(model)) if check_weights else None
         options = {"num_cpus": 1, **(worker_options or {})}
         remote = ray.remote(Worker).options(**options)
         key = model_key(model)
-        actors = [remote.remote(suite, camera_size) for _ in range(min(workers, len(jobs)))]
+        actors = [remote.remote(config) for _ in range(min(config.workers, len(jobs)))]
         threads = threads or torch.get_num_threads()
         loads = [a.load.remote(class_path(model), key, weights, threads, model.target_device) for a in actors]
         try:
             ray.get(loads)
         except ray.exceptions.RayTaskError as error:
             raise _cause(error) from error
-        return _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings, on_result, done,
-                         collector, instruction)
+        return _dispatch(ray, actors, jobs, conditions, timings, on_result, done, collector)
     finally:
         for actor in actors:
             try:
@@ -160,8 +126,8 @@ def run_parallel(
             ray.shutdown()
 
 
-def _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings, on_result=None,
-              done_before=0, collector=None, instruction=None) -> dict[Job, Episode]:
+def _dispatch(ray, actors, jobs, conditions, timings, on_result=None, done_before=0,
+              collector=None) -> dict[Job, Episode]:
     """Keep every actor busy; an idle actor takes the next job of a task it has a simulator for."""
     pending, running, done = list(jobs), {}, {}
     has: dict[Any, set[int]] = {a: set() for a in actors}
@@ -170,7 +136,7 @@ def _dispatch(ray, actors, jobs, conditions, steps, seed, record_video, timings,
         job = next((j for j in pending if j[0] in has[actor]), pending[0])
         pending.remove(job)
         has[actor].add(job[0])
-        ref = actor.run.remote(job, steps, conditions[job[2]], seed, record_video, collector, instruction)
+        ref = actor.run.remote(job, conditions[job[2]], collector)
         running[ref] = actor
 
     with tqdm(total=done_before + len(jobs), initial=done_before, desc=f"rollouts on {len(actors)} workers",

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from ..errors import InputError
 from ..neurons import NeuronCluster
 from ..remote import class_path, model_key
 from ..edits import as_list
-from .parallel import Job, same_weights
 from .plots import plot_metrics, plot_trajectories
 from .rollout import Episode
 
@@ -28,6 +28,32 @@ MANIFEST = "run.json"
 EPISODES = "episodes.jsonl"
 #: Files computed from the rows at the end of a run.
 DERIVED = ("episodes.csv", "summary.json", "statistics.json", "trajectories.png", "metrics.png")
+
+
+#: (task, episode, condition)
+Job = tuple[int, int, str]
+
+
+def fingerprint(module: torch.nn.Module) -> list[tuple[str, float, float]]:
+    """Per tensor (name, sum, sum of squares) in float64: two copies of a model agree only if
+    their weights do (an in-memory edit, such as a planted neuron, changes it)."""
+    out = []
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach()
+        if not t.is_floating_point():
+            t = t.double()
+        out.append((name, float(t.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(t, dtype=torch.float64) ** 2)))
+    return out
+
+
+def same_weights(a: list, b: list, rtol: float = 1e-9) -> str | None:
+    """None when two fingerprints agree; else the first tensor that differs."""
+    if [n for n, *_ in a] != [n for n, *_ in b]:
+        return "the tensor names"
+    for (name, s1, q1), (_, s2, q2) in zip(a, b):
+        if abs(s1 - s2) > rtol * max(1.0, abs(q1) ** 0.5) or abs(q1 - q2) > rtol * max(1.0, abs(q1)):
+            return name
+    return None
 
 
 def model_identity(model: Any) -> dict:

@@ -182,21 +182,19 @@ def run_job(
     model: Any,
     simulators: Simulators,
     job: tuple[int, int, str],
-    steps: int,
+    config: Any,
     steering: Any,
-    seed: int,
-    record_video: bool,
     progress: Callable[[int], None] | None = None,
     collector: Any = None,
-    instruction: str | None = None,
 ) -> Episode:
-    """One ``(task, episode, condition)`` job: the rollout, in the task's simulator (rebuilt
-    after a failure), and its collected activations written (``collector``: a bound
-    `nnsight_vla.probes.RolloutCollector`). Serial runs and Ray workers both run jobs through here."""
+    """One ``(task, episode, condition)`` job of an evaluation (its `EvalConfig`): the rollout,
+    in the task's simulator (rebuilt after a failure), and its collected activations written
+    (``collector``: a bound `nnsight_vla.probes.RolloutCollector`). Serial runs and Ray
+    workers both run jobs through here."""
     task, episode, _ = job
     rows = None if collector is None else collector.episode(model, job)
-    run = rollout(model, simulators.get(task), episode, steps, steering=steering, seed=seed,
-                  record_video=record_video, progress=progress, rows=rows, instruction=instruction)
+    run = rollout(model, simulators.get(task), episode, config.steps, steering=steering, seed=config.seed,
+                  record_video=config.record_video, progress=progress, rows=rows, instruction=config.instruction)
     if rows is not None:
         collector.write(rows)
     if run.failed:

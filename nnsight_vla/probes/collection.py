@@ -22,7 +22,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def settings_of(model: Any, recorder: Recorder, calls: Any, positions: Any, dtype: str, **extra: Any) -> dict:
     """What a shard folder's manifest records: the model, where and how activations were read."""
-    from ..eval.evaluate import model_identity
+    from ..eval.records import model_identity
 
     if dtype not in DTYPES:
         raise InputError(f"dtype={dtype!r} is not one of {list(DTYPES)}.")

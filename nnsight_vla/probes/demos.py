@@ -78,13 +78,13 @@ def _read_demos(path: Path, episodes, stride: int, max_frames: int | None) -> tu
 
 def _make_env(env_info: dict, camera_size: int) -> Any:
     """The demo's environment, rendering both cameras offscreen (headless backend picked first)."""
-    from ..eval.libero import _quiet_robosuite, choose_renderer
+    from ..eval.libero import quiet_robosuite, choose_renderer
 
     robots = env_info.get("robots")
     robots = [robots] if isinstance(robots, str) else list(robots or [])
     if len(robots) != 1:
         raise InputError(f"this demo drives {len(robots)} robots; only single-arm demos convert.")
-    _quiet_robosuite()
+    quiet_robosuite()
     choose_renderer()
     try:
         import robosuite
