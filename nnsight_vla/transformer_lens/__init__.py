@@ -15,15 +15,13 @@ from .hooks import HookSteering, hooks
 __all__ = ["BridgePart", "HookSteering", "TokenPrompt", "bridge_inputs", "hooks", "relocate", "to_bridge", "token_inputs"]
 
 # SAE-Lens at VLA hook points (sae_lens itself is imported on first use)
-from .sae import (  # noqa: E402
+from .sae import load_sae, sae_features, sae_site  # noqa: E402
+from .sae_steering import (  # noqa: E402
     ClampFeatures,
     FeatureIntervention,
     ScaleFeatures,
     attach_sae,
     feature_hooks,
-    load_sae,
-    sae_features,
-    sae_site,
     to_sae_bridge,
 )
 from .sae_training import activation_rows, fit_sae, train_sae  # noqa: E402
