@@ -16,6 +16,7 @@ NOTHING_TO_RUN = {
     "docs/mini_vla/README.md": "its runs take hours (commands shown); docs/families.md runs mini-openvla",
     "docs/mini_vla/results.md": "a generated report of runs (nnsight_vla_openvla.mini.report)",
     "docs/mini_vla/open-loop-99.md": "a generated report of runs (nnsight_vla_openvla.mini.report)",
+    "docs/mini_vla/closed-loop-49.md": "a generated report of runs (nnsight_vla_openvla.mini.report)",
 }
 FENCE = re.compile(r"^```(\S*)[ \t]*(.*)$")
 

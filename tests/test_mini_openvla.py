@@ -1,6 +1,7 @@
 """mini-openvla: the shipped adapters follow held-out instructions, load strictly, save and reload; the verbalising decode."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,12 +131,16 @@ def test_the_evidence_plot_marks_what_survives_holm(tmp_path):
     assert [round(r["p_holm"], 3) for r in held] == [0.003, 0.04, 0.5]  # 3 x 0.001, 2 x 0.02, 1 x 0.5
     assert report.plot_p({"grid": rows}, tmp_path / "p.png").stat().st_size > 10_000
     run = tmp_path / "open-loop-x"
-    run.mkdir()
-    cells = [{**r, "measure": "dz", "expected_sign": 1, "shift": 0.4, "random_mean": 0.0, "random_std": 0.1, "z": 4.0,
-              "words": ["up fast"], "says_concept": 1.0, "random_says_concept": 0.05} for r in held]
-    (run / "summary.json").write_text(json.dumps(cells))
-    (run / "meta.json").write_text(json.dumps({"model": "m", "frames": 4, "instruction": "move the arm",
-                                               "calls": "all", "alpha": 0.05}))
+    settings = {"model": "m", "frames": 4, "instruction": "move the arm", "calls": "all"}
+    cells = {r["steering"]: {**r, "measure": "dz", "expected_sign": 1, "shift": 0.4, "random_mean": 0.0,
+                             "random_std": 0.1, "z": 4.0, "words": ["up fast"], "says_concept": 1.0,
+                             "random_says_concept": 0.05, "settings": settings} for r in rows}
+    cells["up_1@2"] = {**cells["up_1@2"], "p": 0.04, "controls": 99}  # first run; escalated below
+    cells["up_1@2+"] = {**cells["up_1@2"], "p": 0.02, "controls": 999}
+    for name, row in cells.items():
+        (run / "cells" / name).mkdir(parents=True)
+        (run / "cells" / name / "row.json").write_text(json.dumps(row))
+    assert [r["controls"] for r in report.grid_rows(run)] == [999, 999, 999]  # "+" stands for its cell
     page = report.grid_page(run, tmp_path / "docs").read_text()
     assert "3 cells, 999 random clusters each" in page and (tmp_path / "docs" / "open-loop-x_p.png").is_file()
     assert "| up_0@2 | dz (+ expected) | +0.400 | +0.000 ± 0.100 | 999 | +4.00 | **0.001** (≥ 0.001) | **0.003** |" in page
@@ -163,3 +168,17 @@ def test_the_closed_loop_grid_scores_each_cluster_on_its_own_metric():
                         "49 | +4.50 | **0.020** (≥ 0.020) | **0.040** |")  # Holm: 2 x 0.02
     assert table[3] == ("| slow_10@8 | mean_speed (− expected) | -0.2000 | +0.000 ± 1.000 | 49 | -2.50 | 0.300 "
                         "(≥ 0.020) | 0.300 |")
+
+
+def test_the_closed_loop_page_of_the_kept_rerun(tmp_path):
+    """The page of the closed-loop rerun kept in docs/mini_vla/grids: the own metric first, with
+    its N and its rank p as recorded in statistics.json, and the trajectories plotted."""
+    from nnsight_vla_openvla.mini import report
+
+    run = Path(__file__).resolve().parent.parent / "docs" / "mini_vla" / "grids" / "closed-loop-49"
+    recorded = json.loads((run / "statistics.json").read_text())["vs_random"]["up_20@2"]["z_displacement"]
+    page = report.closed_page(run, tmp_path).read_text().splitlines()
+    own = next(line for line in page if line.startswith("| up_20@2 |"))
+    assert "**z_displacement**" in own and f"| {recorded['controls']} |" in own
+    assert f"**{recorded['p']:.3f}** (≥ {recorded['p_min']:.3f})" in own
+    assert (tmp_path / "closed-loop-49-trajectories.png").stat().st_size > 10_000

@@ -190,18 +190,51 @@ def report(runs: Path, out: Path) -> Path:
     return out / "results.md"
 
 
+def grid_rows(run: Path) -> list[dict]:
+    """The rows of an open-loop grid's finished cells (``cells/<cell>/row.json``; a cell rerun
+    with more controls, ``<cell>+``, stands for it), each with Holm's p over those cells: the
+    grid as far as it has run, also while it runs or after an interruption."""
+    cells = {}
+    for done in sorted(run.glob("cells/*/row.json")):
+        cells[done.parent.name.rstrip("+")] = json.loads(done.read_text())  # "<cell>+" sorts after "<cell>"
+    rows = list(cells.values())
+    for row, corrected in zip(rows, holm([r["p"] for r in rows])):
+        row["p_holm"] = float(corrected)
+    return rows
+
+
 def grid_page(run: Path, out: Path) -> Path:
     """One open-loop grid's page, ``<run name>.md`` (its table, with N, p and Holm p per cell)
-    and its p plot, ``<run name>_p.png``, in ``out``."""
+    and its p plot, ``<run name>_p.png``, in ``out``; from the cells finished so far."""
     out.mkdir(parents=True, exist_ok=True)
-    rows, meta = json.loads((run / "summary.json").read_text()), json.loads((run / "meta.json").read_text())
+    rows = grid_rows(run)
+    settings = rows[0]["settings"]
     counts = sorted({r["controls"] for r in rows})
-    png = plot_p({meta["model"]: rows}, out / f"{run.name}_p.png")
-    lines = [f"# {meta['model']}, open-loop: {meta['frames']} held-out scenes, instruction {meta['instruction']!r}, "
-             f"forwards clamped: {meta['calls']}", "",
+    png = plot_p({settings["model"]: rows}, out / f"{run.name}_p.png")
+    lines = [f"# {settings['model']}, open-loop: {settings['frames']} held-out scenes, instruction "
+             f"{settings['instruction']!r}, forwards clamped: {settings['calls']}", "",
              f"{len(rows)} cells, {' or '.join(map(str, counts))} random clusters each; p is the rank p-value on the "
-             f"concept's expected side, Holm's correction is over these {len(rows)} cells (α = {meta['alpha']}). "
+             f"concept's expected side, Holm's correction is over these {len(rows)} cells (α = {ALPHA}). "
              f"Bold: p ≤ α. Plot: [{png.name}]({png.name}).", "", *open_loop_table(rows), ""]
+    page = out / f"{run.name}.md"
+    page.write_text("\n".join(lines))
+    return page
+
+
+def closed_page(run: Path, out: Path) -> Path:
+    """One closed-loop run's page, ``<run name>.md`` (every steering against its random
+    clusters, with N and the rank p), and its trajectories, ``<run name>-trajectories.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    statistics = json.loads((run / "statistics.json").read_text())
+    rows = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
+    png = plot_trajectories(rows, out / f"{run.name}-trajectories.png")
+    lines = [f"# {settings['model']['source']}, closed-loop: LIBERO {settings['suite']} task {settings['tasks']}, "
+             f"{settings['episodes']} init states, {settings['max_steps']} steps, instruction "
+             f"{settings['instruction']!r}", "",
+             "Each steering's paired shift from the baseline against the shifts of its random clusters; p is the "
+             "rank p-value on the concept's expected side for its own metric (bold), two-sided for the others. "
+             f"Trajectories: [{png.name}]({png.name}).", "", *closed_loop_table(statistics), ""]
     page = out / f"{run.name}.md"
     page.write_text("\n".join(lines))
     return page
@@ -213,8 +246,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the folder holding the experiment's run folders (with --grid: one open-loop grid's folder)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--grid", action="store_true", help="write only the page of the open-loop grid in --runs")
+    parser.add_argument("--closed", action="store_true", help="write only the page of the closed-loop run in --runs")
     args = parser.parse_args(argv)
-    print(f"wrote {grid_page(args.runs, args.out) if args.grid else report(args.runs, args.out)}")
+    page = grid_page if args.grid else closed_page if args.closed else report
+    print(f"wrote {page(args.runs, args.out)}")
 
 
 if __name__ == "__main__":
