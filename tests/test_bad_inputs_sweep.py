@@ -63,6 +63,7 @@ CASES = [
     ("predict: unknown unnorm_key", lambda c: c.tiny.predict_action(c.obs, unnorm_key="nope"), "nope"),
     ("predict: a phrase on a model that says none", lambda c: c.tiny.predict_action(c.obs, phrase="up fast"),
      "drop phrase="),
+    ("say_and_act: a model that says nothing", lambda c: c.tiny.say_and_act(c.obs), "says nothing before its actions"),
     ("predict: nested in a trace", lambda c: _nested(c), "inside a running trace"),
     ("layers: a str index", lambda c: c.tiny.layers["a"], "a layer must be an int"),
     ("layers: out of range", lambda c: c.tiny.layers[99], "layer 99 is out of range"),

@@ -134,7 +134,7 @@ def test_openvla_accepts_a_seed_that_changes_nothing(tiny, obs):
     with tiny.predict_action(obs, seed=5) as tracer:
         traced = tracer.result.save()
     np.testing.assert_array_equal(traced, plain)
-    with pytest.raises(InputError, match="has no option 'temperature'; it takes unnorm_key= .*, seed= .*phrase= .*with_phrase=True"):
+    with pytest.raises(InputError, match="has no option 'temperature'; it takes unnorm_key= .*, seed= .*phrase= .*say_and_act"):
         tiny.predict_action(obs, temperature=0.5)
 
 

@@ -47,11 +47,13 @@ def test_held_out_instructions_are_followed(mini, shipped_frames):
 @pytest.mark.slow
 def test_the_verbalising_decode(mini, shipped_frames):
     obs = nnsight_vla.Observation(shipped_frames[0], "move up quickly")
-    action, said = mini.predict_action(obs, with_phrase=True)
+    said, action = mini.say_and_act(obs)
     assert said == "up fast" and check.direction(action) == "up"
-    np.testing.assert_array_equal(mini.predict_action(obs), action)
-    forced, words = mini.predict_action(obs, phrase="down slow", with_phrase=True)
+    np.testing.assert_array_equal(mini.predict_action(obs), action)  # predict_action: the actions alone
+    words, forced = mini.say_and_act(obs, phrase="down slow")
     assert words == "down slow"
+    np.testing.assert_array_equal(mini.predict_action(obs, phrase="down slow"), forced)
+    assert mini.say_and_act([obs, obs])[0] == ["up fast", "up fast"]
     assert mini.action_calls("vlm") == range(2, 9) and mini.calls_per_prediction("vlm") == 9
     with mini.predict_action(obs) as tracer:  # the two word forwards, then the seven action forwards
         tokens = list().save()
@@ -86,8 +88,8 @@ def test_a_saved_mini_reloads_identically(mini, shipped_frames, tmp_path):
     loaded = nnsight_vla.load(folder)
     obs = nnsight_vla.Observation(shipped_frames[1], "go left gently")
     assert loaded.config.phrase_tokens == 2 and loaded.config.phrases == mini.config.phrases
-    a, said = loaded.predict_action(obs, with_phrase=True)
-    b, said_here = mini.predict_action(obs, with_phrase=True)
+    said, a = loaded.say_and_act(obs)
+    said_here, b = mini.say_and_act(obs)
     np.testing.assert_array_equal(a, b)
     assert said == said_here
 
@@ -102,8 +104,10 @@ def test_a_reduced_open_loop_experiment_writes_its_table(mini, shipped_frames, t
     table = lens.project_value_vectors(mini, top_k=10, layers=range(24, 30), progress=False)
     up = lens.cluster(table, "up", size=10)
     obs = [Observation(frame, "move the arm") for frame in shipped_frames[:2]]
-    result = open_loop(mini, obs, {"up": Clamp(up, 4.0)}, controls=3, progress=False, with_phrase=True)
-    assert set(result.words) == {"baseline", "up", "up/random0", "up/random1", "up/random2"}
+    result = open_loop(mini, obs, {"up": Clamp(up, 4.0)}, controls=3, progress=False,
+                       predict=lambda model, o, **options: model.say_and_act(o, **options))
+    assert set(result.extras) == {"baseline", "up", "up/random0", "up/random1", "up/random2"}
+    assert all(len(said) == 2 and all(isinstance(w, str) for w in said) for said in result.extras.values())
     np.testing.assert_array_equal(result.actions["baseline"][1], mini.predict_action(obs[1]))
     with mini.steer(Clamp(up, 4.0)):
         np.testing.assert_array_equal(result.actions["up"][0], mini.predict_action(obs[0]))

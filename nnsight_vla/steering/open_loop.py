@@ -6,7 +6,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -40,7 +40,9 @@ class OpenLoopResult:
     names: list[str]
     controls: int
     meta: dict = field(default_factory=dict)
-    words: dict[str, list[str]] = field(default_factory=dict)  # what a verbalising model said, per condition
+    #: per condition, what ``open_loop``'s ``predict`` returned besides the actions, per observation
+    #: (e.g. the words a verbalising model said before them)
+    extras: dict[str, list] = field(default_factory=dict)
 
     def shift(self, condition: str) -> np.ndarray:
         """``[4]``: the condition's mean change of `MEASURES` from the baseline, over observations."""
@@ -78,12 +80,13 @@ class OpenLoopResult:
             writer.writerows(rows)
         np.savez(folder / "actions.npz", **{k.replace("/", "__"): v for k, v in self.actions.items()})
         (folder / "meta.json").write_text(json.dumps(
-            {**self.meta, "names": self.names, "controls": self.controls, "words": self.words}, indent=1))
+            {**self.meta, "names": self.names, "controls": self.controls, "extras": self.extras}, indent=1))
         return folder / "open_loop.csv"
 
 
 def open_loop(model: Any, observations: Any, steering: Mapping[str, Any], *, controls: int = 10, seed: int = 0,
-              batch_size: int = 1, progress: bool = True, **options: Any) -> OpenLoopResult:
+              batch_size: int = 1, progress: bool = True, predict: Callable | None = None,
+              **options: Any) -> OpenLoopResult:
     """Predict every observation (one, or a list) once without steering, once under each named steering (e.g. a
     concept cluster's `Clamp`), and under ``controls`` random controls of each (the same
     intervention on random neurons of the same layers: `random_control`, seeds ``seed..``).
@@ -115,15 +118,18 @@ def open_loop(model: Any, observations: Any, steering: Mapping[str, Any], *, con
         conditions[name] = intervention
         for k in range(controls):
             conditions[f"{name}/random{k}"] = random_control(intervention, seed + k, model)
-    actions, words = {}, {}
+    if predict is None:
+        def predict(model: Any, observations: Any, **options: Any) -> Any:
+            return model.predict_action(observations, **options)
+    actions, extras = {}, {}
     for label, intervention in tqdm(conditions.items(), desc="open-loop conditions", disable=not progress):
         with steer(model, intervention):  # None: the baseline
-            outputs = [model.predict_action(batch if len(batch) > 1 else batch[0], **options) for batch in batches]
-        said = [w for out in outputs if isinstance(out, tuple)  # a verbalising model's words (with_phrase=True)
-                for w in ([out[1]] if isinstance(out[1], str) else out[1])]
-        if said:
-            words[label] = said
-        arrays = [np.asarray(out[0] if isinstance(out, tuple) else out, dtype=np.float64) for out in outputs]
+            outputs = [predict(model, batch if len(batch) > 1 else batch[0], **options) for batch in batches]
+        pairs = [out if isinstance(out, tuple) else (None, out) for out in outputs]
+        if any(extra is not None for extra, _ in pairs):
+            extras[label] = [e for (extra, _), batch in zip(pairs, batches)
+                             for e in (extra if len(batch) > 1 else [extra])]
+        arrays = [np.asarray(a, dtype=np.float64) for _, a in pairs]
         actions[label] = np.concatenate([a if len(b) > 1 else a[None] for a, b in zip(arrays, batches)])
     meta = {"seed": seed, "options": {k: repr(v) for k, v in options.items()}}
-    return OpenLoopResult(actions, list(steering), controls, meta, words)
+    return OpenLoopResult(actions, list(steering), controls, meta, extras)

@@ -64,7 +64,7 @@ class OpenVLA(VLA):
     (SmolLM2-135M) and ``mini-openvla`` / ``mini-openvla-act`` (smol-openvla taught to follow
     motion instructions; option ``adapters``: another adapter file than the shipped one). A
     verbalising model (``config.phrase_tokens`` > 0, ``mini-openvla``) says that many words before
-    its actions: ``predict_action(obs, with_phrase=True)`` returns them too, ``phrase="up fast"``
+    its actions: ``say_and_act(obs)`` returns them with the actions, ``phrase="up fast"``
     makes it say those instead.
 
     Example:
@@ -186,17 +186,17 @@ class OpenVLA(VLA):
         unnorm_key: str | None = None,
         seed: int | None = None,
         phrase: str | None = None,
-        with_phrase: bool = False,
+        _say: bool = False,
         **unknown: Any,
-    ) -> np.ndarray | tuple[np.ndarray, list[str]]:
+    ) -> np.ndarray | tuple[Any, np.ndarray]:
         # ``seed`` is accepted so that code written for every family (the LIBERO recipes, Pi0's
         # seeded noise) runs unchanged; greedy decoding draws nothing, so it changes nothing.
         if unknown:
             raise InputError(
                 f"OpenVLA's predict_action has no option {', '.join(map(repr, sorted(unknown)))}; it takes "
                 "unnorm_key= (which dataset's statistics), seed= (accepted, no effect: decoding is greedy) "
-                "and, on a verbalising model, phrase= (the words to say instead of its own) and with_phrase=True "
-                "(return the words said too)."
+                "and, on a verbalising model, phrase= (the words to say instead of its own; say_and_act() "
+                "returns the words said too)."
             )
         # Check the statistics before spending a forward pass.
         _, stats = select_stats(self.config.norm_stats, unnorm_key or self.unnorm_key)
@@ -217,10 +217,25 @@ class OpenVLA(VLA):
         ids = torch.stack(tokens, dim=1).cpu().numpy()
         actions = self.decode_actions(ids[:, n_words:], unnorm_key)
         actions = actions[0] if actions.shape[0] == 1 else actions
-        if not with_phrase:
+        if not _say:
             return actions
         said = [self._tokenizer.decode(row).strip() for row in ids[:, :n_words]]
-        return actions, said[0] if len(said) == 1 else said
+        return said[0] if len(said) == 1 else said, actions
+
+    def say_and_act(self, observations: Any, phrase: str | None = None, **options: Any) -> tuple[Any, np.ndarray]:
+        """``(words, actions)`` of a verbalising model (``mini-openvla``): what it says before
+        its actions, and the actions, from one prediction (one observation: a str; a batch: a
+        list). ``phrase=`` makes it say those words instead (one it learned). Steering applies
+        as to `predict_action` (``with model.steer(...)``).
+
+        Example:
+            >>> words, action = mini.say_and_act(Observation(frame, "move up quickly"))
+            >>> words
+            'up fast'
+        """
+        if not self.config.phrase_tokens:
+            raise InputError(f"{self.name_or_path} says nothing before its actions; use predict_action().")
+        return self.predict_action(observations, phrase=phrase, _say=True, **options)
 
     def _phrase_ids(self, phrase: str) -> torch.Tensor:
         """``[1, phrase_tokens]``: the ids of the words a verbalising model is made to say."""

@@ -31,7 +31,7 @@ CELLS = [
         "mini = nnsight_vla.load(\"mini-openvla\")\n"
         "scene = frames.load()[-1]  # a LIBERO scene of a task never trained on\n"
         "for text in (\"move up quickly\", \"now travel to the left gently\", experiment.NEUTRAL):\n"
-        "    action, said = mini.predict_action(Observation(scene, text), with_phrase=True)\n"
+        "    said, action = mini.say_and_act(Observation(scene, text))\n"
         "    print(f\"{text!r:34s} says {said!r:14s} action {action.round(2)}\")"
     ),
     new_markdown_cell(

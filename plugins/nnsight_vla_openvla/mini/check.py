@@ -43,16 +43,22 @@ def predict(model: Any, frames: np.ndarray, texts: list[str], phrases: list[str]
     for start in tqdm(chunks, desc="predict", unit="batch", disable=not progress):
         rows = range(start, min(start + batch, len(texts)))
         obs = [Observation(frames[i % len(frames)], texts[i]) for i in rows]
-        kwargs = {"with_phrase": True} if verbal else {}
+        def run(observations: Any, **forced: Any) -> tuple[list, np.ndarray]:
+            if not verbal:
+                return [None] * (len(observations) if isinstance(observations, list) else 1), \
+                    model.predict_action(observations, **forced)
+            words, out = model.say_and_act(observations, **forced)
+            return ([words] if isinstance(words, str) else words), out
+
         if phrases is not None:  # one forced phrase per call: group rows by phrase
             for i, o in zip(rows, obs):
-                out = model.predict_action(o, phrase=phrases[i], **kwargs)
-                actions.append(np.atleast_2d(out[0] if verbal else out))
-                said.append(out[1] if verbal else None)
+                words, out = run(o, phrase=phrases[i])
+                actions.append(np.atleast_2d(out))
+                said.extend(words)
             continue
-        out = model.predict_action(obs, **kwargs)
-        actions.append(np.atleast_2d(out[0] if verbal else out))
-        said.extend(([out[1]] if isinstance(out[1], str) else out[1]) if verbal else [None] * len(obs))
+        words, out = run(obs)
+        actions.append(np.atleast_2d(out))
+        said.extend(words)
     return np.concatenate(actions), (said if verbal else None)
 
 

@@ -88,17 +88,21 @@ def _open_loop_cell(model, obs: list, cell: str, clamp: Any, controls: int, sett
             return row
     concept = cell.split("_")[0]
     measure, _, sign = CONCEPTS[concept]
-    options = {"with_phrase": True} if model.config.phrase_tokens else {}
+    options = {"predict": _say_and_act} if model.config.phrase_tokens else {}  # keep the words said
     result = open_loop(model, obs, {cell: clamp}, controls=controls, seed=settings["seed"],
                        batch_size=settings["batch_size"], progress=False, **options)
     result.meta.update(settings)
     sides = {cell: {measure: sign}}
     result.save(folder, sides)
     row = next(r for r in result.table(sides) if r["measure"] == measure)
-    row = with_words([{**row, "expected_sign": sign}], result.words, controls)[0]
+    row = with_words([{**row, "expected_sign": sign}], result.extras, controls)[0]
     row["settings"] = settings
     done.write_text(json.dumps(row, indent=1))
     return row
+
+
+def _say_and_act(model, observations, **options):
+    return model.say_and_act(observations, **options)
 
 
 def with_words(rows: list[dict], words: dict[str, list[str]], controls: int) -> list[dict]:

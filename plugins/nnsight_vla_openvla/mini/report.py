@@ -156,7 +156,7 @@ def report(runs: Path, out: Path) -> Path:
             meta = json.loads((runs / open_dir / "meta.json").read_text())
             rows = json.loads(summary.read_text())
             if rows and "says_concept" not in rows[0]:  # a grid run before the per-cell runner
-                rows = with_words(rows, meta["words"], meta["controls"])
+                rows = with_words(rows, meta.get("extras", meta.get("words")), meta["controls"])
             tables[name] = rows
             counts = sorted({r.get("controls", meta.get("controls")) for r in rows})
             lines += [f"### Open-loop: {meta['frames']} held-out scenes, instruction {meta['instruction']!r}, "
