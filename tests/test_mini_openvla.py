@@ -88,10 +88,16 @@ def test_a_saved_mini_reloads_identically(mini, shipped_frames, tmp_path):
     loaded = nnsight_vla.load(folder)
     obs = nnsight_vla.Observation(shipped_frames[1], "go left gently")
     assert loaded.config.phrase_tokens == 2 and loaded.config.phrases == mini.config.phrases
+    official = json.loads((folder / "config.json").read_text())
+    assert not {"phrase_tokens", "phrases"} & set(official)  # the official config gets no new field
+    assert json.loads((folder / "nnsight_vla.json").read_text())["phrase_tokens"] == 2  # the sidecar has them
     said, a = loaded.say_and_act(obs)
     said_here, b = mini.say_and_act(obs)
     np.testing.assert_array_equal(a, b)
     assert said == said_here
+    (folder / "nnsight_vla.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="nnsight_vla.json is not this project's settings file"):
+        nnsight_vla.load(folder)
 
 
 @pytest.mark.slow

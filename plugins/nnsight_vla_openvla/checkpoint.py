@@ -9,7 +9,7 @@ from typing import Any
 
 from nnsight_vla.family import CheckpointError, write_state_dict
 
-from .config import OpenVLAConfig
+from .config import SIDECAR, OpenVLAConfig
 from .processor import OpenVLAProcessor
 
 EMBED, LM_HEAD = "language_model.model.embed_tokens.weight", "language_model.lm_head.weight"
@@ -51,6 +51,8 @@ def save_checkpoint(
     dtype = str(next(net.parameters()).dtype).removeprefix("torch.")
     raw["text_config"] = {**raw["text_config"], "torch_dtype": dtype}
     (folder / "config.json").write_text(json.dumps(raw, indent=2))
+    if config.sidecar() is not None:
+        (folder / SIDECAR).write_text(json.dumps(config.sidecar(), indent=2))
     tokenizer.save_pretrained(folder)
     processor.save(folder)
     tensors = {to_checkpoint_key(k): v for k, v in net.state_dict().items()}

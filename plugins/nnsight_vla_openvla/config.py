@@ -21,6 +21,10 @@ DEFAULT_NORMALIZE = [
 ]
 
 
+#: This project's settings file beside ``config.json``: what an official config has no field for.
+SIDECAR = "nnsight_vla.json"
+
+
 @dataclass
 class OpenVLAConfig:
     """The fields of an OpenVLA ``config.json`` that define the network and the actions.
@@ -29,7 +33,8 @@ class OpenVLAConfig:
     project's extensions (absent from official checkpoints): per-backbone keyword overrides for
     ``timm.create_model`` (the small instances), the vocabulary size before padding for
     backbones other than Llama-2, how many words a verbalising model says before its action
-    tokens (``mini-openvla``; 0: none, as OpenVLA) and the phrases it learned to say.
+    tokens (``mini-openvla``; 0: none, as OpenVLA) and the phrases it learned to say. The last
+    two are saved in this project's own file beside ``config.json`` (`SIDECAR`), never in it.
     """
 
     text_config: dict[str, Any]
@@ -113,6 +118,14 @@ class OpenVLAConfig:
         except FileNotFoundError as err:
             raise CheckpointError(f"{folder} has no config.json; copy the complete checkpoint.") from err
         config = cls.from_dict(raw, str(path))
+        sidecar = folder / SIDECAR
+        if sidecar.is_file():  # this project's own settings, beside the official config
+            try:
+                extra = json.loads(sidecar.read_text())
+                config.phrase_tokens, config.phrases = int(extra["phrase_tokens"]), extra.get("phrases")
+            except (ValueError, KeyError, TypeError) as err:
+                raise CheckpointError(f"{sidecar} is not this project's settings file ({err}); "
+                                      "remove it or save the model again.") from err
         stats = folder / "dataset_statistics.json"
         if stats.is_file():  # LIBERO fine-tunes ship their statistics beside the config
             config.norm_stats = {**config.norm_stats, **json.loads(stats.read_text())}
@@ -140,8 +153,10 @@ class OpenVLAConfig:
         for extension in ("timm_overrides", "unpadded_vocab_size"):
             if getattr(self, extension) is not None:
                 out[extension] = getattr(self, extension)
-        if self.phrase_tokens:
-            out["phrase_tokens"] = self.phrase_tokens
-        if self.phrases:
-            out["phrases"] = list(self.phrases)
         return out
+
+    def sidecar(self) -> dict[str, Any] | None:
+        """What `SIDECAR` holds: a verbalising model's words before its actions (None: none)."""
+        if not self.phrase_tokens:
+            return None
+        return {"phrase_tokens": self.phrase_tokens, "phrases": None if self.phrases is None else list(self.phrases)}
