@@ -5,7 +5,7 @@ steered with the lens's ``up_20`` cluster clamped, on the same init state and th
 instruction the experiment uses. Prints rollouts per minute of each and the ratio
 steered/unsteered (target ≈ 1: a clamp adds two small writes per layer it touches). The
 training script prints its own wall time and examples per second
-(``python -m nnsight_vla_openvla.mini.build``).
+(``python -m nnsight_vla_mini.build``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import nnsight_vla  # noqa: E402
 from nnsight_vla import Clamp  # noqa: E402
 from nnsight_vla.eval.libero import make_env  # noqa: E402
 from nnsight_vla.eval.rollout import rollout  # noqa: E402
-from nnsight_vla_openvla.mini.experiment import NEUTRAL, SUITE, TASK, concept_clusters  # noqa: E402
+from nnsight_vla_mini.experiment import NEUTRAL, SUITE, TASK, concept_clusters  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

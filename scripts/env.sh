@@ -9,10 +9,11 @@
 #   copy of the project (one that an older version of this script installed there is removed).
 # - The checkout's venv, <checkout>/.venv (git-ignored), made from the same Python: a .pth file
 #   adds the shared venv's site-packages after its own, and it holds only this checkout's
-#   editable install (its code, its `nnsight_vla.models` entry points, the `nnsight-vla`
+#   editable installs (its code and experiments/, its `nnsight_vla.models` entry points, the `nnsight-vla`
 #   command) and launchers of the shared venv's commands (pytest, ray, jupyter, ...) that run
 #   its own Python. It is remade when the shared venv or the checkout's folder changes; the
-#   project is reinstalled when pyproject.toml changes. A second run does nothing.
+#   project is reinstalled when pyproject.toml or experiments/pyproject.toml changes. A second
+#   run does nothing.
 set -euo pipefail
 # pip warns about every configured local index it cannot use; keep real errors only.
 quiet_pip() { local python=$1; shift; "$python" -m pip "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
@@ -72,7 +73,7 @@ if compgen -G "$shared_site/nnsight_vla-*.dist-info" >/dev/null; then
 fi
 
 base="shared=$shared root=$root"
-want="$base pyproject=$(sha256sum pyproject.toml | cut -c1-16)"
+want="$base pyproject=$(cat pyproject.toml experiments/pyproject.toml | sha256sum | cut -c1-16)"
 have=$(cat "$venv/.nnsight-vla" 2>/dev/null || true)
 if [ "${have% pyproject=*}" != "$base" ] || ! "$venv/bin/python" -c "" 2>/dev/null; then
   if [ -e "$venv" ] && [ -z "$have" ]; then
@@ -144,7 +145,7 @@ if [ "$have" != "$want" ]; then
   # -q hides the build's output; setuptools' "Editable installation" notice (a reminder that
   # folders named like the packages in the working directory take precedence) is not news here.
   PYTHONWARNINGS="ignore:Editable installation" \
-    quiet_pip "$venv/bin/python" install -q --no-deps --no-build-isolation -e "$root" >&2
+    quiet_pip "$venv/bin/python" install -q --no-deps --no-build-isolation -e "$root" -e "$root/experiments" >&2
   echo "$want" > "$venv/.nnsight-vla"
 fi
 echo "$venv"

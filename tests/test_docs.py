@@ -14,9 +14,9 @@ NOTHING_TO_RUN = {
     "docs/remote.md": "needs the NDIF stack; tests/test_ndif.py runs the same calls against it",
     "docs/benchmarks.md": "timings: benchmarks/ measures them, tests never do",
     "docs/mini_vla/README.md": "its runs take hours (commands shown); docs/families.md runs mini-openvla",
-    "docs/mini_vla/results.md": "a generated report of runs (nnsight_vla_openvla.mini.report)",
-    "docs/mini_vla/open-loop-99.md": "a generated report of runs (nnsight_vla_openvla.mini.report)",
-    "docs/mini_vla/closed-loop-49.md": "a generated report of runs (nnsight_vla_openvla.mini.report)",
+    "docs/mini_vla/results.md": "a generated report of runs (nnsight_vla_mini.report)",
+    "docs/mini_vla/open-loop-99.md": "a generated report of runs (nnsight_vla_mini.report)",
+    "docs/mini_vla/closed-loop-49.md": "a generated report of runs (nnsight_vla_mini.report)",
 }
 FENCE = re.compile(r"^```(\S*)[ \t]*(.*)$")
 

@@ -10,7 +10,8 @@ from safetensors.torch import load_file, save_file
 
 import nnsight_vla
 from nnsight_vla import CheckpointError, InputError
-from nnsight_vla_openvla.mini import adapter_file, check, frames, instructions, lora
+from nnsight_vla_mini import check, frames
+from nnsight_vla_openvla.mini import adapter_file, instructions, lora
 
 pytestmark = pytest.mark.xdist_group("mini_openvla")  # one worker builds the module's fixtures
 
@@ -123,7 +124,7 @@ def test_a_reduced_open_loop_experiment_writes_its_table(mini, shipped_frames, t
 
 
 def test_the_instructions_contrast_and_their_gap_by_hand():
-    from nnsight_vla_openvla.mini import explain
+    from nnsight_vla_mini import explain
 
     features = {(0, 0): np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 3.0], [9.0, 9.0]])}
     labels = ["up", "up", "down", "down", "left"]
@@ -133,7 +134,7 @@ def test_the_instructions_contrast_and_their_gap_by_hand():
 
 
 def test_the_evidence_plot_marks_what_survives_holm(tmp_path):
-    from nnsight_vla_openvla.mini import report
+    from nnsight_vla_mini import report
 
     rows = [{"steering": f"up_{k}@2", "p": p, "p_min": 0.001, "controls": 999} for k, p in
             enumerate([0.001, 0.02, 0.5])]
@@ -159,7 +160,7 @@ def test_the_evidence_plot_marks_what_survives_holm(tmp_path):
 def test_the_closed_loop_grid_scores_each_cluster_on_its_own_metric():
     """Hand-made statistics: "up" is read on z_displacement (+ expected), "slow" on mean_speed
     (− expected), with the paired interval of that metric; the other metrics stay out."""
-    from nnsight_vla_openvla.mini import report
+    from nnsight_vla_mini import report
 
     def scored(shift, z, p):
         return {"shift": shift, "random_mean": 0.0, "random_std": 1.0, "z": z, "p": p, "p_min": 0.02, "controls": 49}
@@ -183,7 +184,7 @@ def test_the_closed_loop_grid_scores_each_cluster_on_its_own_metric():
 def test_the_closed_loop_page_of_the_kept_rerun(tmp_path):
     """The page of the closed-loop rerun kept in docs/mini_vla/grids: the own metric first, with
     its N and its rank p as recorded in statistics.json, and the trajectories plotted."""
-    from nnsight_vla_openvla.mini import report
+    from nnsight_vla_mini import report
 
     run = Path(__file__).resolve().parent.parent / "docs" / "mini_vla" / "grids" / "closed-loop-49"
     recorded = json.loads((run / "statistics.json").read_text())["vs_random"]["up_20@2"]["z_displacement"]

@@ -12,7 +12,7 @@ CELLS = [
         "paper's \"up\", \"down\", \"fast\" and \"slow\" clusters in it. The paper's question: "
         "does clamping them move the arm, more than clamping random clusters? This notebook runs "
         "every step of the experiment on a reduced setting; the full run's results, made by "
-        "`python -m nnsight_vla_openvla.mini.experiment`, are shown at the end."
+        "`python -m nnsight_vla_mini.experiment`, are shown at the end."
     ),
     new_code_cell(
         "# This notebook's settings (the test suite runs it with smaller ones, set after this cell)\n"
@@ -27,7 +27,7 @@ CELLS = [
         "from IPython.display import Image\n"
         "import nnsight_vla\n"
         "from nnsight_vla import Observation, lens\n"
-        "from nnsight_vla_openvla.mini import frames, experiment\n\n"
+        "from nnsight_vla_mini import frames, experiment\n\n"
         "mini = nnsight_vla.load(\"mini-openvla\")\n"
         "scene = frames.load()[-1]  # a LIBERO scene of a task never trained on\n"
         "for text in (\"move up quickly\", \"now travel to the left gently\", experiment.NEUTRAL):\n"
@@ -84,8 +84,8 @@ CELLS = [
     ),
     new_markdown_cell(
         "## The full run\n\n"
-        "Made with `python -m nnsight_vla_openvla.mini.experiment open-loop|closed-loop` and "
-        "`python -m nnsight_vla_openvla.mini.explain`; docs/mini_vla/README.md gives the "
+        "Made with `python -m nnsight_vla_mini.experiment open-loop|closed-loop` and "
+        "`python -m nnsight_vla_mini.explain`; docs/mini_vla/README.md gives the "
         "protocol, the tables and the verdict."
     ),
     new_code_cell(

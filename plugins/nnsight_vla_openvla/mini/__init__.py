@@ -1,4 +1,6 @@
-"""``mini-openvla``: smol-openvla taught to follow motion instructions (adapters shipped in ``data/``), and how it is built."""
+"""``mini-openvla``: smol-openvla taught to follow motion instructions: its configuration and the
+shipped adapters (``data/``), merged strictly on load. How it is built and studied lives in the
+``nnsight_vla_mini`` package (``experiments/``)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from nnsight_vla import CheckpointError
 from .. import MINI
 from . import instructions
 
-#: Built-in name -> training recipe (see `train.Settings`).
+#: The first decoder layer the adapters train (24..29 of SmolLM2's 30).
+FIRST_TRAINED = 24
+#: Built-in name -> training recipe (see `nnsight_vla_mini.train.Settings`).
 BUILTINS = dict(zip(MINI, ("verbalise", "act")))
 DATA = Path(__file__).parent / "data"
 #: The statistics of the synthetic motion data: normalised = un-normalised for the six deltas.
@@ -40,12 +44,11 @@ def with_adapters(tensors: dict[str, torch.Tensor], path: str | Path, n_layers: 
     from safetensors import safe_open
 
     from . import lora
-    from .train import FIRST_TRAINED
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"the adapters {path} are missing; rebuild them with "
-                              f"`python -m nnsight_vla_openvla.mini.build --ship` (see its --help).")
+                              f"`python -m nnsight_vla_mini.build --ship` (see its --help).")
     with safe_open(str(path), "pt") as f:
         adapters = {k: f.get_tensor(k) for k in f.keys()}
     return lora.merged(tensors, adapters, lora.target_paths(range(FIRST_TRAINED, n_layers)), str(path))

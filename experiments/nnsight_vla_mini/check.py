@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from nnsight_vla import Observation
 
-from . import instructions
+from nnsight_vla_openvla.mini import instructions
 
 #: Below this magnitude on every axis an action counts as "stay still".
 STILL_BELOW = 0.1

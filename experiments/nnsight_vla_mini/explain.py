@@ -1,6 +1,6 @@
 """Why a cluster does or does not steer: where the instruction's direction is readable (per-layer probes, the logit lens), its up-minus-down contrast, and each cluster's push along it.
 
-    python -m nnsight_vla_openvla.mini.explain --out runs/mini/explain --value 8
+    python -m nnsight_vla_mini.explain --out runs/mini/explain --value 8
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import frames as frame_files
-from . import instructions
+from nnsight_vla_openvla.mini import instructions
 
 #: Forward calls read: the prefill (whose last position says the first word, or for the act
 #: recipe emits the x action), the first action forward of a verbalising model (after its

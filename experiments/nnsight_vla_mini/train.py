@@ -15,11 +15,12 @@ from transformers import DynamicCache
 
 from nnsight_vla import InputError, Observation
 
-from . import instructions, lora
+from nnsight_vla_openvla.mini import FIRST_TRAINED, instructions, lora
+
+from . import lora_train
 
 RECIPES = ("act", "verbalise")
 #: The layers trained (their q/k/v/o/gate/up through adapters); the 24 below stay SmolLM2's.
-FIRST_TRAINED = 24
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def train(model: Any, frames: np.ndarray, settings: Settings) -> tuple[dict[str,
     paths = lora.target_paths(range(FIRST_TRAINED, n_layers))
     rng = np.random.default_rng(settings.seed + 1)
     losses = []
-    with lora.adapted(net, paths, settings.rank, settings.alpha, settings.seed) as wrapped:
+    with lora_train.adapted(net, paths, settings.rank, settings.alpha, settings.seed) as wrapped:
         params = [p for m in wrapped.values() for p in (m.A, m.B)]
         optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.lr, total_steps=settings.steps, pct_start=0.1)
@@ -210,7 +211,7 @@ def train(model: Any, frames: np.ndarray, settings: Settings) -> tuple[dict[str,
             schedule.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
-        adapters = lora.state(wrapped)
+        adapters = lora_train.state(wrapped)
     total = time.perf_counter() - start
     examples = settings.steps * settings.batch
     log = {"settings": asdict(settings), "seconds_frozen_layers": cached, "seconds_total": total,

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from nnsight_vla import CheckpointError
 
-from ..processor import libero_frame
+from nnsight_vla_openvla.processor import libero_frame
 
 #: The frames shipped with the project (rendered by `render`; the training script writes its own).
 SHIPPED = Path(__file__).parent / "data" / "frames.npz"
@@ -55,7 +55,7 @@ def load(path: str | Path = SHIPPED) -> np.ndarray:
         with np.load(path) as data:
             jpeg, lengths = data["jpeg"], data["lengths"]
     except (OSError, KeyError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a frames file written by nnsight_vla_openvla.mini.frames.save ({err}).") from err
+        raise CheckpointError(f"{path} is not a frames file written by nnsight_vla_mini.frames.save ({err}).") from err
     ends = np.cumsum(lengths)
     return np.stack([np.asarray(Image.open(io.BytesIO(jpeg[e - n:e].tobytes())).convert("RGB"))
                      for e, n in zip(ends, lengths)])

@@ -1,7 +1,7 @@
 """Build the mini-openvla adapters: render LIBERO frames, train each recipe, check it, write adapters, frames and metrics.
 
-    python -m nnsight_vla_openvla.mini.build --out runs/mini            # both recipes, ~10 min on 2 cores
-    python -m nnsight_vla_openvla.mini.build --out runs/mini --ship     # and copy them into the package
+    python -m nnsight_vla_mini.build --out runs/mini            # both recipes, ~10 min on 2 cores
+    python -m nnsight_vla_mini.build --out runs/mini --ship     # and copy them into the package
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import BUILTINS, DATA, adapter_file, frames, instructions
+from nnsight_vla_openvla.mini import BUILTINS, adapter_file, instructions
+from nnsight_vla_openvla.mini import DATA as ADAPTERS
+
+from . import DATA, frames
 
 #: Frames trained on and frames checked on (other initial states of other tasks).
 TRAIN_TASKS, CHECK_TASKS = (0, 1, 2, 3), (4, 5)
@@ -43,7 +46,7 @@ def plot_loss(logs: dict[str, dict], path: Path) -> None:
 def build(out: Path, names: list[str], settings: dict, episodes: int, ship: bool, frames_file: Path | None) -> dict:
     import nnsight_vla
 
-    from . import check, lora, train
+    from . import check, lora_train, train
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -61,7 +64,7 @@ def build(out: Path, names: list[str], settings: dict, episodes: int, ship: bool
     for name in names:
         config = train.Settings(recipe=BUILTINS[name], **settings)
         adapters, log = train.train(base, trained, config)
-        path = lora.save(out / f"{name}.safetensors", adapters, {"recipe": config.recipe})
+        path = lora_train.save(out / f"{name}.safetensors", adapters, {"recipe": config.recipe})
         model = nnsight_vla.load(name, adapters=str(path))
         result = {"train": {k: v for k, v in log.items() if k != "loss"}, "final_loss": float(np.mean(log["loss"][-10:])),
                   "adapter_bytes": path.stat().st_size,
@@ -77,11 +80,12 @@ def build(out: Path, names: list[str], settings: dict, episodes: int, ship: bool
     (out / "metrics.json").write_text(json.dumps(report, indent=1))
     plot_loss(logs, out / "loss.png")
     if ship:
-        DATA.mkdir(exist_ok=True)
+        ADAPTERS.mkdir(exist_ok=True)
         for name in names:
             shutil.copy(out / f"{name}.safetensors", adapter_file(name))
         shutil.copy(out / "frames.npz", frames.SHIPPED)
         shutil.copy(out / "metrics.json", DATA / "metrics.json")
+        shutil.copy(out / "loss.png", DATA / "loss.png")
     return report
 
 

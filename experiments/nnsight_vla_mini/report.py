@@ -1,6 +1,6 @@
 """The experiment's results as one Markdown file and figures: open-loop and closed-loop tables per recipe, z-scores against random clusters.
 
-    python -m nnsight_vla_openvla.mini.report --runs runs/mini --out docs/mini_vla
+    python -m nnsight_vla_mini.report --runs runs/mini --out docs/mini_vla
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The paper's experiment on a mini-openvla: the lens's concept clusters clamped vs random clusters, on a neutral instruction, open-loop and closed-loop.
 
-    python -m nnsight_vla_openvla.mini.experiment open-loop --out runs/mini/open-loop --sizes 10,20,40 --values 0.5,2,8
-    python -m nnsight_vla_openvla.mini.experiment closed-loop --out runs/mini/closed-loop --size 20 --value 8
+    python -m nnsight_vla_mini.experiment open-loop --out runs/mini/open-loop --sizes 10,20,40 --values 0.5,2,8
+    python -m nnsight_vla_mini.experiment closed-loop --out runs/mini/closed-loop --size 20 --value 8
 """
 
 from __future__ import annotations
