@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-import types
 from typing import TYPE_CHECKING, Any
+
+from .lazy import LazyPackage
 
 #: Public name -> the submodule that defines it.
 _EXPORTS = {
@@ -61,17 +62,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from .steering import Ablate, Add, Clamp, Scale
 
 
-class _Package(types.ModuleType):
-    """Keeps a public function whose name is also its submodule's (``collect``): importing the
-    submodule ``nnsight_vla.collect`` must not replace the function, as the eager imports ensured."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if _EXPORTS.get(name) == name and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+sys.modules[__name__].__class__ = LazyPackage  # keeps `collect` when its submodule is imported
 
 
 def __getattr__(name: str) -> Any:

@@ -57,9 +57,15 @@ CALL_WORDS = ("all", "prefill", "actions")
 POSITION_WORDS = ("all", "last", "mean", "prefix")
 
 
-def _indices(value: Any, what: str, words: tuple[str, ...], negative: bool) -> tuple[int, ...]:
-    wrong = InputError(f"{what}={value!r} is not one of {list(words)}, an index, a list of indices"
-                       + (" or a slice." if what == "calls" else "."))
+def _chosen(value: Any, what: str, words: tuple[str, ...], negative: bool) -> str | tuple[int, ...]:
+    """One of ``words``, or indices (one int or a non-empty sequence; negative ones only if
+    ``negative``), as given."""
+    slices = " or a slice" if what in ("calls", "steps") else ""
+    wrong = InputError(f"{what}={value!r} is not one of {list(words)}, an index, a list of indices{slices}.")
+    if isinstance(value, str):
+        if value not in words:
+            raise wrong
+        return value
     items = (value,) if isinstance(value, (int, np.integer)) else value
     try:
         items = tuple(items)
@@ -89,20 +95,13 @@ class Calls:
     @classmethod
     def parse(cls, value: Any, what: str = "calls") -> Calls:
         """The one parser of a calls spelling (a `Calls` is returned as it is)."""
-        if isinstance(value, Calls):
-            return value
-        if isinstance(value, str):
-            if value not in CALL_WORDS:
-                raise InputError(f"{what}={value!r} is not one of {list(CALL_WORDS)}, an index, a list of indices "
-                                 "or a slice.")
-            return cls(value)
         if isinstance(value, slice):
             parts = (value.start, value.stop, value.step)
             if not all(p is None or (isinstance(p, (int, np.integer)) and not isinstance(p, bool)) for p in parts) \
                     or any(p is not None and p < 0 for p in parts[:2]) or (value.step is not None and value.step < 1):
                 raise InputError(f"{what}={value!r}: a slice of calls has non-negative ints and a step >= 1.")
             return cls(value)
-        return cls(_indices(value, what, CALL_WORDS, negative=False))
+        return value if isinstance(value, Calls) else cls(_chosen(value, what, CALL_WORDS, negative=False))
 
     def resolve(self, tower: TowerSchedule, what: str = "calls") -> tuple[int, ...] | None:
         """The chosen forwards of ``tower``, in order (None: every one)."""
@@ -148,13 +147,7 @@ class Positions:
     @classmethod
     def parse(cls, value: Any, what: str = "positions") -> Positions:
         """The one parser of a positions spelling (a `Positions` is returned as it is)."""
-        if isinstance(value, Positions):
-            return value
-        if isinstance(value, str):
-            if value not in POSITION_WORDS:
-                raise InputError(f"{what}={value!r} is not one of {list(POSITION_WORDS)}, an index or a list of indices.")
-            return cls(value)
-        return cls(_indices(value, what, POSITION_WORDS, negative=True))
+        return value if isinstance(value, Positions) else cls(_chosen(value, what, POSITION_WORDS, negative=True))
 
     @property
     def from_the_end(self) -> bool:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-import types
 from typing import Any
+
+from ..lazy import LazyPackage
 
 _EXPORTS = {
     "EvalConfig": "config", "EvalResult": "evaluate", "evaluate": "evaluate", "EpisodeMetrics": "metrics",
@@ -18,17 +19,7 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "random_control"])
 
 
-class _Package(types.ModuleType):
-    """Keeps the function `evaluate` when its submodule ``nnsight_vla.eval.evaluate`` is imported
-    (the import would set the package's attribute to the module)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if _EXPORTS.get(name) == name and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+sys.modules[__name__].__class__ = LazyPackage  # keeps `evaluate` when its submodule is imported
 
 
 def __getattr__(name: str) -> Any:
