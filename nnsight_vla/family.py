@@ -27,7 +27,7 @@ __all__ = [
     "DECODER_BLOCK", "BridgePart", "CheckpointError", "DEFAULT_CAMERA", "Family", "InputError", "Layout",
     "ModelSpec", "Observation", "SetupError", "StandardNameError", "TokenPrompt", "TowerLayout", "VLA",
     "VLAError", "build_word_tokenizer", "cache", "check_state_dict", "config_folder", "load_module",
-    "read_state_dict", "register", "relocate", "weights_folder", "write_state_dict",
+    "read_state_dict", "register", "weights_folder", "write_state_dict",  # and relocate, on first use
 ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
@@ -100,9 +100,6 @@ class EvalConfig:
                 "conditions": list(conditions), "seed": self.seed, "max_steps": self.steps,
                 "camera_size": self.camera_size, "record_video": self.record_video, "model": model,
                 "instruction": self.instruction, "steering": steering}
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def task_list(tasks: Any) -> tuple[int, ...]:

@@ -71,9 +71,6 @@ class Intervention:
         """This intervention's edits on ``model`` (checks it fits the model)."""
         raise NotImplementedError
 
-    def _tower(self, model: Any) -> Tower:
-        return self._when(model)[0]
-
     def _when(self, model: Any) -> tuple[Tower, frozenset[int] | None]:
         """The tower, and the forwards of it this intervention acts on (None: every one)."""
         tower = get_tower(model, self.tower)

@@ -9,7 +9,8 @@ Example:
 """
 
 from .adapters import relocate
-from .bridge import BridgePart, TokenPrompt, bridge_inputs, to_bridge, token_inputs
+from ..layout import BridgePart, TokenPrompt
+from .bridge import bridge_inputs, to_bridge, token_inputs
 from .hooks import HookSteering, hooks
 
 __all__ = ["BridgePart", "HookSteering", "TokenPrompt", "bridge_inputs", "hooks", "relocate", "to_bridge", "token_inputs"]

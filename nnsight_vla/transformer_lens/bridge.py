@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..errors import InputError, SetupError
-from ..layout import BridgePart, TokenPrompt
+from ..layout import BridgePart
 from ..towers import module_of
 
 

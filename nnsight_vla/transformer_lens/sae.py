@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..collect import collect
@@ -140,3 +139,6 @@ def sae_features(model: Any, sae: Any, observations: Any, *, calls: Any = "prefi
                    batch_size=batch_size, progress=progress, **options)[site]
     with torch.no_grad():
         return sae.encode(acts.to(sae.device)).float().cpu()
+
+
+__all__ = ["SAE_FILES", "TOWER_KEY", "load_sae", "sae_features", "sae_site", "sae_tower"]

@@ -259,7 +259,4 @@ def feature_hooks(bridge: Any, interventions: Any) -> list[tuple[str, Any]]:
     return [i.bridge_hook(bridge) for i in items]
 
 
-__all__ = [
-    "ClampFeatures", "FeatureIntervention", "ScaleFeatures", "attach_sae", "feature_hooks",
-    "load_sae", "sae_features", "sae_site", "sae_tower", "to_sae_bridge",
-]
+__all__ = ["ClampFeatures", "FeatureIntervention", "ScaleFeatures", "attach_sae", "feature_hooks", "to_sae_bridge"]
