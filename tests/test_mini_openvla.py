@@ -68,7 +68,7 @@ def test_the_verbalising_decode(mini, shipped_frames):
         mini.predict_action(obs, phrase="sideways zoom")
     with pytest.raises(InputError, match="phrase=3 must be a str"):
         mini.predict_action(obs, phrase=3)
-    assert len(mini.config.phrases) == 19 and "stay still" in mini.config.phrases
+    assert len(mini.config.phrases.learned) == 19 and "stay still" in mini.config.phrases.learned
 
 
 @pytest.mark.slow
@@ -88,7 +88,7 @@ def test_a_saved_mini_reloads_identically(mini, shipped_frames, tmp_path):
     folder = mini.save_pretrained(tmp_path / "mini")
     loaded = nnsight_vla.load(folder)
     obs = nnsight_vla.Observation(shipped_frames[1], "go left gently")
-    assert loaded.config.phrase_tokens == 2 and loaded.config.phrases == mini.config.phrases
+    assert loaded.config.phrases.n_tokens == 2 and loaded.config.phrases == mini.config.phrases
     official = json.loads((folder / "config.json").read_text())
     assert not {"phrase_tokens", "phrases"} & set(official)  # the official config gets no new field
     assert json.loads((folder / "nnsight_vla.json").read_text())["phrase_tokens"] == 2  # the sidecar has them

@@ -37,7 +37,7 @@ def predict(model: Any, frames: np.ndarray, texts: list[str], phrases: list[str]
             batch: int = 16, progress: bool = True) -> tuple[np.ndarray, list[str] | None]:
     """Actions ``[n, 7]`` (and the words said, on a verbalising model) for each (frame, text)
     pair, frames cycled; ``phrases`` makes the model say those words instead of its own."""
-    verbal = model.config.phrase_tokens > 0
+    verbal = model.config.phrases is not None
     actions, said = [], []
     chunks = range(0, len(texts), batch)
     for start in tqdm(chunks, desc="predict", unit="batch", disable=not progress):

@@ -88,7 +88,7 @@ def _open_loop_cell(model, obs: list, cell: str, clamp: Any, controls: int, sett
             return row
     concept = cell.split("_")[0]
     measure, _, sign = CONCEPTS[concept]
-    options = {"predict": _say_and_act} if model.config.phrase_tokens else {}  # keep the words said
+    options = {"predict": _say_and_act} if model.config.phrases is not None else {}  # keep the words said
     result = open_loop(model, obs, {cell: clamp}, controls=controls, seed=settings["seed"],
                        batch_size=settings["batch_size"], progress=False, **options)
     result.meta.update(settings)

@@ -46,7 +46,7 @@ def instructed(model: Any, scenes: np.ndarray, per_direction: int = 2, seed: int
     # (labels shuffled across scenes, in row order) does not keep every label in place
     rows = [(scene, chosen[i]) for scene in scenes for i in rng.permutation(len(chosen))]
     obs = [Observation(scene, e.instruction) for scene, e in rows]
-    calls = list(CALLS["verbalise" if model.config.phrase_tokens else "act"])
+    calls = list(CALLS["verbalise" if model.config.phrases is not None else "act"])
     sites = [Site(layer, "resid") for layer in range(model.spec.n_layers)]
     with model.steer(steering):
         acts = collect(model, obs, sites, calls=calls, positions="last", progress=True)
@@ -135,7 +135,7 @@ def lens_readings(model: Any, features: dict, labels: list[str], residuals: dict
     readers = {"0": (word_margin, 0), "z": (expected_action, z_call(model))}
     out = {}
     for key, (reader, call) in readers.items():
-        if model.config.phrase_tokens == 0 and key == "0":
+        if model.config.phrases is None and key == "0":
             continue  # the act recipe says no word
         rows = {f"{d} instructions": np.array([reader(model, features[layer, call][labels == d]).mean()
                                                 for layer in range(n_layers)]) for d in ("up", "down")}
@@ -170,7 +170,7 @@ def explain(model: Any, out: Path, value: float, size: int = 20, controls: int =
     clusters = concept_clusters(model, [size])
     clamps = {f"{c}_{size}": Clamp(clusters[c, size], value) for c in ("up", "down")}
     clamps.update({f"random{k}": random_control(clamps[f"up_{size}"], seed + k, model) for k in range(controls)})
-    calls = CALLS["verbalise" if model.config.phrase_tokens else "act"]
+    calls = CALLS["verbalise" if model.config.phrases is not None else "act"]
     residuals = neutral_residuals(model, scenes[: max(2, scenes_used // 3)], clamps, list(calls))
     moved = {call: pushes(residuals, directions, call) for call in calls}
     n = model.spec.n_layers

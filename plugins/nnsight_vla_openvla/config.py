@@ -11,6 +11,8 @@ from transformers import LlamaConfig
 
 from nnsight_vla.family import CheckpointError
 
+from .mini.phrases import Phrases
+
 # The fused DINOv2 + SigLIP backbone of every released OpenVLA checkpoint.
 DINOSIGLIP_224 = ("vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224")
 
@@ -29,12 +31,12 @@ SIDECAR = "nnsight_vla.json"
 class OpenVLAConfig:
     """The fields of an OpenVLA ``config.json`` that define the network and the actions.
 
-    ``timm_overrides``, ``unpadded_vocab_size``, ``phrase_tokens`` and ``phrases`` are this
-    project's extensions (absent from official checkpoints): per-backbone keyword overrides for
-    ``timm.create_model`` (the small instances), the vocabulary size before padding for
-    backbones other than Llama-2, how many words a verbalising model says before its action
-    tokens (``mini-openvla``; 0: none, as OpenVLA) and the phrases it learned to say. The last
-    two are saved in this project's own file beside ``config.json`` (`SIDECAR`), never in it.
+    ``timm_overrides``, ``unpadded_vocab_size`` and ``phrases`` are this project's extensions
+    (absent from official checkpoints): per-backbone keyword overrides for ``timm.create_model``
+    (the small instances), the vocabulary size before padding for backbones other than Llama-2,
+    and what a verbalising ``mini-openvla`` says before its action tokens (None: nothing, as
+    OpenVLA). ``phrases`` is saved in this project's own file beside ``config.json``
+    (`SIDECAR`), never in it.
     """
 
     text_config: dict[str, Any]
@@ -47,8 +49,7 @@ class OpenVLAConfig:
     pad_to_multiple_of: int = 64
     timm_overrides: list[dict[str, Any]] | None = None
     unpadded_vocab_size: int | None = None
-    phrase_tokens: int = 0
-    phrases: list[str] | None = None
+    phrases: Phrases | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -105,7 +106,7 @@ class OpenVLAConfig:
                 f"{where}: vision_backbone_id {raw.get('vision_backbone_id')!r} is not supported; "
                 "only 'dinosiglip-vit-so-224px' (every released OpenVLA) is."
             )
-        known = {f for f in cls.__dataclass_fields__ if f != "raw"}
+        known = set(cls.__dataclass_fields__) - {"raw", "phrases"}  # phrases: the sidecar's
         fields = {k: raw[k] for k in known if k in raw}
         fields.setdefault("text_config", {})
         return cls(**fields, raw=raw)
@@ -122,10 +123,9 @@ class OpenVLAConfig:
         if sidecar.is_file():  # this project's own settings, beside the official config
             try:
                 extra = json.loads(sidecar.read_text())
-                config.phrase_tokens, config.phrases = int(extra["phrase_tokens"]), extra.get("phrases")
-            except (ValueError, KeyError, TypeError) as err:
-                raise CheckpointError(f"{sidecar} is not this project's settings file ({err}); "
-                                      "remove it or save the model again.") from err
+            except ValueError as err:
+                raise CheckpointError(f"{sidecar} is not JSON ({err}); remove it or save the model again.") from err
+            config.phrases = Phrases.from_sidecar(extra, str(sidecar))
         stats = folder / "dataset_statistics.json"
         if stats.is_file():  # LIBERO fine-tunes ship their statistics beside the config
             config.norm_stats = {**config.norm_stats, **json.loads(stats.read_text())}
@@ -157,6 +157,4 @@ class OpenVLAConfig:
 
     def sidecar(self) -> dict[str, Any] | None:
         """What `SIDECAR` holds: a verbalising model's words before its actions (None: none)."""
-        if not self.phrase_tokens:
-            return None
-        return {"phrase_tokens": self.phrase_tokens, "phrases": None if self.phrases is None else list(self.phrases)}
+        return None if self.phrases is None else self.phrases.sidecar()

@@ -63,9 +63,9 @@ class OpenVLA(VLA):
     without effect (decoding is greedy). Built-ins: ``tiny-openvla`` (random), ``smol-openvla``
     (SmolLM2-135M) and ``mini-openvla`` / ``mini-openvla-act`` (smol-openvla taught to follow
     motion instructions; option ``adapters``: another adapter file than the shipped one). A
-    verbalising model (``config.phrase_tokens`` > 0, ``mini-openvla``) says that many words before
-    its actions: ``say_and_act(obs)`` returns them with the actions, ``phrase="up fast"``
-    makes it say those instead.
+    verbalising model (``mini-openvla``: ``config.phrases`` is set) says a few words before its
+    actions: ``say_and_act(obs)`` returns them with the actions, ``phrase="up fast"`` makes it
+    say those instead.
 
     Example:
         >>> model = nnsight_vla.load("openvla/openvla-7b-finetuned-libero-10",
@@ -200,7 +200,7 @@ class OpenVLA(VLA):
             )
         # Check the statistics before spending a forward pass.
         _, stats = select_stats(self.config.norm_stats, unnorm_key or self.unnorm_key)
-        n_words, n_tokens = self.config.phrase_tokens, len(stats["q01"])
+        n_words, n_tokens = self._words_before_actions, len(stats["q01"])
         forced = None if phrase is None else self._phrase_ids(phrase).expand(input_ids.shape[0], -1)
         net = self._module
         with torch.no_grad():
@@ -233,26 +233,20 @@ class OpenVLA(VLA):
             >>> words
             'up fast'
         """
-        if not self.config.phrase_tokens:
+        if self.config.phrases is None:
             raise InputError(f"{self.name_or_path} says nothing before its actions; use predict_action().")
         return self.predict_action(observations, phrase=phrase, _say=True, **options)
 
+    @property
+    def _words_before_actions(self) -> int:
+        """How many tokens a verbalising model says before its action tokens (0: OpenVLA's none)."""
+        return 0 if self.config.phrases is None else self.config.phrases.n_tokens
+
     def _phrase_ids(self, phrase: str) -> torch.Tensor:
-        """``[1, phrase_tokens]``: the ids of the words a verbalising model is made to say."""
-        n, learned = self.config.phrase_tokens, self.config.phrases
-        if not isinstance(phrase, str):
-            raise InputError(f"phrase={phrase!r} must be a str of words, such as 'up fast'.")
-        if not n:
-            raise InputError(f"phrase={phrase!r}: this model says nothing before its actions "
-                             "(phrase_tokens=0); drop phrase=.")
-        if learned and " ".join(phrase.split()) not in learned:
-            raise InputError(f"phrase={phrase!r} is not one this model learned to say, so its actions would mean "
-                             f"nothing; use one of {', '.join(map(repr, learned))}.")
-        ids = self._tokenizer.encode(" " + phrase.strip(), add_special_tokens=False)
-        if len(ids) != n:
-            raise InputError(f"phrase={phrase!r}: this model says {n} token(s) before its actions, and the phrase "
-                             f"is {len(ids)}; give {n} words such as 'up fast'.")
-        return torch.tensor([ids])
+        """``[1, n]``: the ids of the words a verbalising model is made to say."""
+        if self.config.phrases is None:
+            raise InputError(f"phrase={phrase!r}: this model says nothing before its actions; drop phrase=.")
+        return self.config.phrases.ids(self._tokenizer, phrase)
 
     def bridge_inputs(self, part: str, observations: list) -> dict[str, torch.Tensor]:
         """The Llama's inputs in the prefill: token embeddings with the patches after BOS."""
@@ -275,11 +269,11 @@ class OpenVLA(VLA):
     def action_calls(self, tower: str) -> range | None:
         """One greedy decoding forward per action dimension, after the phrase of a verbalising
         model (none for OpenVLA: the first is the prefill)."""
-        n = self.config.phrase_tokens
+        n = self._words_before_actions
         return range(n, n + self.spec.action_dim) if tower == "vlm" else None
 
     def calls_per_prediction(self, tower: str) -> int | None:
-        return self.config.phrase_tokens + self.spec.action_dim if tower == "vlm" else None
+        return self._words_before_actions + self.spec.action_dim if tower == "vlm" else None
 
     def _save(self, folder: Path, max_shard_bytes: int = 5 * 2**30) -> None:
         save_checkpoint(folder, self.config, self._module, self._tokenizer, self.processor, max_shard_bytes)

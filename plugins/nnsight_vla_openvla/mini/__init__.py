@@ -12,6 +12,7 @@ from nnsight_vla import CheckpointError
 
 from .. import MINI
 from . import instructions
+from .phrases import Phrases
 
 #: The first decoder layer the adapters train (24..29 of SmolLM2's 30).
 FIRST_TRAINED = 24
@@ -33,8 +34,7 @@ def configure(config, name: str):
     before the actions for a verbalising recipe."""
     config.norm_stats = STATS
     verbalises = BUILTINS[name] == "verbalise"
-    config.phrase_tokens = 2 if verbalises else 0
-    config.phrases = [" ".join(p) for p in instructions.phrases()] if verbalises else None
+    config.phrases = Phrases(2, tuple(" ".join(p) for p in instructions.phrases())) if verbalises else None
     config.raw = {**config.raw, "llm_backbone_id": f"smollm2-135m-instruct+{name}"}
     return config
 
