@@ -14,7 +14,7 @@ import torch
 import nnsight_vla
 from nnsight_vla import CheckpointError, InertSiteWarning, InputError, Observation
 from nnsight_vla_lerobot import sizing
-from nnsight_vla_lerobot.pi0 import KINDS as VARIANTS, TINY_SIZES
+from nnsight_vla_lerobot.pi0 import KINDS as VARIANTS, TINY_SIZES, resize_paligemma
 
 from conftest import random_image
 
@@ -273,7 +273,7 @@ def test_sizes_do_not_leak_into_lerobot():
     variant = VARIANTS["pi0"]
     original = variant.modeling.get_gemma_config, variant.modeling.PaliGemmaForConditionalGenerationWithPiGemma
     with pytest.raises(RuntimeError):
-        with sizing.sized(variant, TINY_SIZES):
+        with sizing.replaced(variant.modeling, resize_paligemma(variant.modeling, TINY_SIZES)):
             assert variant.modeling.get_gemma_config("gemma_2b").width == 64
             raise RuntimeError("boom")
     assert (variant.modeling.get_gemma_config, variant.modeling.PaliGemmaForConditionalGenerationWithPiGemma) == original

@@ -75,19 +75,9 @@ def _layout(names: dict[str, str], bridges: dict) -> Layout:
                   inert=INERT, inert_output=INERT_OUTPUT, idle=IDLE, bridges=bridges)
 
 
-def _expert_steps(config: Any, tower: str) -> range | None:
-    """The expert runs once per denoising step, and each step emits a velocity."""
-    return range(config.num_inference_steps) if tower == "expert" else None
-
-
-def _openpi_keys(policy: Any, state_dict: dict) -> dict:
-    """lerobot's loading: openpi's key fixes, then a ``model.`` prefix on every key."""
-    fixed = policy._fix_pytorch_state_dict_keys(state_dict, policy.config)
-    return {k if k.startswith("model.") else f"model.{k}": v for k, v in fixed.items()}
-
-
-def _resize(modeling: ModuleType, sizes: Mapping) -> dict[str, Any]:
-    """lerobot reads the Gemma widths from ``get_gemma_config`` and hard-codes SigLIP's
+def resize_paligemma(modeling: ModuleType, sizes: Mapping) -> dict[str, Any]:
+    """What of ``modeling`` (lerobot's PaliGemma-based modeling module) gives way to
+    ``sizes``: lerobot reads the Gemma widths from ``get_gemma_config`` and hard-codes SigLIP's
     inside its PaliGemma class: both give way to ``sizes``."""
     paligemma = modeling.PaliGemmaForConditionalGenerationWithPiGemma
 
@@ -107,10 +97,9 @@ def _kind(type_: str, classes: tuple, names: dict[str, str], bridges: dict = BRI
     return PolicyKind(
         type_, *classes, layout=_layout(names, bridges),
         tokenizer_name="google/paligemma-3b-pt-224", tokenizer_label="PaliGemma",
-        action_calls=_expert_steps, spec_extra=("num_inference_steps",),
+        spec_extra=("num_inference_steps",),
         # the expert never decodes tokens: no lerobot forward reads its head
-        unused_weights=(f"{PWE}.gemma_expert.lm_head.weight",),
-        remap_keys=_openpi_keys, tiny_sizes=TINY_SIZES, resize=_resize,
+        unused_weights=(f"{PWE}.gemma_expert.lm_head.weight",), tiny_sizes=TINY_SIZES,
         tiny_options={"image_resolution": (64, 64)},
     )
 
@@ -148,3 +137,15 @@ class Pi0(LeRobotVLA):
     """
 
     kinds = KINDS
+
+    def action_calls(self, tower: str) -> range | None:
+        """The expert runs once per denoising step, and each step emits a velocity."""
+        return range(self.policy_config.num_inference_steps) if tower == "expert" else None
+
+    def _remap_keys(self, policy: Any, tensors: dict) -> dict:
+        """lerobot's loading: openpi's key fixes, then a ``model.`` prefix on every key."""
+        fixed = policy._fix_pytorch_state_dict_keys(tensors, policy.config)
+        return {k if k.startswith("model.") else f"model.{k}": v for k, v in fixed.items()}
+
+    def _resize(self, sizes: Mapping) -> dict[str, Any]:
+        return resize_paligemma(self.kind.modeling, sizes)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import logging
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from nnsight_vla.family import Layout, ModelSpec, TowerLayout, VLAError, build_w
 
 from . import fast_fit, fast_task, sizing
 from .kind import PolicyKind
-from .pi0 import TINY_SIZES, _resize
+from .pi0 import TINY_SIZES, resize_paligemma
 from .policy import LeRobotVLA
 
 PALI = "model.paligemma_with_expert.paligemma"
@@ -38,22 +37,10 @@ LAYOUT = Layout(
 )
 
 
-def _decoding_calls(config: Any, tower: str) -> range | None:
-    """Every forward of the VLM emits a token: the prefill the first, each decoding step the next
-    (at most ``max_decoding_steps``; greedy decoding stops early at the "|" terminator)."""
-    return range(config.max_decoding_steps) if tower == "vlm" else None
-
-
-def _resize_fast(modeling: Any, sizes: Any) -> dict[str, Any]:
-    """Pi0's resizing (Gemma widths, SigLIP) with the vision tower at the tiny images' size."""
-    return _resize(modeling, {**sizes, "vision": {**sizes["vision"], "image_size": 64}})
-
-
 PI0_FAST = PolicyKind(
     "pi0_fast", PI0FastConfig, PI0FastPolicy, make_pi0_fast_pre_post_processors, modeling_pi0_fast,
     processor_pi0_fast, LAYOUT, tokenizer_name="google/paligemma-3b-pt-224", tokenizer_label="PaliGemma",
-    action_calls=_decoding_calls, spec_extra=("max_decoding_steps", "fast_skip_tokens"),
-    tiny_sizes=TINY_SIZES, resize=_resize_fast,
+    spec_extra=("max_decoding_steps", "fast_skip_tokens"), tiny_sizes=TINY_SIZES,
     # 6 decoding steps: "Action", ":", "▁", the two FAST tokens of each taught chunk (`fast_task`), "|"
     tiny_options={"image_resolution": (64, 64), "max_decoding_steps": 6, "tokenizer_max_length": 48,
                   "validate_action_token_prefix": False},
@@ -132,6 +119,15 @@ class Pi0Fast(LeRobotVLA):
     kinds = {"pi0_fast": PI0_FAST}
     _options = {"seed": "the sampling seed when the config's temperature > 0; greedy decoding ignores it"}
     _persistent_attributes = (*LeRobotVLA._persistent_attributes, "action_tokenizer")
+
+    def action_calls(self, tower: str) -> range | None:
+        """Every forward of the VLM emits a token: the prefill the first, each decoding step the
+        next (at most ``max_decoding_steps``; greedy decoding stops early at the "|" terminator)."""
+        return range(self.policy_config.max_decoding_steps) if tower == "vlm" else None
+
+    def _resize(self, sizes: Any) -> dict[str, Any]:
+        """Pi0's resizing (Gemma widths, SigLIP) with the vision tower at the tiny images' size."""
+        return resize_paligemma(self.kind.modeling, {**sizes, "vision": {**sizes["vision"], "image_size": 64}})
 
     def _tiny_tokenizer(self) -> Any:
         return tiny_text_tokenizer()

@@ -81,7 +81,9 @@ class LeRobotVLA(VLA):
 
     Loads the built-in ``tiny-<type>`` or a lerobot checkpoint folder (strictly), batches
     observations through lerobot's preprocessor, predicts a seeded action chunk and
-    un-normalises it with lerobot's postprocessor. A subclass only sets `kinds`.
+    un-normalises it with lerobot's postprocessor. A subclass sets `kinds` (data: see
+    `PolicyKind`) and overrides the hooks its types need: `action_calls`, `_remap_keys`,
+    `_resize`, `_tiny_tokenizer`, `_configure_parts`, `_local_parts`, `_chunk`.
 
     Example:
         >>> class SmolVLA(LeRobotVLA):
@@ -124,7 +126,7 @@ class LeRobotVLA(VLA):
         self.spec = self._spec()
 
     def _tiny_tokenizer(self) -> Any:
-        """The text tokenizer of the built-in tiny policy."""
+        """The text tokenizer of the built-in tiny policy (a family hook; Gemma's layout here)."""
         return tiny.build_tiny_tokenizer()
 
     def _configure_parts(self) -> None:
@@ -199,15 +201,30 @@ class LeRobotVLA(VLA):
         )
 
     def action_calls(self, tower: str) -> range | None:
-        return self.kind.action_calls(self.policy_config, tower)
+        """None: no forward emits an action (a family hook; e.g. the expert's denoising steps)."""
+        return None
 
     # -- building and loading ----------------------------------------------------------
 
     def _policy(self, device: str) -> torch.nn.Module:
         config = copy.copy(self.policy_config)
         config.device = device
-        with sizing.sized(self.kind, self.sizes), self._local_parts():
+        resized = {} if self.sizes is None else self._resize(self.sizes)
+        with sizing.replaced(self.kind.modeling, resized), self._local_parts():
             return self.kind.policy_class(config)
+
+    def _resize(self, sizes: Mapping) -> Mapping[str, Any]:
+        """The attributes of the kind's modeling module that build the policy at ``sizes``
+        (the tiny sizes, or a checkpoint's ``nnsight_vla.json``) instead of lerobot's own;
+        other code in the process keeps lerobot's sizes (a family hook; none here)."""
+        raise CheckpointError(
+            f"sizes were given for lerobot policy type {self.kind.type!r}, which {type(self).__name__} "
+            f"cannot resize; remove the checkpoint's {SIZES_FILE} or give {type(self).__name__} a `_resize`."
+        )
+
+    def _remap_keys(self, policy: torch.nn.Module, tensors: dict) -> dict:
+        """lerobot's key fixes on loading a checkpoint's tensors (a family hook; none here)."""
+        return tensors
 
     def _build(self) -> torch.nn.Module:
         if self.folder is not None:
@@ -223,8 +240,7 @@ class LeRobotVLA(VLA):
         with torch.device("meta"):
             policy = self._policy("meta")
         tensors = read_state_dict(weights_folder(self.name_or_path, self.revision))
-        if self.kind.remap_keys is not None:
-            tensors = self.kind.remap_keys(policy, tensors)
+        tensors = self._remap_keys(policy, tensors)
         expected = policy.state_dict()
         for key in self.kind.unused_weights:
             if key not in tensors and key in expected:

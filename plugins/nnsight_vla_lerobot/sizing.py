@@ -1,4 +1,4 @@
-"""Scoped, locked replacement of lerobot module attributes while a resized (tiny) policy is built."""
+"""Scoped, locked replacement of lerobot module attributes (sizes, tokenizers) while a policy is built."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import functools
 import threading
 from types import ModuleType
 from typing import Any, Iterator, Mapping
-
-from nnsight_vla.family import CheckpointError
 
 from .kind import PolicyKind
 
@@ -46,25 +44,6 @@ class Given:
 
     def from_pretrained(self, *args: Any, **kwargs: Any) -> Any:
         return copy.deepcopy(self.value) if self.fresh else self.value
-
-
-@contextlib.contextmanager
-def sized(kind: PolicyKind, sizes: Mapping | None) -> Iterator[None]:
-    """Within the block, lerobot builds ``kind`` at ``sizes`` (None: at its own sizes).
-
-    The kind's `resize` rule says which attributes of its modeling module change; other
-    code in the process keeps lerobot's sizes before and after the block.
-    """
-    if sizes is None:
-        yield
-        return
-    if kind.resize is None:
-        raise CheckpointError(
-            f"sizes were given for lerobot policy type {kind.type!r}, which has no resize rule; "
-            "remove the checkpoint's nnsight_vla.json or give its PolicyKind a `resize`."
-        )
-    with _lock, replaced(kind.modeling, kind.resize(kind.modeling, sizes)):
-        yield
 
 
 @contextlib.contextmanager

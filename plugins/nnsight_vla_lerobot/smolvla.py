@@ -57,15 +57,10 @@ LAYOUT = Layout(
 )
 
 
-def _denoising_steps(config: Any, tower: str) -> range | None:
-    """The expert runs once per denoising step, and each step emits a velocity."""
-    return range(config.num_steps) if tower == "expert" else None
-
-
 SMOLVLA = PolicyKind(
     "smolvla", SmolVLAConfig, SmolVLAPolicy, make_smolvla_pre_post_processors, modeling_smolvla,
     processor_smolvla, LAYOUT, tokenizer_name="HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
-    tokenizer_label="SmolVLM", action_calls=_denoising_steps, spec_extra=("num_steps", "self_attn_every_n_layers"),
+    tokenizer_label="SmolVLM", spec_extra=("num_steps", "self_attn_every_n_layers"),
     tiny_options={"vlm_model_name": "nnsight-vla/tiny-smolvlm", "load_vlm_weights": False, "num_vlm_layers": 4,
                   "resize_imgs_with_padding": (64, 64)},
 )
@@ -117,6 +112,10 @@ class SmolVLA(LeRobotVLA):
     """
 
     kinds = {"smolvla": SMOLVLA}
+
+    def action_calls(self, tower: str) -> range | None:
+        """The expert runs once per denoising step, and each step emits a velocity."""
+        return range(self.policy_config.num_steps) if tower == "expert" else None
 
     def _tiny_tokenizer(self) -> Any:
         return tiny_tokenizer()

@@ -75,27 +75,10 @@ TINY_FLORENCE = {
 }
 
 
-def _denoising_steps(config: Any, tower: str) -> range | None:
-    """The action head runs once per denoising step, and each step predicts the chunk."""
-    return range(config.num_denoising_steps) if tower == "expert" else None
-
-
-def _xvla_keys(policy: Any, state_dict: dict) -> dict:
-    """lerobot's loading: old vendored-Florence keys renamed, and the one tied embedding
-    restored under whichever of its two names safetensors dropped on saving."""
-    if modeling_xvla._is_vendored_florence_state_dict(state_dict):
-        state_dict = modeling_xvla._remap_vendored_florence_state_dict(state_dict)
-    for have, alias in ((SHARED, EMBED), (EMBED, SHARED)):
-        if have in state_dict and alias not in state_dict:
-            state_dict[alias] = state_dict[have]
-    return state_dict
-
-
 XVLA_KIND = PolicyKind(
     "xvla", XVLAConfig, XVLAPolicy, make_xvla_pre_post_processors, modeling_xvla, processor_xvla,
     LAYOUT, tokenizer_name="facebook/bart-large", tokenizer_label="BART",
-    action_calls=_denoising_steps, spec_extra=("num_denoising_steps", "action_mode"),
-    remap_keys=_xvla_keys,
+    spec_extra=("num_denoising_steps", "action_mode"),
     tiny_options={
         "florence_config": TINY_FLORENCE, "hidden_size": 32, "depth": 2, "num_heads": 2,
         "len_soft_prompts": 4, "num_domains": 2, "num_denoising_steps": 4, "action_mode": "auto",
@@ -159,6 +142,20 @@ class XVLA(LeRobotVLA):
     """
 
     kinds = {"xvla": XVLA_KIND}
+
+    def action_calls(self, tower: str) -> range | None:
+        """The action head runs once per denoising step, and each step predicts the chunk."""
+        return range(self.policy_config.num_denoising_steps) if tower == "expert" else None
+
+    def _remap_keys(self, policy: Any, tensors: dict) -> dict:
+        """lerobot's loading: old vendored-Florence keys renamed, and the one tied embedding
+        restored under whichever of its two names safetensors dropped on saving."""
+        if modeling_xvla._is_vendored_florence_state_dict(tensors):
+            tensors = modeling_xvla._remap_vendored_florence_state_dict(tensors)
+        for have, alias in ((SHARED, EMBED), (EMBED, SHARED)):
+            if have in tensors and alias not in tensors:
+                tensors[alias] = tensors[have]
+        return tensors
 
     def _tiny_tokenizer(self) -> Any:
         return tiny_text_tokenizer()
