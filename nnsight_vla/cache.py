@@ -41,7 +41,8 @@ def digest(tensors: Mapping[str, torch.Tensor]) -> str:
 
 def read(path: Path, key: str) -> tuple[dict[str, torch.Tensor] | None, dict[str, str], str]:
     """The tensors and metadata in ``path`` if it was written for ``key`` and is intact, else
-    ``(None, {}, why not)``; the last item is ``"usable"`` on success."""
+    ``(None, {}, why not)``; the last item is ``"usable"`` on success.
+    """
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -79,7 +80,8 @@ def write(path: Path, key: str, tensors: Mapping[str, torch.Tensor], metadata: M
 @contextlib.contextmanager
 def locked(path: Path, what: str) -> Iterator[bool]:
     """Hold ``path``'s lock file; yields whether its folder can be written at all (if not, a
-    warning says that ``what`` is made in memory only)."""
+    warning says that ``what`` is made in memory only).
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path.with_suffix(".lock"), "a")

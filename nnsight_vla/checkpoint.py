@@ -92,7 +92,8 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint folder (``model.safetensors`` or shards plus their index).
 
-    A truncated or corrupt file raises `CheckpointError` naming it."""
+    A truncated or corrupt file raises `CheckpointError` naming it.
+    """
     folder = Path(folder)
     index = folder / INDEX
     if index.is_file():
@@ -194,7 +195,8 @@ def rebuild_buffers(module: torch.nn.Module) -> None:
     """Recompute the non-persistent buffers that checkpoints do not carry, for the
     transformers modules that have them: rotary frequencies, SigLIP position ids and
     Gemma's embedding scale. Anything else left on the meta device is reported by
-    `load_module`."""
+    `load_module`.
+    """
     for sub in module.modules():
         if not any(b.is_meta for b in sub.buffers(recurse=False)):
             continue

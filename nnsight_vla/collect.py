@@ -21,7 +21,8 @@ class _Done(Exception):
 def wanted_calls(model: Any, site: Site, calls: Any) -> list[int] | None:
     """The forward calls of ``site`` that ``calls`` selects (`Calls`; None: all of them).
     ``None`` (`collect`'s default) is ``"actions"`` on a tower that emits actions and
-    ``"all"`` on one that does not (Pi0's VLM, run once)."""
+    ``"all"`` on one that does not (Pi0's VLM, run once).
+    """
     schedule = model.schedule()[site.tower]
     if calls is None:
         calls = "all" if schedule.actions is None else "actions"
@@ -68,7 +69,8 @@ class Recorder:
     def prediction(self, stop_early: bool = False) -> Iterator[SimpleNamespace]:
         """Hooks for one prediction; on exit ``got.activations`` holds, per site, a float32 CPU
         tensor ``[batch, calls, positions, width]``. ``stop_early``: end the prediction (silently)
-        once every wanted call was seen."""
+        once every wanted call was seen.
+        """
         seen: dict[Site, dict[int, torch.Tensor]] = {site: {} for site in self.sites}
         ran = dict.fromkeys(self.sites, 0)
         got = SimpleNamespace(activations=None)

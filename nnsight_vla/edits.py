@@ -1,6 +1,7 @@
 """Edits: interventions bound to sites of one model, composed per site, and run inside an nnsight
 trace (`apply`), around plain calls as torch hooks (`steer`) or on TransformerLens hook points
-(`hook_points`). It stands below the model class, which steers through it."""
+(`hook_points`). It stands below the model class, which steers through it.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def as_list(interventions: Any) -> list:
 def bind(model: Any, interventions: Any) -> list[tuple[Site, EditFn]]:
     """The interventions' edits composed per site (edits on one site keep list order),
     sites in execution order: towers in `towers()` order, then layers, FFN activations
-    before the layer's output. Sites that cannot change the actions warn."""
+    before the layer's output. Sites that cannot change the actions warn.
+    """
     order = {name: i for i, name in enumerate(model.towers())}
     by_site: dict[Site, list[EditFn]] = defaultdict(list)
     for intervention in as_list(interventions):

@@ -61,7 +61,8 @@ class InertOutputEnvoy(InertEnvoy):
 
 class IdleEnvoy(Envoy):
     """A module that never runs in a prediction (Pi0's ``lm_head``): reading or writing its
-    values in a trace raises `InputError` instead of nnsight's out-of-order error."""
+    values in a trace raises `InputError` instead of nnsight's out-of-order error.
+    """
 
     def _refuse(self, name: str) -> None:
         raise InputError(

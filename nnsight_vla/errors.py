@@ -21,7 +21,8 @@ class UnknownModelError(VLAError, LookupError):
 
 class StandardNameError(VLAError, AttributeError):
     """A name the model does not have: a family's rename map that misses a standard module
-    name, or a fact asked of the model that lives on ``model.spec``."""
+    name, or a fact asked of the model that lives on ``model.spec``.
+    """
 
 
 class LayerIndexError(VLAError, IndexError):

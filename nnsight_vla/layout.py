@@ -112,7 +112,8 @@ class TokenPrompt:
     """One observation as token ids for a bridge (what a family's ``bridge_tokens`` returns):
     the ids with placeholders where the image patches go, that slice, the patch embeddings,
     and, for towers whose mask is not causal (Pi0's prefix-LM), ``forward_kwargs(ids)``: the
-    attention mask and positions the policy would build for any ids of this length."""
+    attention mask and positions the policy would build for any ids of this length.
+    """
 
     tokens: torch.Tensor
     patches: slice
@@ -174,7 +175,8 @@ class Layout:
 
     def resolved(self, module: torch.nn.Module, where: str = "the layout") -> Layout:
         """This layout with every path checked against ``module`` and ``-1`` parts made
-        absolute; a path naming no module raises `StandardNameError` naming it."""
+        absolute; a path naming no module raises `StandardNameError` naming it.
+        """
         missing = sorted(set(STANDARD_NAMES) - self.standard_names())
         if missing:
             raise StandardNameError(f"{where} binds no module to the standard name(s) {missing}; add their paths.")

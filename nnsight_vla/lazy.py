@@ -10,7 +10,8 @@ class LazyPackage(types.ModuleType):
     """A package that exports a function under its own submodule's name (``nnsight_vla.collect``,
     ``nnsight_vla.eval.evaluate``): importing that submodule would set the package's attribute
     to the module, so the function is kept instead. The package lists its names in ``_EXPORTS``
-    (name -> submodule)."""
+    (name -> submodule).
+    """
 
     def __setattr__(self, name: str, value: Any) -> None:
         if self.__dict__.get("_EXPORTS", {}).get(name) == name and isinstance(value, types.ModuleType):

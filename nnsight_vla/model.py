@@ -30,7 +30,8 @@ from .towers import Tower, module_of
 
 def _linear_shape(envoy: Any, tied: bool = False) -> tuple[int, int] | None:
     """``(in, out)`` of a Linear; with ``tied``, an embedding read as its tied unembedding
-    ``d_model -> vocab`` (X-VLA's BART encoder has no head of its own)."""
+    ``d_model -> vocab`` (X-VLA's BART encoder has no head of its own).
+    """
     module = module_of(envoy)
     if isinstance(module, torch.nn.Linear):
         return module.in_features, module.out_features
@@ -112,7 +113,8 @@ class VLA(Remotable):
 
     def _bind_layout(self, module: torch.nn.Module) -> torch.nn.Module:
         """Check the layout against the built module and choose the envoy classes:
-        range-checked layer lists and the family's inert sites."""
+        range-checked layer lists and the family's inert sites.
+        """
         self.layout = self.layout.resolved(module, f"{type(self).__name__}.layout")
         layout = self.layout
         self._envoy_map.update({
@@ -135,17 +137,20 @@ class VLA(Remotable):
 
     def bridge_tokens(self, part: str, observations: list[Observation]) -> Any:
         """One observation as a `nnsight_vla.transformer_lens.TokenPrompt` (token ids with
-        placeholders where the image patches go), for TransformerLens functions that take tokens."""
+        placeholders where the image patches go), for TransformerLens functions that take tokens.
+        """
         raise InputError(f"{type(self).__name__} has no token inputs for TransformerLens yet.")
 
     def action_bins(self, actions: np.ndarray) -> np.ndarray:
         """Per dimension of un-normalised ``actions`` ``[rows, dims]``, the bin index of the
-        family's action tokens (families that decode actions from tokens)."""
+        family's action tokens (families that decode actions from tokens).
+        """
         raise InputError(f"{type(self).__name__} has no action-token bins (OpenVLA has; see `capabilities`).")
 
     def schedule(self) -> Schedule:
         """Each tower's forwards in one prediction with default options: how many, which emit
-        actions, whether they are denoising steps (`nnsight_vla.schedule`)."""
+        actions, whether they are denoising steps (`nnsight_vla.schedule`).
+        """
         return Schedule({
             name: TowerSchedule(name, self.calls_per_prediction(name), self.layout.tower(name).runs,
                                 self.action_calls(name), name != "vlm" and self.layout.tower(name).runs != 1)
@@ -186,7 +191,8 @@ class VLA(Remotable):
     def action_calls(self, tower: str) -> range | None:
         """The forward calls of ``tower`` in one prediction whose last position emits an
         action (a token or a velocity), or None when none does. OpenVLA: the 7 decoding
-        forwards of the VLM; Pi0: the expert's denoising steps."""
+        forwards of the VLM; Pi0: the expert's denoising steps.
+        """
         return None
 
     # -- nnsight hooks --------------------------------------------------------------
@@ -203,7 +209,8 @@ class VLA(Remotable):
 
     def _place(self, module: torch.nn.Module) -> torch.nn.Module:
         """Move loaded weights to the requested device and dtype (families with
-        mixed-precision rules override this)."""
+        mixed-precision rules override this).
+        """
         return module.to(device=self.target_device or "cpu", dtype=self.torch_dtype)
 
     def _coerce(self, item: Any) -> list[Observation]:
@@ -359,7 +366,8 @@ class VLA(Remotable):
 
     def _check_layout(self) -> None:
         """Every standard name is bound; the spec's sizes agree with the modules (sizes the
-        family left out are read from them)."""
+        family left out are read from them).
+        """
         where = f"{type(self).__name__}.layout"
         for name in sorted(self.layout.standard_names() | set(STANDARD_NAMES)):
             if not isinstance(self.__dict__.get(name), Envoy):

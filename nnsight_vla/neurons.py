@@ -139,7 +139,8 @@ class NeuronCluster:
 
     def describe(self) -> str:
         """The `description` (when set), then one line per neuron: ``[layer.neuron] ▁up, Up, ...``
-        (tokens as `display` shows them)."""
+        (tokens as `display` shows them).
+        """
         rows = self.tokens or [()] * len(self)
         lines = [
             f"[{layer}.{neuron}] {', '.join(display(t) for t in row)}".rstrip()

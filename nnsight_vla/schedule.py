@@ -1,6 +1,7 @@
 """When in a prediction: each tower's forwards (`Schedule`), and the one vocabulary that
 reading (`collect`) and writing (interventions) use to choose forwards (`Calls`) and the
-positions inside each (`Positions`)."""
+positions inside each (`Positions`).
+"""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ POSITION_WORDS = ("all", "last", "mean", "prefix")
 
 def _chosen(value: Any, what: str, words: tuple[str, ...], negative: bool) -> str | tuple[int, ...]:
     """One of ``words``, or indices (one int or a non-empty sequence; negative ones only if
-    ``negative``), as given."""
+    ``negative``), as given.
+    """
     slices = " or a slice" if what in ("calls", "steps") else ""
     wrong = InputError(f"{what}={value!r} is not one of {list(words)}, an index, a list of indices{slices}.")
     if isinstance(value, str):
@@ -140,7 +142,8 @@ class Positions:
     """Which positions of each forward's sequence, spelled ``"all"``, ``"last"``, ``"mean"``
     (their average: reading only), ``"prefix"`` (the observation's tokens: every position
     of the prefill, none of later forwards), an index or a list of indices (negative ones
-    count from the end)."""
+    count from the end).
+    """
 
     chosen: str | tuple[int, ...]
 
@@ -152,7 +155,8 @@ class Positions:
     @property
     def from_the_end(self) -> bool:
         """Whether every chosen position counts from the sequence's end, so padded batch rows
-        (padded at the start) agree: ``"last"`` or negative indices."""
+        (padded at the start) agree: ``"last"`` or negative indices.
+        """
         return self.chosen == "last" or (isinstance(self.chosen, tuple) and all(p < 0 for p in self.chosen))
 
     def index(self, length: int, call: int) -> torch.Tensor | None:

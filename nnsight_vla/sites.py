@@ -19,7 +19,8 @@ from .towers import Tower, get_tower, hidden, module_of, with_hidden
 @dataclass(frozen=True)
 class Kind:
     """One kind of activation: which part of a decoder layer, its input or output, its width
-    and its TransformerLens hook name."""
+    and its TransformerLens hook name.
+    """
 
     component: str  # a `TowerLayout.block` key, or "" for the decoder layer itself
     io: str  # "input" or "output"
@@ -82,7 +83,8 @@ class Site:
     def parse(cls, text: str, tower: str = "vlm") -> Site:
         """A site from its one text form, ``str(site)``: ``"vlm.20.resid"``, or ``"20.resid"``
         on ``tower``; or from a TransformerLens hook name on ``tower``'s bridge
-        (``"blocks.20.mlp.hook_post"`` -> ``Site(20, "neurons")``)."""
+        (``"blocks.20.mlp.hook_post"`` -> ``Site(20, "neurons")``).
+        """
         text = str(text)
         if text.startswith("blocks.") or "hook_" in text:  # a TransformerLens hook name
             for kind, pattern in _HOOK_PATTERNS.items():
@@ -122,7 +124,8 @@ class Site:
     @property
     def hook_name(self) -> str:
         """The TransformerLens hook point of this site, on the bridge of its tower
-        (``to_bridge(model, part=site.tower)``)."""
+        (``to_bridge(model, part=site.tower)``).
+        """
         return KINDS[self.kind].hook_name.format(layer=self.layer)
 
     def envoy(self, model: Any) -> Any:
@@ -143,7 +146,8 @@ class Site:
     def _at_next_norm(self, tower: Tower) -> bool:
         """Whether this is a residual site of a tower whose layers never run as modules
         (`TowerLayout.layers_run`): it is then the input of the next layer's input norm (the
-        final norm after the last layer), the very tensor that layer adds to, written in place."""
+        final norm after the last layer), the very tensor that layer adds to, written in place.
+        """
         return self.kind == "resid" and not tower.layout.layers_run
 
     def io(self, model: Any) -> str:
@@ -162,7 +166,8 @@ class Site:
     def read(self, model: Any) -> Any:
         """The activation inside a trace: ``[batch, positions, width]``. Where layers never run
         as modules, their family adds into its parts' outputs in place (SmolVLA's residual
-        sums): an output is then read as a copy taken when it is made."""
+        sums): an output is then read as a copy taken when it is made.
+        """
         envoy = self.envoy(model)
         if self.io(model) != "output":
             return envoy.input
@@ -209,7 +214,8 @@ class Site:
 
 def expand_sites(spec: str, model: Any) -> list[Site]:
     """The range form ``KIND[@TOWER]:LAYERS`` as sites of ``model``; LAYERS is ``all``, ``3``,
-    ``0,4,8``, ``0-11`` or a mix (``resid@expert:0-2,5``); TOWER defaults to ``"vlm"``."""
+    ``0,4,8``, ``0-11`` or a mix (``resid@expert:0-2,5``); TOWER defaults to ``"vlm"``.
+    """
     head, _, layers = str(spec).partition(":")
     kind, _, tower = head.partition("@")
     tower = tower or "vlm"

@@ -14,7 +14,8 @@ from .layout import TowerLayout
 
 def module_of(envoy: Any) -> torch.nn.Module:
     """The torch module behind an nnsight envoy (a module passes through): the core's one
-    reach into nnsight's private ``_module``."""
+    reach into nnsight's private ``_module``.
+    """
     return getattr(envoy, "_module", envoy)
 
 

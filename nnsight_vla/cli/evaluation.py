@@ -13,7 +13,8 @@ from ..errors import InputError, VLAError
 
 def _steer_spec(spec: str) -> tuple[str, str, float]:
     """``FILE.yaml[#NAME]:VALUE`` -> (file, cluster name, value), checked against the file
-    (it exists, and holds that cluster, or exactly one without #NAME) without a model."""
+    (it exists, and holds that cluster, or exactly one without #NAME) without a model.
+    """
     import yaml
 
     from ..errors import InputError

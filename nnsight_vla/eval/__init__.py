@@ -1,7 +1,8 @@
 """Closed-loop evaluation in LIBERO: paired conditions, episode metrics, statistics, plots.
 
 Names are imported on first use (PEP 562), so `EvalConfig` (which the command line's options
-are built from) loads without torch or LIBERO."""
+are built from) loads without torch or LIBERO.
+"""
 
 from __future__ import annotations
 

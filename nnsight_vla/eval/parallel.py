@@ -30,7 +30,8 @@ class Worker:
         """Rebuild the model (a method, not ``__init__``, so its errors reach the caller intact).
 
         ``threads``: torch's CPU thread count, the caller's by default, because a different
-        count changes float sums in the last bit and so the actions."""
+        count changes float sums in the last bit and so the actions.
+        """
         torch.set_num_threads(threads)
         self.model = rebuild(model_class, key, dispatch=True, device=device)
         if weights is not None:
@@ -44,7 +45,8 @@ class Worker:
 
     def run(self, job: Job, steering: Any, collector: Any = None):
         """One job, as a serial run does it (`rollout.run_job`): an episode that raises comes
-        back as a failed `Episode`; the worker writes only the collector's shard."""
+        back as a failed `Episode`; the worker writes only the collector's shard.
+        """
         from .rollout import run_job
 
         start = time.time()
@@ -176,7 +178,8 @@ def _cause(error: Exception) -> Exception:
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
     """Raise `InputError` when nothing listens at a ``[ray://]HOST:PORT`` address (Ray itself
-    would retry for minutes); ``"auto"`` and other forms are left to Ray."""
+    would retry for minutes); ``"auto"`` and other forms are left to Ray.
+    """
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return

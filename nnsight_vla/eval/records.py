@@ -36,7 +36,8 @@ Job = tuple[int, int, str]
 
 def fingerprint(module: torch.nn.Module) -> list[tuple[str, float, float]]:
     """Per tensor (name, sum, sum of squares) in float64: two copies of a model agree only if
-    their weights do (an in-memory edit, such as a planted neuron, changes it)."""
+    their weights do (an in-memory edit, such as a planted neuron, changes it).
+    """
     out = []
     for name, tensor in module.state_dict().items():
         t = tensor.detach()
@@ -68,7 +69,8 @@ def model_identity(model: Any) -> dict:
 def describe_steering(steering: Any) -> list | dict:
     """A JSON description of the steering that tells two steerings apart: each intervention's
     kind and settings, its clusters' neurons, and a hash of every array (directions); a dict
-    of named steerings is described name by name."""
+    of named steerings is described name by name.
+    """
     if isinstance(steering, Mapping):
         return {str(name): describe_steering(value) for name, value in steering.items()}
     return [_describe(item) for item in as_list(steering)]
@@ -159,7 +161,8 @@ def open_run(folder: Path, settings: dict, weights: list, resume: bool, jobs: li
 
 def read_rows(path: Path, jobs: set[Job]) -> dict[Job, dict]:
     """The rows of ``episodes.jsonl``; a last line cut short by an interruption is dropped
-    (its episode runs again)."""
+    (its episode runs again).
+    """
     if not path.is_file():
         return {}
     data = path.read_bytes()
@@ -263,7 +266,8 @@ def rows_csv(rows: list[dict]) -> str:
 
 def write_files(folder: Path, rows, summary, statistics) -> Path:
     """The run's final files: ``episodes.jsonl`` rewritten in job order (whatever order the
-    episodes finished in), then the files computed from it."""
+    episodes finished in), then the files computed from it.
+    """
     replace_file(folder / EPISODES, "".join(json.dumps(row) + "\n" for row in rows))
     replace_file(folder / "episodes.csv", rows_csv(rows))
     replace_file(folder / "summary.json", json.dumps(summary, indent=2))

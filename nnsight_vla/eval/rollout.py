@@ -113,7 +113,8 @@ def rollout(
 
 def describe_error(exc: BaseException) -> dict:
     """``{"type", "message", "where"}`` of an exception: its class name, its message, and
-    the innermost frame that raised it as ``file.py:line in function``."""
+    the innermost frame that raised it as ``file.py:line in function``.
+    """
     frames = traceback.extract_tb(exc.__traceback__)
     where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
     return {"type": type(exc).__name__, "message": str(exc), "where": where}
@@ -121,7 +122,8 @@ def describe_error(exc: BaseException) -> dict:
 
 def no_metrics() -> EpisodeMetrics:
     """The metrics of an episode that failed before its first observation: not a success,
-    no steps, and no value (None) for every measure of motion."""
+    no steps, and no value (None) for every measure of motion.
+    """
     none = {a: None for a in AXES}
     return EpisodeMetrics(success=False, length=0, path_length=None, axis_displacement=dict(none),
                           net_displacement=dict(none), displacement_per_step=None, z_displacement=None,
@@ -190,7 +192,8 @@ def run_job(
     """One ``(task, episode, condition)`` job of an evaluation (its `EvalConfig`): the rollout,
     in the task's simulator (rebuilt after a failure), and its collected activations written
     (``collector``: a bound `nnsight_vla.probes.RolloutCollector`). Serial runs and Ray
-    workers both run jobs through here."""
+    workers both run jobs through here.
+    """
     task, episode, _ = job
     rows = None if collector is None else collector.episode(model, job)
     run = rollout(model, simulators.get(task), episode, config.steps, steering=steering, seed=config.seed,

@@ -85,7 +85,8 @@ def failed(row: dict) -> bool:
 def condition_means(rows: list[dict], conditions: list[str], tasks: list[int]) -> dict:
     """Per condition: each metric's mean (success over every episode, failed ones as 0; the
     others over the episodes that did not fail; None when none is left), ``episodes``,
-    ``failed``, and per task ``task<t>_success_rate``, ``task<t>_episodes``, ``task<t>_failed``."""
+    ``failed``, and per task ``task<t>_success_rate``, ``task<t>_episodes``, ``task<t>_failed``.
+    """
     out = {}
     for condition in conditions:
         mine = [r for r in rows if r["condition"] == condition]
@@ -107,7 +108,8 @@ def condition_means(rows: list[dict], conditions: list[str], tasks: list[int]) -
 def paired_statistics(rows: list[dict], conditions: list[str]) -> dict:
     """Paired comparisons with the baseline. Success uses every pair (a failed episode is a
     failure); the other metrics leave out the pairs where either episode failed, and then
-    say how many (``failed_pairs_left_out``)."""
+    say how many (``failed_pairs_left_out``).
+    """
     if "baseline" not in conditions:
         return {}
     by = {(r["task"], r["episode"], r["condition"]): r for r in rows}

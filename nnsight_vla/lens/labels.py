@@ -47,7 +47,8 @@ def token_labels(model: Any, n: int | None = None) -> list[str]:
 
 def _decode_each(tokenizer: Any, ids: list[int]) -> list[str]:
     """``tokenizer.decode([i])`` for every id: in one batch through a fast tokenizer's backend
-    when decoding adds nothing to it (no clean-up of spaces), else through ``batch_decode``."""
+    when decoding adds nothing to it (no clean-up of spaces), else through ``batch_decode``.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
         return backend.decode_batch([[i] for i in ids], skip_special_tokens=False)

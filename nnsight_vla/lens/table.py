@@ -181,7 +181,8 @@ class ValueVectorTable:
 
     def lines(self) -> Iterator[str]:
         """One line per neuron: ``[layer.neuron] ▁up, up, Up, [action: 0.25], ...`` (tokens as
-        `display` shows them: ``▁`` marks a leading space)."""
+        `display` shows them: ``▁`` marks a leading space).
+        """
         labels = [display(label) for label in self.vocab]
         for row, layer in enumerate(self.layers):
             for neuron, ids in enumerate(self.ids[row].tolist()):

@@ -11,7 +11,8 @@ from nnsight.modeling.mixins.remotable import Remotable
 
 def _drop_trust_remote_code(method):
     """``Remotable.describe_checkpoint``/``max_tp_size`` without the ``trust_remote_code`` keyword ndif 0.1.2 passes
-    (nnsight 0.8.1 dropped it: HF's ``trust_remote_code`` is part of the model key there)."""
+    (nnsight 0.8.1 dropped it: HF's ``trust_remote_code`` is part of the model key there).
+    """
     func = method.__func__
     if getattr(func, "_drops_trust_remote_code", False):
         return method

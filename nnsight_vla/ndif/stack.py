@@ -137,7 +137,8 @@ def _ray(*args: str) -> list[str]:
 
 def up(run: Path, env: dict | None = None, timeout: float = 180) -> float:
     """Start the stack with its files in ``run``; return the seconds until the API reports Ray
-    connected. ``env``: extra variables for the services (e.g. the server's ``HF_HUB_CACHE``)."""
+    connected. ``env``: extra variables for the services (e.g. the server's ``HF_HUB_CACHE``).
+    """
     t0 = time.time()
     run = Path(run).resolve()
     if len(str(run)) > MAX_RUN_PATH:
@@ -191,7 +192,8 @@ def up(run: Path, env: dict | None = None, timeout: float = 180) -> float:
 
 def model_key(target: str) -> str:
     """A full model key (``module.Class:{...}``) for a built-in name, checkpoint folder or Hub id;
-    a key is returned as it is. The model is built on the meta device: no weight is read."""
+    a key is returned as it is. The model is built on the meta device: no weight is read.
+    """
     if ":{" in target:
         return target
     import nnsight_vla
@@ -201,7 +203,8 @@ def model_key(target: str) -> str:
 
 def deploy(run: Path, target: str, size_bytes: int | None = None, dtype: str = "float32") -> str:
     """Deploy one model, pinned, with ``ndif deploy``; return its key. Without ``size_bytes``
-    NDIF sizes it by building it on the meta device (the class's ``describe_checkpoint``)."""
+    NDIF sizes it by building it on the meta device (the class's ``describe_checkpoint``).
+    """
     import yaml
 
     run = Path(run).resolve()
@@ -243,7 +246,8 @@ def _marked(run: Path) -> list[int]:
 def down(run: Path, grace: float = 3.0) -> list[str]:
     """Stop every process this run started: SIGTERM to each process group and to the
     stragglers found by marker (Ray workers), SIGKILL to what is left after ``grace`` seconds
-    (Ray's own shutdown can take half a minute); return what was stopped."""
+    (Ray's own shutdown can take half a minute); return what was stopped.
+    """
     run, stopped = Path(run).resolve(), []
     for pid_file in sorted((run / "pids").glob("*.pid")):
         pid = int(pid_file.read_text())
@@ -281,7 +285,8 @@ def down(run: Path, grace: float = 3.0) -> list[str]:
 def serve(run: Path, command: list[str], deploys: list[str] = (), env: dict | None = None) -> int:
     """Up the stack, deploy ``deploys``, run ``command`` with ``NDIF_HOST`` set, and take the stack
     down (also on errors and Ctrl-C); return the command's exit code. Must run in a loopback-only
-    namespace (`main` makes one)."""
+    namespace (`main` makes one).
+    """
     up(run, env)
     try:
         for target in deploys:

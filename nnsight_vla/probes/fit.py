@@ -254,7 +254,8 @@ class _Plan:
 
 def _logistic(x, y, train, tests, alphas, target, plan):
     """Balanced accuracy ``[alphas, tests]`` of models fitted on ``train``; the last model and
-    its scaler."""
+    its scaler.
+    """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score

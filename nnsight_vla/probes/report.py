@@ -44,7 +44,8 @@ def t_interval(scores: Any, confidence: float = 0.95) -> tuple[float, float, flo
 def table_row(site: Site, call: int, target: str, task: str, scores, chance, alpha,
               episodes) -> dict:
     """A table row from the outer folds' ``scores`` and the ``[shuffles, folds]`` ``chance``
-    scores (chance: mean and t-interval of the folds' means over shuffles)."""
+    scores (chance: mean and t-interval of the folds' means over shuffles).
+    """
     score, low, high = t_interval(scores)
     chance, c_low, c_high = t_interval(np.mean(chance, 0)) if len(chance) else (np.nan,) * 3
     return {"tower": site.tower, "kind": site.kind, "layer": site.layer, "call": int(call),
@@ -170,7 +171,8 @@ class ProbeResults:
 
 def _lines(ax, lines: pd.DataFrame, group: int) -> dict:
     """One line per call of one (tower, kind): a dash style per group; its calls' colours along a
-    colour map (a single call: one plain colour)."""
+    colour map (a single call: one plain colour).
+    """
     from matplotlib import colormaps
 
     calls = sorted(lines["call"].unique())

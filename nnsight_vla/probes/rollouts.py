@@ -49,7 +49,8 @@ class RolloutCollector:
 
     def bind(self, model: Any, jobs: list[tuple], conditions: list[str], source: dict, resume: bool) -> RolloutCollector:
         """A copy ready for the evaluation's ``jobs``: its shard folder opened (an evaluation
-        without ``resume`` starts this collection over too)."""
+        without ``resume`` starts this collection over too).
+        """
         recorder = Recorder(model, self.sites, calls=self.calls, positions=self.positions)
         model_targets = ["action_bins"] if "action_bins" in model.capabilities else []
         settings = settings_of(model, recorder, self.calls, self.positions, self.dtype,
@@ -114,7 +115,7 @@ def _eef(obs: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _axis_angle(quat: np.ndarray) -> np.ndarray:
-    """lerobot's conversion of LIBERO's (x, y, z, w) quaternion, as the policies' state has it."""
+    """Lerobot's conversion of LIBERO's (x, y, z, w) quaternion, as the policies' state has it."""
     from lerobot.processor.env_processor import LiberoProcessorStep
 
     return LiberoProcessorStep()._quat2axisangle(torch.as_tensor(quat[None], dtype=torch.float32))[0].numpy()

@@ -174,7 +174,8 @@ def _dataset_targets(table: Any, names: set, episodes: np.ndarray, fps: float, c
 
 def velocity(position: np.ndarray, episodes: np.ndarray, fps: float) -> np.ndarray:
     """Per frame, the change of ``position`` to the episode's next frame times ``fps`` (the
-    last frame of an episode repeats the one before; a one-frame episode gets zeros)."""
+    last frame of an episode repeats the one before; a one-frame episode gets zeros).
+    """
     out = np.zeros_like(position, dtype=np.float32)
     for episode in np.unique(episodes):
         rows = np.flatnonzero(episodes == episode)

@@ -42,7 +42,8 @@ class ShardFolder:
              restart: bool = False) -> ShardFolder:
         """The folder for a collection with ``settings``: new, or one holding a collection with
         the same settings, continued (``resume``) or started over (``restart``: its shards are
-        deleted). Another collection there is refused."""
+        deleted). Another collection there is refused.
+        """
         path = probed_folder(folder, create=True)
         settings = json.loads(json.dumps({"format": FORMAT, **settings}))
         manifest_file = path / MANIFEST
@@ -105,7 +106,8 @@ class ShardFolder:
     def write(self, name: str, activations: Mapping[Site, torch.Tensor], ids: Mapping[str, np.ndarray],
               targets: Mapping[str, np.ndarray]) -> Path:
         """One shard ``name``: activations ``[rows, calls, positions, width]`` per site (in the
-        manifest's dtype), the rows' episode and frame ids, and their targets."""
+        manifest's dtype), the rows' episode and frame ids, and their targets.
+        """
         dtype = getattr(torch, self.manifest["dtype"])
         tensors = {ACTS + str(s): a.to(dtype).contiguous() for s, a in activations.items()}
         tensors.update({k: torch.as_tensor(np.asarray(ids[k], np.int64)) for k in IDS})
@@ -139,7 +141,8 @@ class ShardFolder:
 
     def load(self, sites: list[Site] | None = None) -> dict[str, Any]:
         """Every complete shard's rows, concatenated: ``{"activations": {site: array}, "episode",
-        "frame", "targets": {name: array}}`` as numpy (float32 activations)."""
+        "frame", "targets": {name: array}}`` as numpy (float32 activations).
+        """
         shards = self.shards()
         if not shards:
             raise InputError(f"{self.folder} holds no complete shard; the collection wrote nothing yet.")

@@ -78,7 +78,8 @@ def z_against(shift: float, controls, side: int = 1) -> ControlScore:
 
 def check_sides(sides: Any, names, measures) -> dict:
     """``sides`` ({steering: {measure: +1 or -1}}) checked against the steerings and measures
-    there are; returns it as a plain dict (``{}`` for None)."""
+    there are; returns it as a plain dict (``{}`` for None).
+    """
     if sides is None:
         return {}
     if not isinstance(sides, Mapping):

@@ -25,7 +25,8 @@ def _check(observations: Any, what: str) -> list:
 
 def residual(model: Any, observations: Sequence[Any], layer: int, position: int = -1, tower: str = "vlm") -> torch.Tensor:
     """The residual stream after ``layers[layer]`` at ``position``, one row per observation
-    (the first forward call: OpenVLA's prefill, Pi0's VLM or first denoising step)."""
+    (the first forward call: OpenVLA's prefill, Pi0's VLM or first denoising step).
+    """
     site = Site(layer, "resid", tower)
     acts = collect(model, _check(observations, "observations"), site, calls=[0], positions=[position])
     return acts[site.on(model)][:, 0, 0]
@@ -49,7 +50,8 @@ def mean_activations(
     model: Any, observations: Sequence[Any], layers: Sequence[int], tower: str = "vlm"
 ) -> dict[int, torch.Tensor]:
     """Mean FFN activations (``down_proj`` input) per layer over observations and the
-    positions of the first forward call."""
+    positions of the first forward call.
+    """
     sites = {layer: Site(layer, "neurons", tower) for layer in sorted(layers)}
     acts = collect(model, _check(observations, "reference"), list(sites.values()), calls=[0], positions="mean")
     return {layer: acts[site.on(model)].mean(dim=(0, 1, 2)) for layer, site in sites.items()}

@@ -100,7 +100,8 @@ class Intervention:
 
     def _change(self, calls: frozenset[int] | None, x: torch.Tensor, call: int, change: Change) -> torch.Tensor:
         """``x`` with ``change`` applied at this intervention's positions of forward ``call``
-        (``x`` itself when ``call`` is not one of ``calls``, or no position is chosen)."""
+        (``x`` itself when ``call`` is not one of ``calls``, or no position is chosen).
+        """
         if calls is not None and call not in calls:
             return x
         index = self._positions.index(x.shape[-2], call)
@@ -207,7 +208,8 @@ class Scale(NeuronIntervention):
 
 class Ablate(NeuronIntervention):
     """Replace the chosen neurons' activations by zero, or by their mean over ``reference``
-    observations (every position and forward call of the site)."""
+    observations (every position and forward call of the site).
+    """
 
     def __init__(self, cluster, mode: str = "zero", reference: Sequence[Any] | None = None, **where: Any):
         super().__init__(cluster, **where)

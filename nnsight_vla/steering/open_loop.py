@@ -54,7 +54,8 @@ class OpenLoopResult:
         normal) and the rank p-value, which does not (``p``, with ``p_min`` = 1/(controls + 1)).
 
         ``sides``: per steering, the measures it should move and which way, e.g.
-        ``{"up": {"dz": 1}}``; p is one-sided there and two-sided elsewhere."""
+        ``{"up": {"dz": 1}}``; p is one-sided there and two-sided elsewhere.
+        """
         sides = check_sides(sides, self.names, MEASURES)
         rows = []
         for name in self.names:
@@ -70,7 +71,8 @@ class OpenLoopResult:
 
     def save(self, folder: str | Path, sides: Mapping[str, Mapping[str, int]] | None = None) -> Path:
         """Write ``open_loop.csv`` (the table, `table(sides)`), ``actions.npz`` (every condition)
-        and ``meta.json``."""
+        and ``meta.json``.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         rows = self.table(sides)

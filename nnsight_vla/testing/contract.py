@@ -83,14 +83,16 @@ def check_batching(model: Any) -> None:
 
 def contrast_observation(model: Any) -> Observation:
     """An observation unlike `example_observation`'s in every part: black images, another
-    instruction (one that names a motion) and seed 1's state."""
+    instruction (one that names a motion) and seed 1's state.
+    """
     other = example_observation(model, 1, instruction="move the arm to the left")
     return Observation({c: np.zeros_like(image) for c, image in other.images.items()}, other.instruction, other.state)
 
 
 def check_observation_matters(model: Any) -> None:
     """`example_observation` and `contrast_observation` (other images, instruction and state)
-    get different actions: a model whose actions ignore what it sees cannot show an effect."""
+    get different actions: a model whose actions ignore what it sees cannot show an effect.
+    """
     first = np.asarray(model.predict_action(example_observation(model)))
     if np.array_equal(first, np.asarray(model.predict_action(contrast_observation(model)))):
         _fail("actions depend on the observation",
@@ -106,7 +108,8 @@ def action_tower(model: Any) -> str:
 
 def check_clamp_matters(model: Any) -> None:
     """Clamping 8 neurons of layer 0 of the tower that emits actions (`action_tower`) at 50,
-    on every call, changes the actions: steering reaches them."""
+    on every call, changes the actions: steering reaches them.
+    """
     obs, tower = example_observation(model), action_tower(model)
     base = np.asarray(model.predict_action(obs))
     with model.steer(Clamp([(0, n) for n in range(8)], 50.0, tower=tower)):
@@ -168,7 +171,8 @@ def _with_hook(module: torch.nn.Module, calls: str, run: Callable[[], Any]) -> A
 def check_steering(model: Any) -> None:
     """A clamp in a trace, through ``model.steer`` and as a raw torch hook gives equal actions
     and equal per-call residuals after the layer, on every call and on the prefill only (which
-    checks the layout's ``run_start``); the block leaves no hook behind."""
+    checks the layout's ``run_start``); the block leaves no hook behind.
+    """
     obs = example_observation(model)
     base = np.asarray(model.predict_action(obs))
     for name in model.towers():
@@ -235,7 +239,8 @@ CHECKS: dict[str, Callable[..., None]] = {
 
 def inert_checks(model: Any) -> dict[str, str]:
     """The checks ``model``'s family declares its built-in cannot pass, with why
-    (`Family.inert_checks`); a name that is no built-in or no check is a `ContractError`."""
+    (`Family.inert_checks`); a name that is no built-in or no check is a `ContractError`.
+    """
     try:
         family = family_of(model)
     except UnknownModelError:  # a model class no registered family names

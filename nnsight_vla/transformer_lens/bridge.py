@@ -15,7 +15,8 @@ from ..towers import module_of
 
 def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``module``'s structure that shares every parameter and buffer: a bridge wraps
-    its modules in place, so it gets this copy and the user's model stays untouched."""
+    its modules in place, so it gets this copy and the user's model stays untouched.
+    """
     memo = {id(t): t for t in [*module.parameters(), *module.buffers()]}
     return copy.deepcopy(module, memo)
 

@@ -19,7 +19,8 @@ from .sae import TOWER_KEY, _sae_lens, load_sae, sae_site
 def activation_rows(model: Any, observations: Any, site: Site, *, calls: Any = "prefill",
                     positions: Any = "all", progress: bool = False, **options: Any) -> torch.Tensor:
     """The site's activations on each observation's prediction (`collect`, one observation at a
-    time, so sequences of different lengths mix), as rows ``[n, width]`` (float32, CPU)."""
+    time, so sequences of different lengths mix), as rows ``[n, width]`` (float32, CPU).
+    """
     site = Site.of(site)
     single = not isinstance(observations, Sequence) or isinstance(observations, str)
     items = [observations] if single else list(observations)

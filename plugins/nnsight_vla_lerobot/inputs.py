@@ -15,7 +15,8 @@ STATE_KEY = "observation.state"
 
 def from_lerobot(batch: Mapping[str, Any]) -> list[Observation]:
     """Observations from a lerobot observation dict (``observation.images.<camera>`` as
-    ``(C, H, W)`` or ``(B, C, H, W)`` float tensors in [0, 1], ``observation.state``, ``task``)."""
+    ``(C, H, W)`` or ``(B, C, H, W)`` float tensors in [0, 1], ``observation.state``, ``task``).
+    """
     cameras = {k[len(IMAGE_PREFIX):]: v for k, v in batch.items() if k.startswith(IMAGE_PREFIX)}
     if not cameras or "task" not in batch:
         raise InputError(
@@ -39,7 +40,8 @@ def from_lerobot(batch: Mapping[str, Any]) -> list[Observation]:
 def from_libero(raw: Mapping[str, Any]) -> list[Observation]:
     """Observations from a raw LIBERO environment observation (``pixels`` per camera,
     ``robot_state``) plus its ``task``, through lerobot's own conversion: images rotated by
-    180 degrees, state = end-effector position, axis-angle and gripper joints (8-D)."""
+    180 degrees, state = end-effector position, axis-angle and gripper joints (8-D).
+    """
     from lerobot.envs.utils import preprocess_observation
     from lerobot.processor.env_processor import LiberoProcessorStep
 

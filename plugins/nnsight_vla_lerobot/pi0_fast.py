@@ -51,7 +51,8 @@ PI0_FAST = PolicyKind(
 def tiny_text_tokenizer() -> Any:
     """Gemma's special-token layout and "|" (FAST's terminator) over English words, padded with
     reserved pieces to PaliGemma's 257,152 ids (built once per process, ~6 s). Like Gemma's, it
-    adds no dummy prefix: "|" is one piece, "Action: " is ``Action, :, ▁``."""
+    adds no dummy prefix: "|" is one piece, "Action: " is ``Action, :, ▁``.
+    """
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "|"]
     named = dict(bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>", dummy_prefix=False)
     words = len(build_word_tokenizer(specials, **named))
@@ -68,7 +69,8 @@ def _with_special_tokens(tokenizer: Any, add_bos_token: bool, add_eos_token: boo
 
 class _AsAsked(sizing.Given):
     """The text tokenizer, standing in for PaliGemma's wherever lerobot loads it by name; its
-    FAST steps ask for ``add_bos_token=False, add_eos_token=True`` (a sequence ends "| EOS")."""
+    FAST steps ask for ``add_bos_token=False, add_eos_token=True`` (a sequence ends "| EOS").
+    """
 
     def from_pretrained(self, *args: Any, add_bos_token: bool | None = None, add_eos_token: bool | None = None,
                         **kwargs: Any) -> Any:
@@ -81,7 +83,8 @@ def tiny_action_tokenizer(time_horizon: int = 10, action_dim: int = 7, seed: int
     """A FAST tokenizer (DCT, rounding, byte-level BPE; lerobot's own implementation) fitted on
     smooth synthetic chunks, random walks of ``time_horizon`` steps in ``action_dim``
     dimensions, and once on each chunk the tiny policy is taught (`fast_task`), as FAST
-    tokenizers are fitted on a data set's actions: each of those encodes to two tokens."""
+    tokenizers are fitted on a data set's actions: each of those encodes to two tokens.
+    """
     from lerobot.policies.molmoact2.molmoact2_hf_model.action_tokenizer import UniversalActionProcessor
 
     rng = np.random.default_rng(seed)
@@ -122,7 +125,8 @@ class Pi0Fast(LeRobotVLA):
 
     def action_calls(self, tower: str) -> range | None:
         """Every forward of the VLM emits a token: the prefill the first, each decoding step the
-        next (at most ``max_decoding_steps``; greedy decoding stops early at the "|" terminator)."""
+        next (at most ``max_decoding_steps``; greedy decoding stops early at the "|" terminator).
+        """
         return range(self.policy_config.max_decoding_steps) if tower == "vlm" else None
 
     def _resize(self, sizes: Any) -> dict[str, Any]:
@@ -143,7 +147,7 @@ class Pi0Fast(LeRobotVLA):
                                                 UniversalActionProcessor.from_pretrained_local, "FAST tokenizer")
 
     def _local_parts(self) -> contextlib.AbstractContextManager:
-        """lerobot's policy and processors fetch both tokenizers by name: they get ours."""
+        """Lerobot's policy and processors fetch both tokenizers by name: they get ours."""
         stack = contextlib.ExitStack()
         given = {"AutoProcessor": sizing.Given(self.action_tokenizer), "AutoTokenizer": _AsAsked(self._tokenizer)}
         stack.enter_context(sizing.replaced(modeling_pi0_fast, given))
@@ -152,7 +156,8 @@ class Pi0Fast(LeRobotVLA):
 
     def _load_weights(self) -> torch.nn.Module:
         """A checkpoint's weights; the built-in's seeded weights fitted to `fast_task` (`fast_fit`),
-        in float32 (what the fit is keyed by), then cast as lerobot casts for the config's dtype."""
+        in float32 (what the fit is keyed by), then cast as lerobot casts for the config's dtype.
+        """
         if self.folder is not None:
             return super()._load_weights()
         dtype, self.policy_config.dtype = self.policy_config.dtype, "float32"
@@ -170,7 +175,8 @@ class Pi0Fast(LeRobotVLA):
 
     def fast_token_ids(self) -> range:
         """The PaliGemma ids of FAST tokens ``vocab_size - 1 - fast_skip_tokens - t``, t < the
-        FAST vocabulary's size."""
+        FAST vocabulary's size.
+        """
         last = self._tokenizer.vocab_size - 1 - self.policy_config.fast_skip_tokens
         return range(last - self.action_tokenizer.vocab_size + 1, last + 1)
 
@@ -219,7 +225,8 @@ class Pi0Fast(LeRobotVLA):
 
     def _fast_problems(self, tokens: torch.Tensor) -> list[str]:
         """Why each generated row is not a clean FAST sequence (ids outside the FAST range before
-        the "|" terminator, or no terminator), as lerobot's decoder would read it."""
+        the "|" terminator, or no terminator), as lerobot's decoder would read it.
+        """
         bar = self._tokenizer.convert_tokens_to_ids("|")
         prefix = set(self._tokenizer.encode("Action: ", add_special_tokens=False))
         fast, problems = self.fast_token_ids(), []

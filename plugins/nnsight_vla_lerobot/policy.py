@@ -64,7 +64,8 @@ class PrefixCache(DynamicCache):
     """A copy of a KV cache that no forward extends: each layer's ``update`` returns the
     cached keys and values followed by the new ones, as `DynamicCache` does, and keeps only
     the cached ones. The action expert reads the VLM's prefix this way at every denoising
-    step (lerobot gives each step a fresh clone), so bridge inputs holding it can be reused."""
+    step (lerobot gives each step a fresh clone), so bridge inputs holding it can be reused.
+    """
 
     @classmethod
     def of(cls, cache: Any) -> PrefixCache:
@@ -131,12 +132,14 @@ class LeRobotVLA(VLA):
 
     def _configure_parts(self) -> None:
         """Read or build what the kind needs besides its config and text tokenizer (a family
-        hook: Pi0-FAST's action tokenizer)."""
+        hook: Pi0-FAST's action tokenizer).
+        """
 
     def _read_part(self, subfolder: str, hub_name: str, reader: Any, what: str) -> Any:
         """A part the checkpoint keeps in ``subfolder`` (written by `_save`), else ``hub_name``
         (the Hub or its cache), read by ``reader`` (a class with ``from_pretrained``, or a
-        function of the source); neither readable: a `CheckpointError` saying how to save it."""
+        function of the source); neither readable: a `CheckpointError` saying how to save it.
+        """
         local = self.folder / subfolder
         source = str(local) if local.is_dir() else hub_name
         read = getattr(reader, "from_pretrained", reader)
@@ -152,7 +155,8 @@ class LeRobotVLA(VLA):
 
     def _local_parts(self) -> contextlib.AbstractContextManager:
         """A block in which lerobot's code that would fetch tokenizers or processors by name
-        gets this model's own (a family hook; none here)."""
+        gets this model's own (a family hook; none here).
+        """
         return contextlib.nullcontext()
 
     def _processors(self):
@@ -216,14 +220,15 @@ class LeRobotVLA(VLA):
     def _resize(self, sizes: Mapping) -> Mapping[str, Any]:
         """The attributes of the kind's modeling module that build the policy at ``sizes``
         (the tiny sizes, or a checkpoint's ``nnsight_vla.json``) instead of lerobot's own;
-        other code in the process keeps lerobot's sizes (a family hook; none here)."""
+        other code in the process keeps lerobot's sizes (a family hook; none here).
+        """
         raise CheckpointError(
             f"sizes were given for lerobot policy type {self.kind.type!r}, which {type(self).__name__} "
             f"cannot resize; remove the checkpoint's {SIZES_FILE} or give {type(self).__name__} a `_resize`."
         )
 
     def _remap_keys(self, policy: torch.nn.Module, tensors: dict) -> dict:
-        """lerobot's key fixes on loading a checkpoint's tensors (a family hook; none here)."""
+        """Lerobot's key fixes on loading a checkpoint's tensors (a family hook; none here)."""
         return tensors
 
     def _build(self) -> torch.nn.Module:
@@ -279,7 +284,8 @@ class LeRobotVLA(VLA):
 
     def trace(self, *inputs: Any, fn: Any = None, **kwargs: Any):
         """An nnsight trace of the inference path (``predict_action``); lerobot's training
-        ``forward`` needs actions and is reached with ``fn=model._module.forward``."""
+        ``forward`` needs actions and is reached with ``fn=model._module.forward``.
+        """
         return super().trace(*inputs, fn=fn or self._predict_action, **kwargs)
 
     def scan(self, *inputs: Any, fn: Any = None, **kwargs: Any):
@@ -327,7 +333,8 @@ class LeRobotVLA(VLA):
         """The keyword arguments the part's tower gets in the first forward of a seed-0
         prediction, read in a trace (``inputs_embeds`` becomes the bridge's ``input``; None
         values and ``use_cache`` are left out). A KV cache comes as a `PrefixCache`, so the
-        same inputs serve any number of runs."""
+        same inputs serve any number of runs.
+        """
         tower = self.get(self.layout.tower(self._bridge_spec(part).tower).root)
         with self.trace(observations, seed=0) as tracer:
             args, kwargs = tower.inputs
@@ -344,7 +351,8 @@ class LeRobotVLA(VLA):
     def bridge_tokens(self, part: str, observations: list[Observation]) -> Any:
         """The VLM prefix as ids: placeholders for the image patches, then the instruction's
         ids; runs on other ids of this length get the prefix-LM mask and positions lerobot
-        builds (images always valid, the instruction's pad ids masked)."""
+        builds (images always valid, the instruction's pad ids masked).
+        """
         from lerobot.policies.common.vla_utils import make_att_2d_masks, prepare_attention_masks_4d
 
         from nnsight_vla.family import TokenPrompt
@@ -376,8 +384,9 @@ class LeRobotVLA(VLA):
     # -- saving ----------------------------------------------------------------------
 
     def _save(self, folder: Path, **options: Any) -> None:
-        """lerobot's own layout (config.json, model.safetensors, processor files), plus the
-        tokenizer files and, for resized policies, ``nnsight_vla.json`` with the sizes."""
+        """Lerobot's own layout (config.json, model.safetensors, processor files), plus the
+        tokenizer files and, for resized policies, ``nnsight_vla.json`` with the sizes.
+        """
         self._module.save_pretrained(folder)
         self.preprocessor.save_pretrained(folder)
         self.postprocessor.save_pretrained(folder)

@@ -37,7 +37,8 @@ def replaced(module: ModuleType, replacements: Mapping[str, Any]) -> Iterator[No
 
 class Given:
     """Stands in for a transformers ``Auto*`` class inside `replaced`: ``from_pretrained``
-    returns ``value`` (a deep copy of it with ``fresh``, for values the caller may change)."""
+    returns ``value`` (a deep copy of it with ``fresh``, for values the caller may change).
+    """
 
     def __init__(self, value: Any, fresh: bool = False):
         self.value, self.fresh = value, fresh
@@ -49,7 +50,8 @@ class Given:
 @contextlib.contextmanager
 def local_tokenizer(kind: PolicyKind, tokenizer: Any) -> Iterator[None]:
     """Within the block, ``kind``'s processor factory uses ``tokenizer`` instead of
-    fetching its tokenizer by name from the Hub."""
+    fetching its tokenizer by name from the Hub.
+    """
     with _lock:
         step = functools.partial(kind.processing.TokenizerProcessorStep, tokenizer=tokenizer)
         with replaced(kind.processing, {"TokenizerProcessorStep": step}):

@@ -81,7 +81,8 @@ def tiny_tokenizer() -> Any:
 
 def tiny_vlm_config(tokenizer: Any) -> Any:
     """A 4-layer SmolVLM (Llama text model, 64 wide, 4 heads of 16 over 2 KV heads; one SigLIP
-    layer on 64-px images in 16-px patches, pixel-shuffled by 2: 4 tokens per camera)."""
+    layer on 64-px images in 16-px patches, pixel-shuffled by 2: 4 tokens per camera).
+    """
     from transformers import SmolVLMConfig
 
     vocab = len(tokenizer)
@@ -131,14 +132,15 @@ class SmolVLA(LeRobotVLA):
         self.vlm_config = self._read_part(VLM_DIR, config.vlm_model_name, AutoConfig, "VLM config")
 
     def _local_parts(self) -> contextlib.AbstractContextManager:
-        """lerobot builds SmolVLM from its config and processor fetched by name; it reads only the
-        processor's tokenizer (the image token ids): both come from this model."""
+        """Lerobot builds SmolVLM from its config and processor fetched by name; it reads only the
+        processor's tokenizer (the image token ids): both come from this model.
+        """
         processor = SimpleNamespace(tokenizer=self._tokenizer)
         given = {"AutoConfig": sizing.Given(self.vlm_config, fresh=True), "AutoProcessor": sizing.Given(processor)}
         return sizing.replaced(smolvlm_with_expert, given)
 
     def _chunk(self, batch: dict[str, Any], seed: int | None, num_steps: int | None) -> torch.Tensor:
-        """lerobot reads the number of denoising steps from the config: it is set for this call."""
+        """Lerobot reads the number of denoising steps from the config: it is set for this call."""
         config = self._module.model.config
         default = config.num_steps
         config.num_steps = num_steps or default

@@ -42,7 +42,8 @@ class PiGemmaNormBridge(RMSNormalizationBridge):
     and ``x / rms``, before the weight or the modulation; ``hook_gate`` (adaptive norms only)
     the gate by which the layer scales what it adds to the residual stream after this norm's
     sublayer: ``resid_mid = resid_pre + ln1.hook_gate * attn_out``, and the same with ln2 and
-    ``mlp_out``."""
+    ``mlp_out``.
+    """
 
     def __init__(self, name: str, config: Any):
         super().__init__(name, config)
@@ -63,7 +64,8 @@ class PiGemmaNormBridge(RMSNormalizationBridge):
 
 class _PiGemma(Gemma1ArchitectureAdapter):
     """Gemma's bridges on one tower of the policy, at the paths of its layout; the bridge
-    runs the tower on the tower's own inputs (`LeRobotVLA.bridge_inputs`)."""
+    runs the tower on the tower's own inputs (`LeRobotVLA.bridge_inputs`).
+    """
 
     part: str  # a key of pi0.BRIDGES
 
@@ -96,7 +98,8 @@ class _PiGemma(Gemma1ArchitectureAdapter):
 
     def prepare_model(self, hf_model: torch.nn.Module) -> None:
         """The bridged module (the bridge's own copy) runs the tower and returns its
-        final-normed output, through the unembedding when the tower has one."""
+        final-normed output, through the unembedding when the tower has one.
+        """
         tower = hf_model.get_submodule(self.inside())
         unembed = self.component_mapping.get("unembed")
 
@@ -118,6 +121,7 @@ class PiGemmaVLM(_PiGemma):
 
 class PiGemmaExpert(_PiGemma):
     """The action expert (no vocabulary): the bridge returns its final-normed output, what
-    ``action_out_proj`` reads (the velocity is that of the last ``chunk_size`` positions)."""
+    ``action_out_proj`` reads (the velocity is that of the last ``chunk_size`` positions).
+    """
 
     part = "expert"

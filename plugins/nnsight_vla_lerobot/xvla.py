@@ -89,7 +89,8 @@ XVLA_KIND = PolicyKind(
 
 def _feature_side(vision: Any, pixels: int) -> int:
     """Positions along one side of Florence-2's last feature map for an image side of
-    ``pixels``: each DaViT stage's patch convolution in turn."""
+    ``pixels``: each DaViT stage's patch convolution in turn.
+    """
     for size, stride, padding in zip(vision.patch_size, vision.patch_stride, vision.patch_padding):
         pixels = (pixels + 2 * padding - size) // stride + 1
     return pixels
@@ -98,7 +99,8 @@ def _feature_side(vision: Any, pixels: int) -> int:
 @functools.lru_cache(maxsize=1)
 def tiny_text_tokenizer() -> Any:
     """BART's special-token layout (``<s>, <pad>, </s>, <unk>``) over English words, padded
-    with reserved pieces to the tiny vocabulary's `VOCAB` ids."""
+    with reserved pieces to the tiny vocabulary's `VOCAB` ids.
+    """
     args = (["<s>", "<pad>", "</s>", "<unk>"],)
     names = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"}
     return build_word_tokenizer(*args, **names, n_reserved=VOCAB - len(build_word_tokenizer(*args, **names)))
@@ -106,7 +108,8 @@ def tiny_text_tokenizer() -> Any:
 
 class _InitialNoise(TorchFunctionMode):
     """Within the block (this thread only), the first ``torch.randn`` of ``noise``'s shape
-    returns ``noise`` on the requested device and dtype; everything else runs unchanged."""
+    returns ``noise`` on the requested device and dtype; everything else runs unchanged.
+    """
 
     def __init__(self, noise: torch.Tensor):
         super().__init__()
@@ -148,8 +151,9 @@ class XVLA(LeRobotVLA):
         return range(self.policy_config.num_denoising_steps) if tower == "expert" else None
 
     def _remap_keys(self, policy: Any, tensors: dict) -> dict:
-        """lerobot's loading: old vendored-Florence keys renamed, and the one tied embedding
-        restored under whichever of its two names safetensors dropped on saving."""
+        """Lerobot's loading: old vendored-Florence keys renamed, and the one tied embedding
+        restored under whichever of its two names safetensors dropped on saving.
+        """
         if modeling_xvla._is_vendored_florence_state_dict(tensors):
             tensors = modeling_xvla._remap_vendored_florence_state_dict(tensors)
         for have, alias in ((SHARED, EMBED), (EMBED, SHARED)):
@@ -183,7 +187,8 @@ class XVLA(LeRobotVLA):
 
     def _fits(self, height: int, width: int) -> bool:
         """Whether an image fits the vision tower's learned 2-D positions and the BART encoder's
-        positions, which hold the first camera's image tokens and the instruction's."""
+        positions, which hold the first camera's image tokens and the instruction's.
+        """
         vision, text = self.vision_config, self._module.model.vlm.config.text_config
         rows, columns = _feature_side(vision, height), _feature_side(vision, width)
         tokens = rows * columns + self.policy_config.tokenizer_max_length
@@ -196,7 +201,8 @@ class XVLA(LeRobotVLA):
 
     def noise(self, batch_size: int, seed: int | None) -> torch.Tensor | None:
         """The initial flow-matching noise ``[batch, chunk_size, model action dims]``: the same
-        ``seed`` gives every row the same noise."""
+        ``seed`` gives every row the same noise.
+        """
         if seed is None:
             return None
         dims = (1, self.policy_config.chunk_size, self._module.model.dim_action)
@@ -204,8 +210,9 @@ class XVLA(LeRobotVLA):
         return row.expand(batch_size, -1, -1).contiguous()
 
     def _chunk(self, batch: dict[str, Any], seed: int | None, num_steps: int | None) -> torch.Tensor:
-        """lerobot's ``predict_action_chunk`` with ``num_steps`` denoising steps, its noise
-        (drawn inside ``generate_actions``) replaced by the seeded `noise`."""
+        """Lerobot's ``predict_action_chunk`` with ``num_steps`` denoising steps, its noise
+        (drawn inside ``generate_actions``) replaced by the seeded `noise`.
+        """
         policy = self._module
         inputs = policy._build_model_inputs(batch)
         steps = num_steps or policy.config.num_denoising_steps

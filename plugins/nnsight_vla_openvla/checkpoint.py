@@ -45,7 +45,8 @@ def save_checkpoint(
     max_shard_bytes: int = 5 * 2**30,
 ) -> None:
     """Write the official layout: config.json (with norm_stats), preprocessor_config.json,
-    tokenizer files and safetensors weights (shards plus an index when there are several)."""
+    tokenizer files and safetensors weights (shards plus an index when there are several).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     raw = config.to_dict()
     dtype = str(next(net.parameters()).dtype).removeprefix("torch.")

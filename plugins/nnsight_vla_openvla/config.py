@@ -74,12 +74,14 @@ class OpenVLAConfig:
     @property
     def official_action_end(self) -> int:
         """Where the official OpenVLA code ends the action ids: ``text_config.vocab_size -
-        pad_to_multiple_of`` (``OpenVLAForActionPrediction.vocab_size``; 32064 - 64 for Llama-2)."""
+        pad_to_multiple_of`` (``OpenVLAForActionPrediction.vocab_size``; 32064 - 64 for Llama-2).
+        """
         return self.llama.vocab_size - self.pad_to_multiple_of
 
     def check_action_ids(self, where: str) -> None:
         """Refuse a config on which this project and the official code would decode different
-        actions: `tokenizer_vocab_size` must equal `official_action_end`."""
+        actions: `tokenizer_vocab_size` must equal `official_action_end`.
+        """
         ours, official = self.tokenizer_vocab_size, self.official_action_end
         if ours == official:
             return

@@ -22,7 +22,8 @@ from .processor import OpenVLAProcessor
 
 def check_observation(obs: Observation) -> None:
     """OpenVLA sees one camera, named ``"image"`` (what ``Observation(image, instruction)`` names
-    an unnamed image), and no proprio state; anything else is refused rather than dropped."""
+    an unnamed image), and no proprio state; anything else is refused rather than dropped.
+    """
     if list(obs.images) != [CAMERA]:
         raise InputError(
             f"OpenVLA takes exactly one camera, {CAMERA!r} (the third-person view it was trained "
@@ -173,7 +174,8 @@ class OpenVLA(VLA):
 
     def action_bins(self, actions: np.ndarray, unnorm_key: str | None = None) -> np.ndarray:
         """The bin (0..254) whose centre ``predict_action`` would decode for each dimension of
-        un-normalised ``actions``: normalised with the statistics' q01/q99, then binned."""
+        un-normalised ``actions``: normalised with the statistics' q01/q99, then binned.
+        """
         _, stats = select_stats(self.config.norm_stats, unnorm_key or self.unnorm_key)
         ids = self.action_tokenizer.encode(normalize(np.asarray(actions, np.float64), stats))
         return np.clip(self.action_tokenizer.vocab_size - ids - 1, 0, self.action_tokenizer.n_bins - 2)
@@ -268,7 +270,8 @@ class OpenVLA(VLA):
 
     def action_calls(self, tower: str) -> range | None:
         """One greedy decoding forward per action dimension, after the phrase of a verbalising
-        model (none for OpenVLA: the first is the prefill)."""
+        model (none for OpenVLA: the first is the prefill).
+        """
         n = self._words_before_actions
         return range(n, n + self.spec.action_dim) if tower == "vlm" else None
 

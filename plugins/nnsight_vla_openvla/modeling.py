@@ -66,7 +66,8 @@ class Projector(nn.Module):
 
 class OpenVLANet(nn.Module):
     """The whole network; its state-dict keys are the official checkpoint's (timm's
-    LayerScale ``gamma`` is stored as ``scale_factor`` in the checkpoint)."""
+    LayerScale ``gamma`` is stored as ``scale_factor`` in the checkpoint).
+    """
 
     def __init__(self, config: OpenVLAConfig):
         super().__init__()
@@ -91,7 +92,8 @@ class OpenVLANet(nn.Module):
         position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What the language model is fed: token embeddings with the image patches after BOS,
-        the attention mask over them and the position ids."""
+        the attention mask over them and the position ids.
+        """
         embeds = self.language_model.get_input_embeddings()(input_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -115,7 +117,8 @@ class OpenVLANet(nn.Module):
         logits_to_keep: int = 0,
     ) -> CausalLMOutputWithPast:
         """Run the model. With ``pixel_values``, ``attention_mask`` covers ``input_ids`` and
-        the patches go after BOS; without, it covers the cached sequence plus ``input_ids``."""
+        the patches go after BOS; without, it covers the cached sequence plus ``input_ids``.
+        """
         embeds, attention_mask, position_ids = self.embed(input_ids, attention_mask, pixel_values, position_ids)
         return self.language_model(
             inputs_embeds=embeds,

@@ -26,7 +26,8 @@ def prompt(instruction: str) -> str:
 def libero_frame(frame: np.ndarray, size: int, jpeg: bool = True) -> np.ndarray:
     """OpenVLA's LIBERO image steps before the processor, bit-exact with its TensorFlow code:
     rotate 180 degrees, JPEG round trip (the RLDS training images were JPEG; ``jpeg=False``
-    skips it), antialiased Lanczos3 resize to ``size``, rounded to uint8."""
+    skips it), antialiased Lanczos3 resize to ``size``, rounded to uint8.
+    """
     image = np.ascontiguousarray(frame[::-1, ::-1])
     if jpeg:
         image = jpeg_round_trip(image)

@@ -24,7 +24,8 @@ def _build(n_reserved: int) -> PreTrainedTokenizerFast:
 def n_reserved() -> int:
     """Reserved pieces: 256 or more, so that the base vocabulary (everything before ``<PAD>``) is a
     multiple of 64, as Llama-2's 32000 is. Then the official OpenVLA rule for where action ids
-    end, ``text_config.vocab_size - pad_to_multiple_of``, gives the base vocabulary size."""
+    end, ``text_config.vocab_size - pad_to_multiple_of``, gives the base vocabulary size.
+    """
     base = _build(N_RESERVED).pad_token_id
     return N_RESERVED + (-base) % PAD_TO_MULTIPLE_OF
 

@@ -1,6 +1,7 @@
 """``mini-openvla``: smol-openvla taught to follow motion instructions: its configuration and the
 shipped adapters (``data/``), merged strictly on load. How it is built and studied lives in the
-``nnsight_vla_mini`` package (``experiments/``)."""
+``nnsight_vla_mini`` package (``experiments/``).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def adapter_file(name: str) -> Path:
 
 def configure(config, name: str):
     """smol-openvla's config for the built-in ``name``: the motion statistics, and two words said
-    before the actions for a verbalising recipe."""
+    before the actions for a verbalising recipe.
+    """
     config.norm_stats = STATS
     verbalises = BUILTINS[name] == "verbalise"
     config.phrases = Phrases(2, tuple(" ".join(p) for p in instructions.phrases())) if verbalises else None

@@ -19,7 +19,8 @@ def target_paths(layers: range, prefix: str = "language_model.model.layers") -> 
 def merged(weights: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor], paths: list[str],
            where: str) -> dict[str, torch.Tensor]:
     """``weights`` with ``W + B @ A`` (float32, from the bf16 adapters) at every path; the
-    adapters must hold exactly ``paths``' A and B, of matching shapes, or `CheckpointError`."""
+    adapters must hold exactly ``paths``' A and B, of matching shapes, or `CheckpointError`.
+    """
     expected = {f"{p}.lora_{m}" for p in paths for m in "AB"}
     missing, extra = sorted(expected - set(adapters)), sorted(set(adapters) - expected)
     if missing or extra:
