@@ -40,8 +40,9 @@ def digest(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def read(path: Path, key: str) -> tuple[dict[str, torch.Tensor] | None, dict[str, str], str]:
-    """The tensors and metadata in ``path`` if it was written for ``key`` and is intact, else
-    ``(None, {}, why not)``; the last item is ``"usable"`` on success.
+    """The tensors and metadata in ``path`` if it was written for ``key`` and is intact.
+
+    Else ``(None, {}, why not)``; the last item is ``"usable"`` on success.
     """
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
@@ -79,8 +80,9 @@ def write(path: Path, key: str, tensors: Mapping[str, torch.Tensor], metadata: M
 
 @contextlib.contextmanager
 def locked(path: Path, what: str) -> Iterator[bool]:
-    """Hold ``path``'s lock file; yields whether its folder can be written at all (if not, a
-    warning says that ``what`` is made in memory only).
+    """Hold ``path``'s lock file; yields whether its folder can be written at all.
+
+    If it cannot, a warning says that ``what`` is made in memory only.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

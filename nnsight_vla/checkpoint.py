@@ -32,7 +32,8 @@ def dtype_name(dtype: torch.dtype | None) -> str | None:
 
 
 def parse_device(device: str | int | torch.device | None) -> str | None:
-    """``"cuda"`` / ``torch.device("cuda", 0)`` / ``0`` → a device string this machine has;
+    """``"cuda"`` / ``torch.device("cuda", 0)`` / ``0`` → a device string this machine has.
+
     None stays None. Checked before anything is read, so a typo costs no loading time.
 
     Example:
@@ -192,9 +193,10 @@ def check_state_dict(
 
 
 def rebuild_buffers(module: torch.nn.Module) -> None:
-    """Recompute the non-persistent buffers that checkpoints do not carry, for the
-    transformers modules that have them: rotary frequencies, SigLIP position ids and
-    Gemma's embedding scale. Anything else left on the meta device is reported by
+    """Recompute the non-persistent buffers that checkpoints do not carry.
+
+    Covers the transformers modules that have them: rotary frequencies, SigLIP position ids
+    and Gemma's embedding scale. Anything else left on the meta device is reported by
     `load_module`.
     """
     for sub in module.modules():

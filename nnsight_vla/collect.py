@@ -20,6 +20,7 @@ class _Done(Exception):
 
 def wanted_calls(model: Any, site: Site, calls: Any) -> list[int] | None:
     """The forward calls of ``site`` that ``calls`` selects (`Calls`; None: all of them).
+
     ``None`` (`collect`'s default) is ``"actions"`` on a tower that emits actions and
     ``"all"`` on one that does not (Pi0's VLM, run once).
     """
@@ -41,9 +42,10 @@ def _check_positions(positions: Any, batch_size: int) -> Positions:
 
 
 class Recorder:
-    """Records, per prediction, the activations at ``sites`` over the chosen forward calls and
-    positions (the arguments of `collect`, checked once). Used by `collect` and by collectors
-    that must see the prediction's own output too (rollouts).
+    """Records, per prediction, the activations at ``sites`` over chosen calls and positions.
+
+    The calls and positions are the arguments of `collect`, checked once. Used by `collect`
+    and by collectors that must see the prediction's own output too (rollouts).
 
     Example:
         >>> recorder = Recorder(model, [Site(1, "resid")], calls="actions", positions="last")
@@ -67,9 +69,10 @@ class Recorder:
 
     @contextlib.contextmanager
     def prediction(self, stop_early: bool = False) -> Iterator[SimpleNamespace]:
-        """Hooks for one prediction; on exit ``got.activations`` holds, per site, a float32 CPU
-        tensor ``[batch, calls, positions, width]``. ``stop_early``: end the prediction (silently)
-        once every wanted call was seen.
+        """Hooks for one prediction; on exit ``got.activations`` holds each site's activations.
+
+        Per site, a float32 CPU tensor ``[batch, calls, positions, width]``. ``stop_early``:
+        end the prediction (silently) once every wanted call was seen.
         """
         seen: dict[Site, dict[int, torch.Tensor]] = {site: {} for site in self.sites}
         ran = dict.fromkeys(self.sites, 0)
@@ -149,8 +152,10 @@ def collect(
 
 
 class Activations(dict):
-    """`collect`'s result: per site, its activations. A site is found as it was asked for too:
-    ``acts[Site(-1)]`` and ``acts["vlm.-1.resid"]`` are ``acts[Site(n_layers - 1)]``.
+    """`collect`'s result: per site, its activations.
+
+    A site is found as it was asked for too: ``acts[Site(-1)]`` and ``acts["vlm.-1.resid"]``
+    are ``acts[Site(n_layers - 1)]``.
 
     Example:
         >>> acts = collect(model, obs, [Site(-1, "resid")])
@@ -182,6 +187,7 @@ class Activations(dict):
         return dict.__contains__(self, self._key(key))
 
     def get(self, key: Any, default: Any = None) -> Any:
+        """``self[key]``, finding a site as ``[]`` does (negative layer, text), else ``default``."""
         return self[key] if key in self else default
 
 

@@ -1,6 +1,8 @@
-"""Edits: interventions bound to sites of one model, composed per site, and run inside an nnsight
-trace (`apply`), around plain calls as torch hooks (`steer`) or on TransformerLens hook points
-(`hook_points`). It stands below the model class, which steers through it.
+"""Edits: interventions bound to sites of one model and composed per site.
+
+Edits run inside an nnsight trace (`apply`), around plain calls as torch hooks (`steer`) or on
+TransformerLens hook points (`hook_points`). This module stands below the model class, which
+steers through it.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ def as_list(interventions: Any) -> list:
 
 
 def bind(model: Any, interventions: Any) -> list[tuple[Site, EditFn]]:
-    """The interventions' edits composed per site (edits on one site keep list order),
-    sites in execution order: towers in `towers()` order, then layers, FFN activations
-    before the layer's output. Sites that cannot change the actions warn.
+    """The interventions' edits composed per site, sites in execution order.
+
+    Edits on one site keep list order. Execution order: towers in `towers()` order, then
+    layers, FFN activations before the layer's output. Sites that cannot change the actions
+    warn.
     """
     order = {name: i for i, name in enumerate(model.towers())}
     by_site: dict[Site, list[EditFn]] = defaultdict(list)
@@ -116,10 +120,12 @@ def steer(model: Any, interventions: Any) -> Iterator[Any]:
 
 
 def hook_points(model: Any, interventions: Any, tower: str = "vlm") -> list[tuple[str, Callable]]:
-    """The interventions on ``tower`` as ``(hook_name, fn(activation, hook))`` pairs on
-    TransformerLens's hook points (each site's `Site.hook_name`) of that tower's bridge
-    (``to_bridge(model, part=tower)``); interventions on other towers are left out. Each fn
-    counts its own calls (one per forward), so make fresh pairs for every prediction.
+    """The interventions on ``tower`` as ``(hook_name, fn(activation, hook))`` pairs.
+
+    The pairs are on TransformerLens's hook points (each site's `Site.hook_name`) of that
+    tower's bridge (``to_bridge(model, part=tower)``); interventions on other towers are left
+    out. Each fn counts its own calls (one per forward), so make fresh pairs for every
+    prediction.
 
     Example:
         >>> bridge.run_with_hooks(tokens, fwd_hooks=hook_points(model, Clamp(cluster, 6.0)))

@@ -60,8 +60,10 @@ class InertOutputEnvoy(InertEnvoy):
 
 
 class IdleEnvoy(Envoy):
-    """A module that never runs in a prediction (Pi0's ``lm_head``): reading or writing its
-    values in a trace raises `InputError` instead of nnsight's out-of-order error.
+    """A module that never runs in a prediction (Pi0's ``lm_head``).
+
+    Reading or writing its values in a trace raises `InputError` instead of nnsight's
+    out-of-order error.
     """
 
     def _refuse(self, name: str) -> None:

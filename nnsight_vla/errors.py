@@ -20,8 +20,10 @@ class UnknownModelError(VLAError, LookupError):
 
 
 class StandardNameError(VLAError, AttributeError):
-    """A name the model does not have: a family's rename map that misses a standard module
-    name, or a fact asked of the model that lives on ``model.spec``.
+    """A name the model does not have.
+
+    Either a family's rename map that misses a standard module name, or a fact asked of the
+    model that lives on ``model.spec``.
     """
 
 

@@ -1,7 +1,9 @@
-"""What a model family's author needs, in one module: the base class and its contract as data
-(`VLA`, `Layout`, `TowerLayout`, `BridgePart`, `ModelSpec`), registration (`Family`), checkpoint
-and cache helpers, observations' defaults, offline tokenizers for tiny built-ins, and the
-errors. Plugins import from here; users import from ``nnsight_vla``.
+"""What a model family's author needs, in one module.
+
+The base class and its contract as data (`VLA`, `Layout`, `TowerLayout`, `BridgePart`,
+`ModelSpec`), registration (`Family`), checkpoint and cache helpers, observations' defaults,
+offline tokenizers for tiny built-ins, and the errors. Plugins import from here; users import
+from ``nnsight_vla``.
 
 Example:
     >>> from nnsight_vla.family import VLA, Family, Layout, TowerLayout

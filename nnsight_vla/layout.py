@@ -109,8 +109,9 @@ class BridgePart:
 
 @dataclass(frozen=True)
 class TokenPrompt:
-    """One observation as token ids for a bridge (what a family's ``bridge_tokens`` returns):
-    the ids with placeholders where the image patches go, that slice, the patch embeddings,
+    """One observation as token ids for a bridge (what a family's ``bridge_tokens`` returns).
+
+    The ids with placeholders where the image patches go, that slice, the patch embeddings,
     and, for towers whose mask is not causal (Pi0's prefix-LM), ``forward_kwargs(ids)``: the
     attention mask and positions the policy would build for any ids of this length.
     """
@@ -165,17 +166,20 @@ class Layout:
         return {k: v for k, v in out.items() if k != v}
 
     def standard_names(self) -> set[str]:
+        """The standard names this layout binds: those of ``modules`` and of every tower."""
         return {*self.modules.values(), *(v for t in self.towers for v in t.rename().values())}
 
     def tower(self, name: str) -> TowerLayout:
+        """The tower called ``name``; raises `StandardNameError` if there is none."""
         for tower in self.towers:
             if tower.name == name:
                 return tower
         raise StandardNameError(f"the layout has no tower {name!r}; it has {[t.name for t in self.towers]}.")
 
     def resolved(self, module: torch.nn.Module, where: str = "the layout") -> Layout:
-        """This layout with every path checked against ``module`` and ``-1`` parts made
-        absolute; a path naming no module raises `StandardNameError` naming it.
+        """This layout with every path checked against ``module`` and ``-1`` parts made absolute.
+
+        A path naming no module raises `StandardNameError` naming it.
         """
         missing = sorted(set(STANDARD_NAMES) - self.standard_names())
         if missing:

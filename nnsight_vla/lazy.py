@@ -7,10 +7,11 @@ from typing import Any
 
 
 class LazyPackage(types.ModuleType):
-    """A package that exports a function under its own submodule's name (``nnsight_vla.collect``,
-    ``nnsight_vla.eval.evaluate``): importing that submodule would set the package's attribute
-    to the module, so the function is kept instead. The package lists its names in ``_EXPORTS``
-    (name -> submodule).
+    """A package that exports a function under its own submodule's name.
+
+    Examples are ``nnsight_vla.collect`` and ``nnsight_vla.eval.evaluate``: importing that
+    submodule would set the package's attribute to the module, so the function is kept instead.
+    The package lists its names in ``_EXPORTS`` (name -> submodule).
     """
 
     def __setattr__(self, name: str, value: Any) -> None:

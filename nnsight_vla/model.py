@@ -29,8 +29,10 @@ from .spec import ModelSpec
 from .towers import Tower, module_of
 
 def _linear_shape(envoy: Any, tied: bool = False) -> tuple[int, int] | None:
-    """``(in, out)`` of a Linear; with ``tied``, an embedding read as its tied unembedding
-    ``d_model -> vocab`` (X-VLA's BART encoder has no head of its own).
+    """``(in, out)`` of a Linear (or, with ``tied``, of an embedding); None otherwise.
+
+    With ``tied``, an embedding is read as its tied unembedding ``d_model -> vocab`` (X-VLA's
+    BART encoder has no head of its own).
     """
     module = module_of(envoy)
     if isinstance(module, torch.nn.Linear):
@@ -112,8 +114,9 @@ class VLA(Remotable):
             )
 
     def _bind_layout(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Check the layout against the built module and choose the envoy classes:
-        range-checked layer lists and the family's inert sites.
+        """Check the layout against the built module and choose the envoy classes.
+
+        The classes give range-checked layer lists and the family's inert sites.
         """
         self.layout = self.layout.resolved(module, f"{type(self).__name__}.layout")
         layout = self.layout
@@ -136,20 +139,25 @@ class VLA(Remotable):
         raise InputError(f"{type(self).__name__} has no TransformerLens parts yet.")
 
     def bridge_tokens(self, part: str, observations: list[Observation]) -> Any:
-        """One observation as a `nnsight_vla.transformer_lens.TokenPrompt` (token ids with
-        placeholders where the image patches go), for TransformerLens functions that take tokens.
+        """One observation as a `nnsight_vla.transformer_lens.TokenPrompt`, for TransformerLens.
+
+        The prompt holds token ids with placeholders where the image patches go, for
+        TransformerLens functions that take tokens.
         """
         raise InputError(f"{type(self).__name__} has no token inputs for TransformerLens yet.")
 
     def action_bins(self, actions: np.ndarray) -> np.ndarray:
-        """Per dimension of un-normalised ``actions`` ``[rows, dims]``, the bin index of the
-        family's action tokens (families that decode actions from tokens).
+        """Per dimension of ``actions`` ``[rows, dims]``, the bin index of the action tokens.
+
+        ``actions`` are un-normalised; the bins are those of the family's action tokens
+        (families that decode actions from tokens).
         """
         raise InputError(f"{type(self).__name__} has no action-token bins (OpenVLA has; see `capabilities`).")
 
     def schedule(self) -> Schedule:
-        """Each tower's forwards in one prediction with default options: how many, which emit
-        actions, whether they are denoising steps (`nnsight_vla.schedule`).
+        """Each tower's forwards in one prediction with default options (`nnsight_vla.schedule`).
+
+        For each tower: how many, which emit actions, whether they are denoising steps.
         """
         return Schedule({
             name: TowerSchedule(name, self.calls_per_prediction(name), self.layout.tower(name).runs,
@@ -189,9 +197,10 @@ class VLA(Remotable):
         raise NotImplementedError
 
     def action_calls(self, tower: str) -> range | None:
-        """The forward calls of ``tower`` in one prediction whose last position emits an
-        action (a token or a velocity), or None when none does. OpenVLA: the 7 decoding
-        forwards of the VLM; Pi0: the expert's denoising steps.
+        """The forward calls of ``tower`` in one prediction whose last position emits an action.
+
+        The action is a token or a velocity; None when no call emits one. OpenVLA: the 7
+        decoding forwards of the VLM; Pi0: the expert's denoising steps.
         """
         return None
 
@@ -208,8 +217,9 @@ class VLA(Remotable):
         return self._bind_layout(self._place(self._load_weights()).eval())
 
     def _place(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Move loaded weights to the requested device and dtype (families with
-        mixed-precision rules override this).
+        """Move loaded weights to the requested device and dtype.
+
+        Families with mixed-precision rules override this.
         """
         return module.to(device=self.target_device or "cpu", dtype=self.torch_dtype)
 
@@ -263,9 +273,11 @@ class VLA(Remotable):
         return lock if lock is not None else self.__dict__.setdefault("_run_lock", threading.RLock())
 
     def trace(self, *args: Any, tracer_cls: type | None = None, **kwargs: Any):
+        """nnsight's `trace`; its default tracer holds the model's lock (`exclusive`) as it runs."""
         return super().trace(*args, tracer_cls=tracer_cls or _TakingTurns, **kwargs)
 
     def interleave(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """nnsight's `interleave`, run while holding the model's lock (`exclusive`)."""
         with self.exclusive():
             return super().interleave(fn, *args, **kwargs)
 
@@ -309,10 +321,11 @@ class VLA(Remotable):
         return self._tokenizer
 
     def steer(self, interventions: Any):
-        """A context manager applying interventions (`nnsight_vla.Clamp`, `Scale`, `Ablate`,
-        `Add`, or a list of them, in order) to every prediction made inside it in this thread
-        (or asyncio task), as torch hooks that are removed when it ends, exceptions included.
-        ``None`` steers nothing.
+        """A context manager that applies ``interventions`` to every prediction made inside it.
+
+        The interventions (`nnsight_vla.Clamp`, `Scale`, `Ablate`, `Add`, or a list of them, in
+        order) act on predictions made in this thread (or asyncio task), as torch hooks that
+        are removed when it ends, exceptions included. ``None`` steers nothing.
 
         Example:
             >>> with model.steer(nnsight_vla.Clamp(cluster, 6.0)):
@@ -365,8 +378,9 @@ class VLA(Remotable):
     # -- load-time checks ---------------------------------------------------------
 
     def _check_layout(self) -> None:
-        """Every standard name is bound; the spec's sizes agree with the modules (sizes the
-        family left out are read from them).
+        """Every standard name is bound; the spec's sizes agree with the modules.
+
+        Sizes the family left out of the spec are read from the modules.
         """
         where = f"{type(self).__name__}.layout"
         for name in sorted(self.layout.standard_names() | set(STANDARD_NAMES)):

@@ -138,8 +138,9 @@ class NeuronCluster:
         return [layer * d_mlp + neuron for layer, neuron in self.pairs]
 
     def describe(self) -> str:
-        """The `description` (when set), then one line per neuron: ``[layer.neuron] ▁up, Up, ...``
-        (tokens as `display` shows them).
+        """The `description` (when set), then one line per neuron.
+
+        Each line reads ``[layer.neuron] ▁up, Up, ...`` (tokens as `display` shows them).
         """
         rows = self.tokens or [()] * len(self)
         lines = [

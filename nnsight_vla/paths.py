@@ -32,8 +32,9 @@ def _existing_ancestor(path: Path, what: str) -> Path:
 
 
 def _check_folder_writable(folder: Path, path: Path, what: str) -> None:
-    """Write and remove a temporary file in ``folder``: permission bits prove nothing to root
-    (``os.access`` says yes to any path), a write does.
+    """Write and remove a temporary file in ``folder``, to prove it is writable.
+
+    Permission bits prove nothing to root (``os.access`` says yes to any path), a write does.
     """
     try:
         with tempfile.TemporaryFile(dir=folder, prefix=".write-check-"):
@@ -84,9 +85,10 @@ def writable_file(path: str | os.PathLike, what: str = "output file") -> Path:
 
 
 def probed_folder(out_dir: str | os.PathLike, create: bool = True, what: str = "output folder") -> Path:
-    """``out_dir`` as a folder this process can write (created when ``create``), checked by
-    writing a probe file; else `InputError` naming it. Without ``create`` nothing is left on
-    disk (`writable_folder`).
+    """``out_dir`` as a folder this process can write (created when ``create``).
+
+    Checked by writing a probe file; else `InputError` naming it. Without ``create`` nothing
+    is left on disk (`writable_folder`).
     """
     folder = writable_folder(out_dir, what)
     if create:

@@ -26,9 +26,10 @@ def is_hub_id(source: str) -> bool:
 
 
 def _cached_commit(source: str, revision: str | None, weights: bool) -> Path | None:
-    """The local Hub cache's snapshot of a pinned commit (a commit never changes, so it needs
-    no lookup; huggingface_hub would ask the Hub even offline): None when it is not there,
-    or, for ``weights``, holds no weight file.
+    """The local Hub cache's snapshot of a pinned commit, or None.
+
+    A commit never changes, so it needs no lookup; huggingface_hub would ask the Hub even
+    offline. None when it is not there, or, for ``weights``, holds no weight file.
     """
     if revision is None or not _COMMIT.fullmatch(revision):
         return None
@@ -57,9 +58,10 @@ def _snapshot(source: str, revision: str | None, what: str, **patterns: Any) -> 
 
 
 def config_folder(source: str | Path, revision: str | None = None) -> tuple[Path, str | None]:
-    """A checkpoint's folder with everything but its weights (config, tokenizer, processor
-    and statistics files), and the revision it holds: ``source`` itself when it is a folder,
-    else a Hub snapshot pinned to its commit.
+    """A checkpoint's folder with everything but its weights, and the revision it holds.
+
+    The folder has the config, tokenizer, processor and statistics files: ``source`` itself
+    when it is a folder, else a Hub snapshot pinned to its commit.
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -95,9 +97,11 @@ QUANTIZATIONS = ("int8", "int4", "nf4", "fp4", "8bit", "4bit", "gptq", "awq")
 
 
 def _placement(kwargs: dict) -> Any:
-    """The one device a model goes to, from NDIF's ``device=<GPU index>`` or
-    ``device_map="balanced"`` with ``max_memory={gpu: bytes}`` (our models are not split
-    across devices: the GPU with the most memory allowed takes it all).
+    """The one device a model goes to, from NDIF's placement arguments.
+
+    These are ``device=<GPU index>`` or ``device_map="balanced"`` with
+    ``max_memory={gpu: bytes}`` (our models are not split across devices: the GPU with the
+    most memory allowed takes it all).
     """
     device, device_map = kwargs.pop("device", None), kwargs.pop("device_map", None)
     max_memory = kwargs.pop("max_memory", None)
@@ -117,10 +121,12 @@ def _placement(kwargs: dict) -> Any:
 
 
 def from_model_key(cls: type, key: str, **kwargs: Any) -> Any:
-    """Rebuild a model of ``cls`` from its key, taking what NDIF or a worker passes:
-    ``dispatch``, ``dtype`` (a torch dtype or its name), ``device`` (a name or a GPU index) or
-    ``device_map`` with ``max_memory``, and ``trust_remote_code`` (ignored: no remote code runs).
-    Without ``dispatch`` the model is built on the meta device and no weight file is read.
+    """Rebuild a model of ``cls`` from its key, taking what NDIF or a worker passes.
+
+    That is ``dispatch``, ``dtype`` (a torch dtype or its name), ``device`` (a name or a GPU
+    index) or ``device_map`` with ``max_memory``, and ``trust_remote_code`` (ignored: no remote
+    code runs). Without ``dispatch`` the model is built on the meta device and no weight file
+    is read.
     """
     try:
         fields = json.loads(key)

@@ -1,6 +1,7 @@
-"""When in a prediction: each tower's forwards (`Schedule`), and the one vocabulary that
-reading (`collect`) and writing (interventions) use to choose forwards (`Calls`) and the
-positions inside each (`Positions`).
+"""When in a prediction: each tower's forwards, and the one vocabulary for choosing them.
+
+`Schedule` holds each tower's forwards. Reading (`collect`) and writing (interventions) use
+one vocabulary to choose forwards (`Calls`) and the positions inside each (`Positions`).
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ POSITION_WORDS = ("all", "last", "mean", "prefix")
 
 
 def _chosen(value: Any, what: str, words: tuple[str, ...], negative: bool) -> str | tuple[int, ...]:
-    """One of ``words``, or indices (one int or a non-empty sequence; negative ones only if
-    ``negative``), as given.
+    """One of ``words``, or indices, as given.
+
+    Indices are one int or a non-empty sequence; negative ones only if ``negative``.
     """
     slices = " or a slice" if what in ("calls", "steps") else ""
     wrong = InputError(f"{what}={value!r} is not one of {list(words)}, an index, a list of indices{slices}.")
@@ -84,9 +86,11 @@ def _chosen(value: Any, what: str, words: tuple[str, ...], negative: bool) -> st
 
 @dataclass(frozen=True)
 class Calls:
-    """Which forwards of a tower, spelled ``"all"``, ``"prefill"`` (the first), ``"actions"``
-    (those emitting actions, per the family), an index, a list of indices or a slice
-    (``slice(0, 3)``; an open end needs a tower whose forwards are counted).
+    """Which forwards of a tower: a word, an index, a list of indices or a slice.
+
+    The words are ``"all"``, ``"prefill"`` (the first) and ``"actions"`` (those emitting
+    actions, per the family). A slice is written ``slice(0, 3)``; an open end needs a tower
+    whose forwards are counted.
 
     Example:
         >>> Calls.parse("actions").resolve(model.schedule()["vlm"])     # OpenVLA: (0, ..., 6)
@@ -139,10 +143,11 @@ class Calls:
 
 @dataclass(frozen=True)
 class Positions:
-    """Which positions of each forward's sequence, spelled ``"all"``, ``"last"``, ``"mean"``
-    (their average: reading only), ``"prefix"`` (the observation's tokens: every position
-    of the prefill, none of later forwards), an index or a list of indices (negative ones
-    count from the end).
+    """Which positions of each forward's sequence: a word, an index or a list of indices.
+
+    The words are ``"all"``, ``"last"``, ``"mean"`` (their average: reading only) and
+    ``"prefix"`` (the observation's tokens: every position of the prefill, none of later
+    forwards). Negative indices count from the end.
     """
 
     chosen: str | tuple[int, ...]
@@ -154,8 +159,10 @@ class Positions:
 
     @property
     def from_the_end(self) -> bool:
-        """Whether every chosen position counts from the sequence's end, so padded batch rows
-        (padded at the start) agree: ``"last"`` or negative indices.
+        """Whether every chosen position counts from the end: ``"last"`` or negative indices.
+
+        Positions counted from the sequence's end agree across padded batch rows (padded at
+        the start).
         """
         return self.chosen == "last" or (isinstance(self.chosen, tuple) and all(p < 0 for p in self.chosen))
 

@@ -18,8 +18,10 @@ from .towers import Tower, get_tower, hidden, module_of, with_hidden
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of activation: which part of a decoder layer, its input or output, its width
-    and its TransformerLens hook name.
+    """One kind of activation in a decoder layer.
+
+    It names which part of the layer, its input or output, its width and its TransformerLens
+    hook name.
     """
 
     component: str  # a `TowerLayout.block` key, or "" for the decoder layer itself
@@ -81,9 +83,10 @@ class Site:
 
     @classmethod
     def parse(cls, text: str, tower: str = "vlm") -> Site:
-        """A site from its one text form, ``str(site)``: ``"vlm.20.resid"``, or ``"20.resid"``
-        on ``tower``; or from a TransformerLens hook name on ``tower``'s bridge
-        (``"blocks.20.mlp.hook_post"`` -> ``Site(20, "neurons")``).
+        """A site from its one text form, ``str(site)``, or from a TransformerLens hook name.
+
+        The text form is ``"vlm.20.resid"``, or ``"20.resid"`` on ``tower``. A hook name is
+        read on ``tower``'s bridge (``"blocks.20.mlp.hook_post"`` -> ``Site(20, "neurons")``).
         """
         text = str(text)
         if text.startswith("blocks.") or "hook_" in text:  # a TransformerLens hook name
@@ -112,6 +115,7 @@ class Site:
     # -- binding to a model --------------------------------------------------------
 
     def tower_of(self, model: Any) -> Tower:
+        """The `Tower` of ``model`` that this site is on (`get_tower`)."""
         return get_tower(model, self.tower)
 
     def on(self, model: Any) -> Site:
@@ -119,12 +123,14 @@ class Site:
         return Site(self.tower_of(model).layer(self.layer), self.kind, self.tower)
 
     def width(self, model: Any) -> int:
+        """The activation's width on ``model``: its tower's ``d_mlp`` or ``d_model``, per kind."""
         return getattr(self.tower_of(model), KINDS[self.kind].width)
 
     @property
     def hook_name(self) -> str:
-        """The TransformerLens hook point of this site, on the bridge of its tower
-        (``to_bridge(model, part=site.tower)``).
+        """The TransformerLens hook point of this site, on the bridge of its tower.
+
+        That bridge is ``to_bridge(model, part=site.tower)``.
         """
         return KINDS[self.kind].hook_name.format(layer=self.layer)
 
@@ -144,9 +150,11 @@ class Site:
         return envoy
 
     def _at_next_norm(self, tower: Tower) -> bool:
-        """Whether this is a residual site of a tower whose layers never run as modules
-        (`TowerLayout.layers_run`): it is then the input of the next layer's input norm (the
-        final norm after the last layer), the very tensor that layer adds to, written in place.
+        """Whether this is a residual site of a tower whose layers never run as modules.
+
+        See `TowerLayout.layers_run`. The site is then the input of the next layer's input norm
+        (the final norm after the last layer), the very tensor that layer adds to, written in
+        place.
         """
         return self.kind == "resid" and not tower.layout.layers_run
 
@@ -155,6 +163,7 @@ class Site:
         return "in place" if self._at_next_norm(self.tower_of(model)) else KINDS[self.kind].io
 
     def module(self, model: Any) -> torch.nn.Module:
+        """The torch module behind this site's `envoy` on ``model``."""
         return module_of(self.envoy(model))
 
     def runs_at(self, model: Any, step: int) -> bool:
@@ -164,9 +173,10 @@ class Site:
     # -- inside an nnsight trace ---------------------------------------------------
 
     def read(self, model: Any) -> Any:
-        """The activation inside a trace: ``[batch, positions, width]``. Where layers never run
-        as modules, their family adds into its parts' outputs in place (SmolVLA's residual
-        sums): an output is then read as a copy taken when it is made.
+        """The activation inside a trace: ``[batch, positions, width]``.
+
+        Where layers never run as modules, their family adds into its parts' outputs in place
+        (SmolVLA's residual sums): an output is then read as a copy taken when it is made.
         """
         envoy = self.envoy(model)
         if self.io(model) != "output":
@@ -213,8 +223,10 @@ class Site:
 
 
 def expand_sites(spec: str, model: Any) -> list[Site]:
-    """The range form ``KIND[@TOWER]:LAYERS`` as sites of ``model``; LAYERS is ``all``, ``3``,
-    ``0,4,8``, ``0-11`` or a mix (``resid@expert:0-2,5``); TOWER defaults to ``"vlm"``.
+    """The range form ``KIND[@TOWER]:LAYERS`` as sites of ``model``.
+
+    LAYERS is ``all``, ``3``, ``0,4,8``, ``0-11`` or a mix (``resid@expert:0-2,5``); TOWER
+    defaults to ``"vlm"``.
     """
     head, _, layers = str(spec).partition(":")
     kind, _, tower = head.partition("@")
@@ -235,7 +247,8 @@ def expand_sites(spec: str, model: Any) -> list[Site]:
 
 @contextlib.contextmanager
 def hooked(model: Any, fns: Mapping[Site, SiteFn]) -> Iterator[None]:
-    """Within the block, every forward of each site runs ``fn(activation, call)``, where
+    """Within the block, every forward of each site runs ``fn(activation, call)``.
+
     ``call`` counts that site's forwards from the start of each prediction (the layout's
     ``run_start`` module); ``fn`` returns a replacement or None. The hooks act only on
     forwards run in the context that opened the block (its thread or asyncio task), so one

@@ -13,8 +13,9 @@ from .layout import TowerLayout
 
 
 def module_of(envoy: Any) -> torch.nn.Module:
-    """The torch module behind an nnsight envoy (a module passes through): the core's one
-    reach into nnsight's private ``_module``.
+    """The torch module behind an nnsight envoy (a module passes through).
+
+    This is the core's one reach into nnsight's private ``_module``.
     """
     return getattr(envoy, "_module", envoy)
 
@@ -70,6 +71,7 @@ class Tower:
 
     @property
     def n_layers(self) -> int:
+        """How many decoder layers the tower has."""
         return len(self.layers)
 
     def _down_proj(self, layer: int = 0) -> torch.nn.Module:
@@ -77,14 +79,17 @@ class Tower:
 
     @property
     def d_model(self) -> int:
+        """The residual stream's width: ``out_features`` of layer 0's FFN output projection."""
         return self._down_proj().out_features
 
     @property
     def d_mlp(self) -> int:
+        """The FFN width: ``in_features`` of layer 0's FFN output projection."""
         return self._down_proj().in_features
 
     @property
     def vocab_size(self) -> int | None:
+        """The rows of the unembedding, or None when the tower has none."""
         return None if self.unembed is None else module_of(self.unembed).weight.shape[0]
 
     def layer(self, index: Any) -> int:

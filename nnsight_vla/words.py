@@ -36,8 +36,10 @@ def _pieces() -> list[str]:
 
 
 def _reserved(n: int) -> list[str]:
-    """``n`` characters English text never produces: CJK ideographs from U+4E00 on, then
-    (past U+9FFF, for vocabularies as large as PaliGemma's) the supplementary planes.
+    """``n`` characters English text never produces.
+
+    They are CJK ideographs from U+4E00 on, then (past U+9FFF, for vocabularies as large as
+    PaliGemma's) the supplementary planes.
     """
     first = [chr(0x4E00 + i) for i in range(min(n, 0xA000 - 0x4E00))]
     return first + [chr(0x20000 + i) for i in range(n - len(first))]

@@ -98,6 +98,10 @@ def test_the_rank_p_value_counts_controls_at_least_as_far_on_the_tested_side():
     assert nan_kept_out.n == 9 and nan_kept_out.p == pytest.approx(0.1)
     alike = z_against(0.0, [0.0] * 99)  # a steering that moves nothing, among controls that move nothing
     assert alike.p == 1.0 and alike.p_min == pytest.approx(0.01) and alike.z == 0.0
+    # the same shift everywhere, whose mean rounds one ulp away (mini-openvla's up_40@8 cell)
+    same = 0.996078431372549
+    assert np.mean([same] * 99) != same and z_against(same, [same] * 99).z == 0.0
+    assert z_against(same + 1e-3, [same] * 99).z == np.inf
     mean_, std, z, *_ = z_against(0.4, [0.0, 0.1, -0.1])
     assert (mean_, z) == pytest.approx((0.0, 4.0)) and std == pytest.approx(0.1)
     with pytest.raises(InputError, match="side=2 must be 1"):

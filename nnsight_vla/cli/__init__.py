@@ -1,5 +1,7 @@
-"""The ``nnsight-vla`` command line: the parser and the exit codes here, each command's work in
-its module (`lens`, `evaluation`, `probes`; ``serve`` is `nnsight_vla.ndif.stack`).
+"""The ``nnsight-vla`` command line: the parser and the exit codes.
+
+Each command's work is in its module (`lens`, `evaluation`, `probes`; ``serve`` is
+`nnsight_vla.ndif.stack`).
 
 Importing this package loads nothing heavy (argparse and the error types): torch,
 transformers and nnsight are imported by the commands themselves, so ``--help`` is instant.
@@ -57,6 +59,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``nnsight-vla ARGV`` (``sys.argv[1:]`` when None); return the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # its own parser: it passes a command after `--` through
         from ..ndif.stack import main as serve

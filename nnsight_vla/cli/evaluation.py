@@ -12,8 +12,10 @@ from ..errors import InputError, VLAError
 
 
 def _steer_spec(spec: str) -> tuple[str, str, float]:
-    """``FILE.yaml[#NAME]:VALUE`` -> (file, cluster name, value), checked against the file
-    (it exists, and holds that cluster, or exactly one without #NAME) without a model.
+    """``FILE.yaml[#NAME]:VALUE`` -> (file, cluster name, value), checked against the file.
+
+    The check needs no model: the file exists, and holds that cluster, or exactly one without
+    #NAME.
     """
     import yaml
 
@@ -121,6 +123,11 @@ def eval_config(args) -> Any:
 
 
 def eval_command(args) -> None:
+    """Run the ``eval`` command: evaluate the model, then print the summary.
+
+    Options, ``--steer`` and ``--out`` are checked before the model loads; Ctrl-C exits with 130
+    and says how to ``--resume``. Raises `VLAError` when every episode of a condition failed.
+    """
     config = eval_config(args)
     if args.steer is not None:
         _steer_spec(args.steer)  # a missing file or cluster fails before the model loads

@@ -1,6 +1,8 @@
-"""`EvalConfig`: one evaluation's settings, whole. `evaluate`, the Ray workers and the
-records take it as one object; ``run.json`` holds its `record`; the command line's
-``eval`` options are built from its fields (one set of defaults). Imports nothing heavy.
+"""`EvalConfig`: one evaluation's settings, whole.
+
+`evaluate`, the Ray workers and the records take it as one object; ``run.json`` holds its
+`record`; the command line's ``eval`` options are built from its fields (one set of defaults).
+Imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ CONTROLS = ("baseline", "random")
 
 
 def _setting(default: Any, help: str, *, flag: str | None = None) -> Any:
-    """A field with its command-line help and flag (None: ``--`` and its name with dashes;
-    ``""``: no flag).
+    """A field with its command-line help and flag.
+
+    ``flag`` None means ``--`` and its name with dashes; ``""`` means no flag.
     """
     return field(default=default, metadata={"help": help, "flag": flag})
 
@@ -95,9 +98,10 @@ class EvalConfig:
         return self.workers > 1 or self.ray_address is not None
 
     def record(self, conditions: list[str], model: dict, steering: Any) -> dict:
-        """``run.json``'s settings: every field that can change the results (the step limit
-        resolved; the conditions stand for the controls), the model's identity and the
-        steering's description. A resumed run must match them.
+        """``run.json``'s settings; a resumed run must match them.
+
+        They are every field that can change the results (the step limit resolved; the
+        conditions stand for the controls), the model's identity and the steering's description.
         """
         return {"suite": self.suite, "tasks": list(self.tasks), "episodes": self.episodes,
                 "conditions": list(conditions), "seed": self.seed, "max_steps": self.steps,

@@ -47,8 +47,10 @@ class EvalResult:
 
     @property
     def per_task(self) -> dict:
-        """The per-task table of `summary`: ``{condition: {task: {"success_rate", "episodes",
-        "failed"}}}`` (``summary[condition]["task<t>_success_rate"]`` and so on).
+        """The per-task table of `summary`.
+
+        ``{condition: {task: {"success_rate", "episodes", "failed"}}}``, from
+        ``summary[condition]["task<t>_success_rate"]`` and so on.
         """
         table: dict = {}
         for condition, values in self.summary.items():
@@ -207,9 +209,11 @@ def evaluate(
 
 def steering_conditions(model: Any, steering: Any, controls: tuple, random_controls: int,
                         seed: int) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """The conditions ``{name: steering or None}`` of an evaluation, and each steering's
-    random controls ``{steering name: [control names]}``. Every steering is bound to the
-    model first, so one that does not fit fails now, not mid-evaluation.
+    """The conditions of an evaluation, and each steering's random controls.
+
+    The conditions are ``{name: steering or None}``, the controls ``{steering name: [control
+    names]}``. Every steering is bound to the model first, so one that does not fit fails now,
+    not mid-evaluation.
     """
     conditions: dict[str, Any] = {"baseline": None} if "baseline" in controls else {}
     if steering is None:
@@ -240,10 +244,11 @@ def steering_conditions(model: Any, steering: Any, controls: tuple, random_contr
 def _run_serial(model, jobs, conditions, config: EvalConfig,
                 on_result: Callable[[Job, Episode], None] | None = None, done: int = 0,
                 collector: Any = None, simulators: Simulators | None = None) -> dict:
-    """Run ``jobs`` one after another in this process; ``on_result(job, episode)`` as each
-    finishes. The bar counts episodes (``done`` of them finished before: a resumed run) and
-    shows the step inside the current one. ``simulators``: the caller's, left open; else
-    this run's own, closed at the end.
+    """Run ``jobs`` one after another in this process; ``on_result(job, episode)`` as each finishes.
+
+    The bar counts episodes (``done`` of them finished before: a resumed run) and shows the
+    step inside the current one. ``simulators``: the caller's, left open; else this run's own,
+    closed at the end.
     """
     runs, own, steps = {}, simulators is None, config.steps
     simulators = Simulators(config.suite, config.camera_size) if own else simulators
@@ -289,8 +294,10 @@ def check_simulators(simulators: Any, suite: str, camera_size: int, parallel: bo
 
 
 def check_episodes(suite: str, tasks: Sequence[int], episodes: int) -> None:
-    """Refuse more episodes than a task has init states (50 in LIBERO): a repeated init state
-    would be an exact copy of an earlier episode in this deterministic simulator.
+    """Refuse more episodes than a task has init states (50 in LIBERO).
+
+    A repeated init state would be an exact copy of an earlier episode in this deterministic
+    simulator.
     """
     for task in tasks:
         count = init_state_count(suite, task)

@@ -21,9 +21,11 @@ TASKS_PER_SUITE = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10,
 
 
 class _MacroAdvice(logging.Filter):
-    """Drops robosuite's import-time advice to write a private macro file. That file
-    (``robosuite/macros_private.py``) only overrides the defaults in ``robosuite/macros.py``,
-    which are the settings LIBERO is written for, so the three lines are harmless noise here.
+    """Drops robosuite's import-time advice to write a private macro file.
+
+    That file (``robosuite/macros_private.py``) only overrides the defaults in
+    ``robosuite/macros.py``, which are the settings LIBERO is written for, so the three lines
+    are harmless noise here.
     """
 
     ADVICE = ("No private macro file found", "It is recommended to use a private macro file", "To setup, run: python ")
@@ -84,8 +86,9 @@ def ensure_libero(config_dir: str | Path | None = None) -> Path:
 
 
 def _renders(backend: str) -> bool:
-    """Whether MuJoCo can make an offscreen context with ``backend``, tried in a subprocess
-    (MuJoCo fixes its backend at the first import, so this process must not try).
+    """Whether MuJoCo can make an offscreen context with ``backend``, tried in a subprocess.
+
+    MuJoCo fixes its backend at the first import, so this process must not try.
     """
     code = f"from mujoco.{backend} import GLContext\nc = GLContext(8, 8)\nc.make_current()\nc.free()"
     env = {**os.environ, "MUJOCO_GL": backend, "PYOPENGL_PLATFORM": backend}
@@ -96,8 +99,10 @@ def _renders(backend: str) -> bool:
 
 
 def choose_renderer() -> str:
-    """The headless OpenGL backend for MuJoCo: ``$MUJOCO_GL`` when set, else EGL when it works
-    here, else OSMesa (software); `SetupError` when neither does. Sets ``MUJOCO_GL``.
+    """The headless OpenGL backend for MuJoCo; sets ``MUJOCO_GL``.
+
+    ``$MUJOCO_GL`` when set, else EGL when it works here, else OSMesa (software); `SetupError`
+    when neither does.
     """
     if os.environ.get("MUJOCO_GL"):
         return os.environ["MUJOCO_GL"]
@@ -159,8 +164,10 @@ def make_env(suite: str, task: int, camera_size: int = 256) -> Any:
 
 
 def reset_to(env: Any, episode: int, seed: int = 7) -> tuple[dict, dict]:
-    """Reset to init state ``episode`` of the task (lerobot's env otherwise moves to the next
-    init state on every reset), so every condition of a paired comparison starts alike.
+    """Reset to init state ``episode`` of the task.
+
+    Every condition of a paired comparison then starts alike; lerobot's env otherwise moves to
+    the next init state on every reset.
     """
     inner = env.envs[0]
     inner.init_state_id = episode
@@ -168,7 +175,9 @@ def reset_to(env: Any, episode: int, seed: int = 7) -> tuple[dict, dict]:
 
 
 def env_actions(model: Any, raw: dict, task: str, seed: int = 0) -> Any:
-    """The ``[k, action_dim]`` actions the model's family executes for one raw LIBERO
-    observation (``pixels``, ``robot_state``), by its ``"libero"`` recipe.
+    """The ``[k, action_dim]`` actions the model's family executes for one raw LIBERO observation.
+
+    The observation has ``pixels`` and ``robot_state``; the actions come from the family's
+    ``"libero"`` recipe.
     """
     return family_of(model).recipe("libero")(model, raw, task, seed)

@@ -50,6 +50,7 @@ class EpisodeMetrics:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """The metrics as a plain dict (``extra`` and the per-axis dicts nested)."""
         return asdict(self)
 
 

@@ -44,8 +44,10 @@ class Worker:
                 )
 
     def run(self, job: Job, steering: Any, collector: Any = None):
-        """One job, as a serial run does it (`rollout.run_job`): an episode that raises comes
-        back as a failed `Episode`; the worker writes only the collector's shard.
+        """One job, as a serial run does it (`rollout.run_job`).
+
+        An episode that raises comes back as a failed `Episode`; the worker writes only the
+        collector's shard.
         """
         from .rollout import run_job
 
@@ -54,6 +56,7 @@ class Worker:
         return job, run, (start, time.time(), os.getpid())
 
     def close(self) -> None:
+        """Close the worker's simulators."""
         self.simulators.close()
 
 
@@ -71,16 +74,16 @@ def run_parallel(
     done: int = 0,
     collector: Any = None,
 ) -> dict[Job, Episode]:
-    """Run ``jobs`` on ``config.workers`` (>= 1) Ray actors; returns the episodes by job, as a
-    serial run would.
+    """Run ``jobs`` on ``config.workers`` (>= 1) Ray actors; returns the episodes by job.
 
-    A local Ray is started when none is running and ``config.ray_address`` is None; otherwise
-    Ray connects to that address (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``), whose nodes
-    need nnsight-vla and LIBERO installed. ``worker_options`` go to ``actor.options`` (e.g.
-    ``{"num_gpus": 1}``); workers put the model on the caller's device. Workers use
-    ``threads`` CPU threads for torch (default: as many as the caller, which keeps results
-    bit-identical to a serial run). When ``timings`` is a list, each episode's wall-clock
-    ``(start, end, worker pid)`` is appended to it.
+    The episodes are those a serial run would return. A local Ray is started when none is
+    running and ``config.ray_address`` is None; otherwise Ray connects to that address
+    (``"auto"``, ``"HOST:PORT"`` or ``"ray://HOST:PORT"``), whose nodes need nnsight-vla and
+    LIBERO installed. ``worker_options`` go to ``actor.options`` (e.g. ``{"num_gpus": 1}``);
+    workers put the model on the caller's device. Workers use ``threads`` CPU threads for torch
+    (default: as many as the caller, which keeps results bit-identical to a serial run). When
+    ``timings`` is a list, each episode's wall-clock ``(start, end, worker pid)`` is appended
+    to it.
 
     ``on_result(job, episode)`` is called in this process as each episode arrives (the
     workers write nothing; `evaluate` appends the row to ``episodes.jsonl`` there). An
@@ -177,8 +180,9 @@ def _cause(error: Exception) -> Exception:
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Raise `InputError` when nothing listens at a ``[ray://]HOST:PORT`` address (Ray itself
-    would retry for minutes); ``"auto"`` and other forms are left to Ray.
+    """Raise `InputError` when nothing listens at a ``[ray://]HOST:PORT`` address.
+
+    Ray itself would retry for minutes. ``"auto"`` and other forms are left to Ray.
     """
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():

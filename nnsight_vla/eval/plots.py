@@ -20,7 +20,9 @@ def is_control(condition: str) -> bool:
 
 
 def condition_color(condition: str, named: list[str] | None = None) -> str:
-    """Gray for the baseline, blue for random controls, red for ``steered``, and a colour per
+    """The plot colour of a condition.
+
+    Gray for the baseline, blue for random controls, red for ``steered``, and a colour per
     named steering (by its place in ``named``).
     """
     if is_control(condition):
@@ -36,6 +38,7 @@ def _named(rows: list[dict]) -> list[str]:
 
 def plot_trajectories(rows: list[dict], path: Path) -> Path:
     """Top (x-y) and side (x-z) views of every episode's end-effector path, by condition.
+
     A failed episode's path (up to the failure) is dashed and ends in a cross.
     """
     fig = figure(10, 4.5)
@@ -70,8 +73,9 @@ def plot_trajectories(rows: list[dict], path: Path) -> Path:
 
 
 def plot_metrics(rows: list[dict], path: Path, seed: int = 0) -> Path:
-    """Mean of each metric per condition, with 95% bootstrap intervals of the mean (failed
-    episodes count in success, as failures, and are left out of the other metrics).
+    """Mean of each metric per condition, with 95% bootstrap intervals of the mean.
+
+    Failed episodes count in success, as failures, and are left out of the other metrics.
     """
     conditions = list(dict.fromkeys(r["condition"] for r in rows))
     rng = np.random.default_rng(seed)

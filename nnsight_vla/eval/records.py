@@ -35,8 +35,10 @@ Job = tuple[int, int, str]
 
 
 def fingerprint(module: torch.nn.Module) -> list[tuple[str, float, float]]:
-    """Per tensor (name, sum, sum of squares) in float64: two copies of a model agree only if
-    their weights do (an in-memory edit, such as a planted neuron, changes it).
+    """Per tensor (name, sum, sum of squares) in float64.
+
+    Two copies of a model agree only if their weights do (an in-memory edit, such as a planted
+    neuron, changes it).
     """
     out = []
     for name, tensor in module.state_dict().items():
@@ -67,9 +69,10 @@ def model_identity(model: Any) -> dict:
 
 
 def describe_steering(steering: Any) -> list | dict:
-    """A JSON description of the steering that tells two steerings apart: each intervention's
-    kind and settings, its clusters' neurons, and a hash of every array (directions); a dict
-    of named steerings is described name by name.
+    """A JSON description of the steering that tells two steerings apart.
+
+    It holds each intervention's kind and settings, its clusters' neurons, and a hash of every
+    array (directions); a dict of named steerings is described name by name.
     """
     if isinstance(steering, Mapping):
         return {str(name): describe_steering(value) for name, value in steering.items()}
@@ -107,6 +110,7 @@ def file_label(condition: str) -> str:
 
 
 def as_json(value: Any) -> Any:
+    """``value`` after a JSON round trip (tuples become lists, dict keys strings)."""
     return json.loads(json.dumps(value))
 
 
@@ -160,8 +164,9 @@ def open_run(folder: Path, settings: dict, weights: list, resume: bool, jobs: li
 
 
 def read_rows(path: Path, jobs: set[Job]) -> dict[Job, dict]:
-    """The rows of ``episodes.jsonl``; a last line cut short by an interruption is dropped
-    (its episode runs again).
+    """The rows of ``episodes.jsonl``, by job.
+
+    A last line cut short by an interruption is dropped (its episode runs again).
     """
     if not path.is_file():
         return {}
@@ -195,6 +200,7 @@ def read_rows(path: Path, jobs: set[Job]) -> dict[Job, dict]:
 
 
 def episode_row(suite: str, job: Job, run: Episode) -> dict:
+    """One finished job's ``episodes.jsonl`` row: its job, metrics, path, actions and error."""
     task, episode, condition = job
     row = {"suite": suite, "task": task, "episode": episode, "condition": condition,
            **run.metrics.to_dict(), "path": run.path.tolist(), "actions": run.actions.tolist(),
@@ -238,6 +244,7 @@ def replace_file(path: Path, text: str | bytes) -> None:
 
 
 def write_video(path: Path, frames: list) -> None:
+    """Write ``frames`` as a 20 fps video, whole or not at all (a temporary file, then a rename)."""
     import imageio.v2 as imageio
 
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -248,6 +255,11 @@ def write_video(path: Path, frames: list) -> None:
 
 
 def rows_csv(rows: list[dict]) -> str:
+    """Episode rows as CSV text, one column per value.
+
+    Path, actions and extra are left out; the per-axis displacements and the error are spread
+    over columns such as ``axis_displacement_x`` and ``error_type``.
+    """
     flat = []
     for r in rows:
         row = {k: v for k, v in r.items() if k not in ("path", "actions", "extra", "error")}
@@ -265,8 +277,10 @@ def rows_csv(rows: list[dict]) -> str:
 
 
 def write_files(folder: Path, rows, summary, statistics) -> Path:
-    """The run's final files: ``episodes.jsonl`` rewritten in job order (whatever order the
-    episodes finished in), then the files computed from it.
+    """Write the run's final files; returns ``folder``.
+
+    ``episodes.jsonl`` is rewritten in job order (whatever order the episodes finished in),
+    then the files computed from it are written.
     """
     replace_file(folder / EPISODES, "".join(json.dumps(row) + "\n" for row in rows))
     replace_file(folder / "episodes.csv", rows_csv(rows))

@@ -35,6 +35,7 @@ class Episode:
 
     @property
     def failed(self) -> bool:
+        """Whether an exception stopped the episode (``error`` is set)."""
         return self.error is not None
 
 
@@ -112,8 +113,10 @@ def rollout(
 
 
 def describe_error(exc: BaseException) -> dict:
-    """``{"type", "message", "where"}`` of an exception: its class name, its message, and
-    the innermost frame that raised it as ``file.py:line in function``.
+    """``{"type", "message", "where"}`` of an exception.
+
+    That is its class name, its message, and the innermost frame that raised it as
+    ``file.py:line in function``.
     """
     frames = traceback.extract_tb(exc.__traceback__)
     where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
@@ -121,8 +124,9 @@ def describe_error(exc: BaseException) -> dict:
 
 
 def no_metrics() -> EpisodeMetrics:
-    """The metrics of an episode that failed before its first observation: not a success,
-    no steps, and no value (None) for every measure of motion.
+    """The metrics of an episode that failed before its first observation.
+
+    Not a success, no steps, and no value (None) for every measure of motion.
     """
     none = {a: None for a in AXES}
     return EpisodeMetrics(success=False, length=0, path_length=None, axis_displacement=dict(none),
@@ -131,9 +135,11 @@ def no_metrics() -> EpisodeMetrics:
 
 
 class Simulators:
-    """One LIBERO environment per task, built on first use. After a failed episode the task's
-    environment is closed and rebuilt for the next one, so a broken simulator cannot spoil
-    the episodes after it (every episode starts from `reset_to`, so this changes no result).
+    """One LIBERO environment per task, built on first use.
+
+    After a failed episode the task's environment is closed and rebuilt for the next one, so a
+    broken simulator cannot spoil the episodes after it (every episode starts from `reset_to`,
+    so this changes no result).
 
     `evaluate` makes its own and closes it at the end. Building a task's environment costs
     seconds on a CPU, so a caller running several evaluations can pass one that it closes
@@ -155,6 +161,7 @@ class Simulators:
         self.close()
 
     def get(self, task: int) -> Any:
+        """The environment of ``task``, built now if there is none; `SetupError` if that fails."""
         if task not in self.envs:
             try:
                 self.envs[task] = make_env(self.suite, task, self.camera_size)
@@ -168,6 +175,7 @@ class Simulators:
         return self.envs[task]
 
     def discard(self, task: int) -> None:
+        """Close and drop the environment of ``task``, if any (a failure to close is ignored)."""
         env = self.envs.pop(task, None)
         if env is not None:
             try:
@@ -176,6 +184,7 @@ class Simulators:
                 pass
 
     def close(self) -> None:
+        """Close and drop every environment."""
         for task in list(self.envs):
             self.discard(task)
 
@@ -189,10 +198,11 @@ def run_job(
     progress: Callable[[int], None] | None = None,
     collector: Any = None,
 ) -> Episode:
-    """One ``(task, episode, condition)`` job of an evaluation (its `EvalConfig`): the rollout,
-    in the task's simulator (rebuilt after a failure), and its collected activations written
-    (``collector``: a bound `nnsight_vla.probes.RolloutCollector`). Serial runs and Ray
-    workers both run jobs through here.
+    """Run one ``(task, episode, condition)`` job of an evaluation (its `EvalConfig`).
+
+    That is the rollout, in the task's simulator (rebuilt after a failure), and its collected
+    activations written (``collector``: a bound `nnsight_vla.probes.RolloutCollector`). Serial
+    runs and Ray workers both run jobs through here.
     """
     task, episode, _ = job
     rows = None if collector is None else collector.episode(model, job)

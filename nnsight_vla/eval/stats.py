@@ -34,6 +34,7 @@ class PairedComparison:
     effect_size: float
 
     def to_dict(self) -> dict:
+        """The comparison's fields as a plain dict."""
         return asdict(self)
 
 
@@ -83,9 +84,11 @@ def failed(row: dict) -> bool:
 
 
 def condition_means(rows: list[dict], conditions: list[str], tasks: list[int]) -> dict:
-    """Per condition: each metric's mean (success over every episode, failed ones as 0; the
-    others over the episodes that did not fail; None when none is left), ``episodes``,
-    ``failed``, and per task ``task<t>_success_rate``, ``task<t>_episodes``, ``task<t>_failed``.
+    """Per condition: each metric's mean, ``episodes``, ``failed``, and per-task counts.
+
+    Success is averaged over every episode, failed ones as 0; the other metrics over the
+    episodes that did not fail (None when none is left). Per task there are
+    ``task<t>_success_rate``, ``task<t>_episodes`` and ``task<t>_failed``.
     """
     out = {}
     for condition in conditions:
@@ -106,9 +109,10 @@ def condition_means(rows: list[dict], conditions: list[str], tasks: list[int]) -
 
 
 def paired_statistics(rows: list[dict], conditions: list[str]) -> dict:
-    """Paired comparisons with the baseline. Success uses every pair (a failed episode is a
-    failure); the other metrics leave out the pairs where either episode failed, and then
-    say how many (``failed_pairs_left_out``).
+    """Paired comparisons with the baseline.
+
+    Success uses every pair (a failed episode is a failure); the other metrics leave out the
+    pairs where either episode failed, and then say how many (``failed_pairs_left_out``).
     """
     if "baseline" not in conditions:
         return {}
@@ -138,9 +142,10 @@ def paired_statistics(rows: list[dict], conditions: list[str]) -> dict:
 
 def versus_random(rows: list[dict], groups: dict[str, list[str]],
                   sides: dict[str, dict[str, int]] | None = None) -> dict:
-    """Each steering's paired shift from the baseline against its random controls' shifts:
-    ``{steering: {metric: {"shift", "random_mean", "random_std", "z", "p", "p_min", "side",
-    "controls", "pairs"}}}``.
+    """Each steering's paired shift from the baseline against its random controls' shifts.
+
+    Returns ``{steering: {metric: {"shift", "random_mean", "random_std", "z", "p", "p_min",
+    "side", "controls", "pairs"}}}``.
 
     A shift is the mean of ``condition - baseline`` over the episodes where neither failed
     (success: over all); it is scored among the controls' shifts by `steering.z_against`: the

@@ -46,8 +46,10 @@ def token_labels(model: Any, n: int | None = None) -> list[str]:
 
 
 def _decode_each(tokenizer: Any, ids: list[int]) -> list[str]:
-    """``tokenizer.decode([i])`` for every id: in one batch through a fast tokenizer's backend
-    when decoding adds nothing to it (no clean-up of spaces), else through ``batch_decode``.
+    """``tokenizer.decode([i])`` for every id, in one batch.
+
+    Through a fast tokenizer's backend when decoding adds nothing to it (no clean-up of
+    spaces), else through ``batch_decode``.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):

@@ -170,8 +170,10 @@ def logit_lens(
 
 
 def read_out(model: Any, states: Any, norm: bool = True, tower: str | None = None) -> torch.Tensor:
-    """Residual states ``[..., d_model]`` (a tensor or array) through the tower's final norm
-    (``norm=True``) onto its vocabulary: float32 logits ``[..., vocab]`` on the CPU.
+    """Residual states ``[..., d_model]`` read out onto the tower's vocabulary.
+
+    The states (a tensor or array) pass through the tower's final norm (``norm=True``) and
+    its unembedding: float32 logits ``[..., vocab]`` on the CPU.
 
     Example:
         >>> read_out(model, residual).argmax(-1)   # the tokens each state reads as

@@ -87,10 +87,12 @@ class ValueVectorTable:
 
     @property
     def d_mlp(self) -> int:
+        """Neurons per layer (the second axis of ``ids``)."""
         return self.ids.shape[1]
 
     @property
     def top_k(self) -> int:
+        """Tokens kept per value vector (the last axis of ``ids``)."""
         return self.ids.shape[2]
 
     def __repr__(self) -> str:
@@ -180,8 +182,9 @@ class ValueVectorTable:
     # -- text ---------------------------------------------------------------------------
 
     def lines(self) -> Iterator[str]:
-        """One line per neuron: ``[layer.neuron] ▁up, up, Up, [action: 0.25], ...`` (tokens as
-        `display` shows them: ``▁`` marks a leading space).
+        """One line per neuron: ``[layer.neuron] ▁up, up, Up, [action: 0.25], ...``.
+
+        Tokens appear as `display` shows them: ``▁`` marks a leading space.
         """
         labels = [display(label) for label in self.vocab]
         for row, layer in enumerate(self.layers):

@@ -147,12 +147,13 @@ def project_value_vectors(
 
 
 def top_k_of(block: torch.Tensor, k: int, width: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(values, indices)`` of each row's ``k`` largest entries, as ``block.topk(k, dim=1)``
-    gives them, in two cheap passes: the maximum of every run of ``width`` columns, then a
-    top-k among the columns of the ``k`` runs with the largest maxima and the last columns
-    that fill no run (each of a row's top ``k`` entries lies there: a run left out has ``k``
-    runs above its maximum, so ``k`` entries above each of its own). Equal values may come
-    in another order.
+    """``(values, indices)`` of each row's ``k`` largest entries, as ``block.topk(k, dim=1)``.
+
+    Found in two cheap passes: the maximum of every run of ``width`` columns, then a top-k
+    among the columns of the ``k`` runs with the largest maxima and the last columns that
+    fill no run (each of a row's top ``k`` entries lies there: a run left out has ``k`` runs
+    above its maximum, so ``k`` entries above each of its own). Equal values may come in
+    another order.
 
     Example:
         >>> values, ids = top_k_of(torch.randn(4, 1000), 10)
@@ -245,11 +246,12 @@ def _device(value: Any) -> torch.device | None:
 
 
 def bf16_error_bound(vector_norms: Any, unembed_norm: float, scores: Any) -> Any:
-    """A bound on how far a bf16 score can lie from the exact one: inputs rounded to 8
-    significant bits (relative error ``2**-8`` each, so ``2**-7 * |v| * |u|`` on the dot
-    product by Cauchy-Schwarz, with float32 accumulation) and the result rounded once more
-    (``2**-8 * |score|``). Two tokens whose exact scores differ by more than the sum of their
-    bounds keep their order in bf16.
+    """A bound on how far a bf16 score can lie from the exact one.
+
+    Inputs are rounded to 8 significant bits (relative error ``2**-8`` each, so
+    ``2**-7 * |v| * |u|`` on the dot product by Cauchy-Schwarz, with float32 accumulation)
+    and the result rounded once more (``2**-8 * |score|``). Two tokens whose exact scores
+    differ by more than the sum of their bounds keep their order in bf16.
 
     Example:
         >>> bf16_error_bound(np.array([1.0]), 2.0, np.array([0.5]))   # 2**-7 * 2 + 2**-8 * 0.5

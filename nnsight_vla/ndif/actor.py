@@ -22,12 +22,18 @@ class CPUModelDeployment(BaseModelDeployment):
     CACHEABLE = False
 
     def load_from_disk(self):
+        """Rebuild the model from its key on the CPU, grads off (the base dispatches onto GPUs).
+
+        torch's thread count is set first: ``NNSIGHT_VLA_CPU_THREADS``, else every core this
+        process may use.
+        """
         torch.set_num_threads(int(os.environ.get("NNSIGHT_VLA_CPU_THREADS", len(os.sched_getaffinity(0)))))
         model = Remotable.from_model_key(self.model_key, dispatch=True, dtype=self.dtype_name, device="cpu", **self.kwargs)
         model._module.requires_grad_(False)
         return model
 
     def cleanup(self) -> None:
+        """Reset the per-request state and collect garbage, without the base's CUDA calls."""
         self.kill_switch.clear()
         self.kill_reason = None
         self.execution_ident = None

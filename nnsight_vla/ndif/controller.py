@@ -10,8 +10,10 @@ from nnsight.modeling.mixins.remotable import Remotable
 
 
 def _drop_trust_remote_code(method):
-    """``Remotable.describe_checkpoint``/``max_tp_size`` without the ``trust_remote_code`` keyword ndif 0.1.2 passes
-    (nnsight 0.8.1 dropped it: HF's ``trust_remote_code`` is part of the model key there).
+    """``Remotable``'s classmethod ``method``, made to accept and drop ``trust_remote_code``.
+
+    Used for ``describe_checkpoint`` and ``max_tp_size``: ndif 0.1.2 passes that keyword and
+    nnsight 0.8.1 dropped it (HF's ``trust_remote_code`` is part of the model key there).
     """
     func = method.__func__
     if getattr(func, "_drops_trust_remote_code", False):

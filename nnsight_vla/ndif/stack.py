@@ -66,6 +66,7 @@ def loopback_command(argv: list[str]) -> list[str]:
 
 
 def check_loopback_only() -> None:
+    """Raise `StackError` unless this namespace has only ``lo``; then bring ``lo`` up."""
     if not in_loopback_namespace():
         names = sorted(name for _, name in socket.if_nameindex())
         raise StackError(
@@ -77,6 +78,7 @@ def check_loopback_only() -> None:
 
 
 def port_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound now."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -87,6 +89,7 @@ def port_free(port: int) -> bool:
 
 
 def taken_ports() -> list[str]:
+    """The stack's ports already in use on 127.0.0.1, as ``"NAME port PORT"``."""
     return [f"{name} port {port}" for name, port in PORTS.items() if not port_free(port)]
 
 
@@ -136,8 +139,10 @@ def _ray(*args: str) -> list[str]:
 
 
 def up(run: Path, env: dict | None = None, timeout: float = 180) -> float:
-    """Start the stack with its files in ``run``; return the seconds until the API reports Ray
-    connected. ``env``: extra variables for the services (e.g. the server's ``HF_HUB_CACHE``).
+    """Start the stack with its files in ``run``; return the seconds it took.
+
+    The time runs until the API reports Ray connected. ``env``: extra variables for the
+    services (e.g. the server's ``HF_HUB_CACHE``).
     """
     t0 = time.time()
     run = Path(run).resolve()
@@ -191,8 +196,9 @@ def up(run: Path, env: dict | None = None, timeout: float = 180) -> float:
 
 
 def model_key(target: str) -> str:
-    """A full model key (``module.Class:{...}``) for a built-in name, checkpoint folder or Hub id;
-    a key is returned as it is. The model is built on the meta device: no weight is read.
+    """A full model key (``module.Class:{...}``) for a built-in name, checkpoint folder or Hub id.
+
+    A key is returned as it is. The model is built on the meta device: no weight is read.
     """
     if ":{" in target:
         return target
@@ -202,8 +208,10 @@ def model_key(target: str) -> str:
 
 
 def deploy(run: Path, target: str, size_bytes: int | None = None, dtype: str = "float32") -> str:
-    """Deploy one model, pinned, with ``ndif deploy``; return its key. Without ``size_bytes``
-    NDIF sizes it by building it on the meta device (the class's ``describe_checkpoint``).
+    """Deploy one model, pinned, with ``ndif deploy``; return its key.
+
+    Without ``size_bytes`` NDIF sizes it by building it on the meta device (the class's
+    ``describe_checkpoint``).
     """
     import yaml
 
@@ -244,9 +252,10 @@ def _marked(run: Path) -> list[int]:
 
 
 def down(run: Path, grace: float = 3.0) -> list[str]:
-    """Stop every process this run started: SIGTERM to each process group and to the
-    stragglers found by marker (Ray workers), SIGKILL to what is left after ``grace`` seconds
-    (Ray's own shutdown can take half a minute); return what was stopped.
+    """Stop every process this run started; return what was stopped.
+
+    SIGTERM goes to each process group and to the stragglers found by marker (Ray workers),
+    SIGKILL to what is left after ``grace`` seconds (Ray's own shutdown can take half a minute).
     """
     run, stopped = Path(run).resolve(), []
     for pid_file in sorted((run / "pids").glob("*.pid")):
@@ -283,9 +292,10 @@ def down(run: Path, grace: float = 3.0) -> list[str]:
 
 
 def serve(run: Path, command: list[str], deploys: list[str] = (), env: dict | None = None) -> int:
-    """Up the stack, deploy ``deploys``, run ``command`` with ``NDIF_HOST`` set, and take the stack
-    down (also on errors and Ctrl-C); return the command's exit code. Must run in a loopback-only
-    namespace (`main` makes one).
+    """Up the stack, deploy ``deploys``, run ``command``, take the stack down; return its exit code.
+
+    ``command`` runs with ``NDIF_HOST`` set; the stack is taken down also on errors and Ctrl-C.
+    Must run in a loopback-only namespace (`main` makes one).
     """
     up(run, env)
     try:

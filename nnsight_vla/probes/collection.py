@@ -130,9 +130,10 @@ def collect_to_disk(
 
 
 def _undo_open(store: ShardFolder, made: tuple[list[Path], bool]) -> None:
-    """Remove what `ShardFolder.open` made in a folder that got no shard: its manifest and
-    lock where there was no manifest before, and the folders it created (``made``: those
-    folders, whether the manifest existed).
+    """Remove what `ShardFolder.open` made in a folder that got no shard.
+
+    That is its manifest and lock where there was no manifest before, and the folders it
+    created (``made``: those folders, whether the manifest existed).
     """
     folders, manifest_existed = made
     if not manifest_existed:

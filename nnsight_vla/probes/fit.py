@@ -72,7 +72,9 @@ def fit_probes(
         tasks: ``name -> "regression" | "classification"``. Default: classification for
             bool or text values, and for numbers that are all whole with at most 20 distinct
             values (e.g. a gripper of -1/1, a task index); regression otherwise.
-        folds, inner_folds: Outer and inner cross-validation folds (episodes >= folds).
+        folds: Outer cross-validation folds (episodes >= folds).
+        inner_folds: Inner cross-validation folds, which choose the regularisation in each
+            outer training set (it must hold >= inner_folds episodes).
         alphas: Regularisation grid (default 1e5 ... 0.1, 7 values).
         shuffles: Shuffled-target reruns for the chance level.
         seed: Seeds the shuffles.
@@ -253,8 +255,9 @@ class _Plan:
 
 
 def _logistic(x, y, train, tests, alphas, target, plan):
-    """Balanced accuracy ``[alphas, tests]`` of models fitted on ``train``; the last model and
-    its scaler.
+    """Balanced accuracy ``[alphas, tests]`` of models fitted on ``train``.
+
+    Also returns the last model and its scaler.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression

@@ -21,10 +21,12 @@ _ONE = re.compile(r"^(.+)\[(\d+)\]$")  # "action[2]": one dimension of a target
 
 def probe_folder(folder: str | os.PathLike | ShardFolder, targets: Iterable[str] = ("action",),
                  sites: Iterable[Site] | None = None, **options: Any) -> ProbeResults:
-    """Fit `fit_probes` on activations collected by `collect_to_disk` or a `RolloutCollector`:
-    one probe per site, forward call and target. A target with several dimensions
+    """Fit `fit_probes` on activations collected by `collect_to_disk` or a `RolloutCollector`.
+
+    One probe per site, forward call and target. A target with several dimensions
     (``"action"``, ``"state"``) is probed per dimension (``action[0]`` ...; constant ones are
-    left out with a warning); ``"action[2]"`` picks one. Several positions of a call are joined into one feature vector.
+    left out with a warning); ``"action[2]"`` picks one. Several positions of a call are joined
+    into one feature vector.
 
     Example:
         >>> results = probe_folder("acts/lift", targets=["action", "gripper"])
@@ -71,10 +73,11 @@ def _calls(recorded: Any, count: int) -> list[int]:
 
 def probe_steering(results: ProbeResults, site: Site | str, target: str, alpha: float, *, call: int | None = None,
                    label: Any = None, **where: Any) -> Add:
-    """An `Add` along a residual-stream probe's direction (unit-normed, so ``alpha`` is the
-    shift's norm), at the probe's layer and tower; ``where`` goes to `Add` (``positions=``,
-    ``calls=``). Evaluate it with ``evaluate(model, suite, tasks, episodes, steering=...)``:
-    the paired random control adds a random direction of the same norm.
+    """An `Add` along a residual-stream probe's direction, at the probe's layer and tower.
+
+    The direction is unit-normed, so ``alpha`` is the shift's norm; ``where`` goes to `Add`
+    (``positions=``, ``calls=``). Evaluate it with ``evaluate(model, suite, tasks, episodes,
+    steering=...)``: the paired random control adds a random direction of the same norm.
 
     Example:
         >>> steering = probe_steering(results, Site(12, "resid"), "action[2]", alpha=8.0)
@@ -93,9 +96,11 @@ def probe_steering(results: ProbeResults, site: Site | str, target: str, alpha: 
 
 def check_direction(model: Any, results: ProbeResults, site: Site, target: str, alpha: float, suite: str,
                     tasks: Any, episodes: int, *, call: int | None = None, label: Any = None, **options: Any) -> Any:
-    """The closed-loop check of a probe direction in one call: `evaluate` with
-    `probe_steering` against the unsteered baseline and a random direction of the same norm
-    (paired on init states and seeds; ``options`` go to `evaluate`, e.g. ``out_dir=``).
+    """The closed-loop check of a probe direction in one call.
+
+    Runs `evaluate` with `probe_steering` against the unsteered baseline and a random direction
+    of the same norm (paired on init states and seeds; ``options`` go to `evaluate`, e.g.
+    ``out_dir=``).
 
     Example:
         >>> result = check_direction(model, results, Site(12, "resid"), "action[2]", 8.0, "libero_10", [0], 10)

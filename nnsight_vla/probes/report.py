@@ -43,8 +43,9 @@ def t_interval(scores: Any, confidence: float = 0.95) -> tuple[float, float, flo
 
 def table_row(site: Site, call: int, target: str, task: str, scores, chance, alpha,
               episodes) -> dict:
-    """A table row from the outer folds' ``scores`` and the ``[shuffles, folds]`` ``chance``
-    scores (chance: mean and t-interval of the folds' means over shuffles).
+    """A table row from the outer folds' ``scores`` and the ``[shuffles, folds]`` ``chance`` scores.
+
+    Chance is the mean and t-interval of the folds' means over shuffles.
     """
     score, low, high = t_interval(scores)
     chance, c_low, c_high = t_interval(np.mean(chance, 0)) if len(chance) else (np.nan,) * 3
@@ -78,6 +79,7 @@ class ProbeResults:
 
     @classmethod
     def from_rows(cls, rows: list[dict], probes: dict, settings: dict) -> ProbeResults:
+        """Results from `table_row` rows, the table sorted by tower, kind, layer and call."""
         table = pd.DataFrame(rows, columns=COLUMNS)
         table = table.sort_values(["tower", "kind", "layer", "call"], kind="stable")
         return cls(table.reset_index(drop=True), probes, settings)
@@ -170,8 +172,10 @@ class ProbeResults:
 
 
 def _lines(ax, lines: pd.DataFrame, group: int) -> dict:
-    """One line per call of one (tower, kind): a dash style per group; its calls' colours along a
-    colour map (a single call: one plain colour).
+    """One line per call of one (tower, kind); returns the legend handles by line name.
+
+    A dash style per group; its calls' colours along a colour map (a single call: one plain
+    colour).
     """
     from matplotlib import colormaps
 

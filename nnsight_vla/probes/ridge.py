@@ -85,8 +85,10 @@ class _Stats:
 
 
 def _ridge_fit(tr: _Stats, alphas: np.ndarray, shift: np.ndarray):
-    """Ridge on standardised rows for every alpha: raw-space weights ``[alphas, p, m]`` and
-    intercepts ``[alphas, m]`` (in shifted coordinates).
+    """Ridge on standardised rows for every alpha.
+
+    Returns raw-space weights ``[alphas, p, m]`` and intercepts ``[alphas, m]`` (in shifted
+    coordinates).
     """
     mu, ybar = tr.s / tr.n, tr.t / tr.n
     Gc = tr.G - tr.n * np.outer(mu, mu)

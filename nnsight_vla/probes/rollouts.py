@@ -22,7 +22,9 @@ LIBERO_FPS = 20  # LIBERO's control frequency: one env step is 1/20 s
 
 @dataclasses.dataclass(frozen=True)
 class RolloutCollector:
-    """Pass to ``evaluate(..., collect=RolloutCollector(sites, "acts/rollouts"))``: each
+    """Activations and targets collected along an evaluation's rollouts, one shard per episode.
+
+    Pass to ``evaluate(..., collect=RolloutCollector(sites, "acts/rollouts"))``: each
     prediction of each episode records the activations at ``sites`` (``calls`` and
     ``positions`` as in `collect`) and, as targets, the step's executed ``action``, the
     ``state`` before it (end-effector position, axis-angle, gripper joints: lerobot's LIBERO
@@ -48,8 +50,9 @@ class RolloutCollector:
     jobs: dict | None = None
 
     def bind(self, model: Any, jobs: list[tuple], conditions: list[str], source: dict, resume: bool) -> RolloutCollector:
-        """A copy ready for the evaluation's ``jobs``: its shard folder opened (an evaluation
-        without ``resume`` starts this collection over too).
+        """A copy ready for the evaluation's ``jobs``, its shard folder opened.
+
+        An evaluation without ``resume`` starts this collection over too.
         """
         recorder = Recorder(model, self.sites, calls=self.calls, positions=self.positions)
         model_targets = ["action_bins"] if "action_bins" in model.capabilities else []
@@ -62,6 +65,7 @@ class RolloutCollector:
                                    manifest=store.manifest, jobs=ids)
 
     def episode(self, model: Any, job: tuple) -> EpisodeRows:
+        """The `EpisodeRows` that record ``job``'s episode; `InputError` when not bound."""
         if self.jobs is None:
             raise InputError("this RolloutCollector is not bound to an evaluation; pass it to evaluate(collect=...).")
         recorder = Recorder(model, self.sites, calls=self.calls, positions=self.positions)
@@ -84,6 +88,7 @@ class EpisodeRows:
 
     @contextlib.contextmanager
     def predicting(self) -> Iterator[None]:
+        """Record the activations of the prediction made inside the block, for `add`."""
         with self.recorder.prediction() as got:
             yield
         self.pending = got.activations
@@ -115,7 +120,7 @@ def _eef(obs: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _axis_angle(quat: np.ndarray) -> np.ndarray:
-    """Lerobot's conversion of LIBERO's (x, y, z, w) quaternion, as the policies' state has it."""
+    """lerobot's conversion of LIBERO's (x, y, z, w) quaternion, as the policies' state has it."""
     from lerobot.processor.env_processor import LiberoProcessorStep
 
     return LiberoProcessorStep()._quat2axisangle(torch.as_tensor(quat[None], dtype=torch.float32))[0].numpy()

@@ -29,8 +29,10 @@ class Frame:
 
 
 class ObservationFrames:
-    """Frames from a list of observations; ``episodes`` (default: one episode per
-    observation) and ``targets`` (name -> one value per observation) are the caller's.
+    """Frames from a list of observations, with the caller's episodes and targets.
+
+    ``episodes`` default to one episode per observation; ``targets`` map a name to one value
+    per observation.
 
     Example:
         >>> ObservationFrames(observations, episodes=[0, 0, 1], targets={"speed": [0.1, 0.2, 0.0]})
@@ -52,25 +54,29 @@ class ObservationFrames:
         return len(self.observations)
 
     def describe(self) -> dict:
+        """The source as the manifest records it: type, frame count and target names."""
         return {"type": "observations", "frames": len(self), "targets": sorted(self.targets)}
 
     def check(self, model: Any) -> None:
+        """Have the model check the first observation's cameras and state."""
         model._observations(self.observations[:1])  # the model's own check of cameras and state
 
     def frames(self, start: int = 0) -> Iterator[Frame]:
+        """The frames from index ``start`` on; a frame's id is its index in the list."""
         for i in range(start, len(self)):
             yield Frame(self.observations[i], int(self.episodes[i]), i,
                         {k: v[i] for k, v in self.targets.items()})
 
 
 class DatasetFrames:
-    """Frames of a LeRobotDataset read from a local ``root`` with lerobot's own loader (or,
-    with ``root=None``, downloaded from the Hub by ``repo_id``, where it is reachable). The
-    targets come from the dataset's columns, without decoding an image: ``action`` (as
-    stored: un-normalised), ``state``, ``gripper`` (1 where the last action dimension closes
-    the gripper, > 0), ``ee_velocity`` (the change of ``state[:3]`` to the episode's next
-    frame, times fps; the last frame repeats the one before), ``task`` (the task index), and
-    each name in ``columns`` (any other per-frame column).
+    """Frames of a LeRobotDataset read from a local ``root`` with lerobot's own loader.
+
+    With ``root=None`` the dataset is downloaded from the Hub by ``repo_id``, where it is
+    reachable. The targets come from the dataset's columns, without decoding an image:
+    ``action`` (as stored: un-normalised), ``state``, ``gripper`` (1 where the last action
+    dimension closes the gripper, > 0), ``ee_velocity`` (the change of ``state[:3]`` to the
+    episode's next frame, times fps; the last frame repeats the one before), ``task`` (the
+    task index), and each name in ``columns`` (any other per-frame column).
 
     Example:
         >>> DatasetFrames("data/lift", episodes=[0, 1])
@@ -122,6 +128,7 @@ class DatasetFrames:
         return len(self.dataset)
 
     def describe(self) -> dict:
+        """The source as the manifest records it: root, repo id, frame count and target names."""
         return {"type": "lerobot", "root": None if self.root is None else str(self.root.resolve()), "repo_id": self.repo_id,
                 "frames": len(self), "targets": sorted(self.targets)}
 
@@ -138,6 +145,7 @@ class DatasetFrames:
                              f"{'none' if self.state_dim is None else f'a {self.state_dim}-D one'}.")
 
     def frames(self, start: int = 0) -> Iterator[Frame]:
+        """The frames from index ``start`` on, read by lerobot, with the dataset's frame ids."""
         for i in range(start, len(self)):
             item = self.dataset[i]
             images = {k[len(IMAGE_PREFIX):]: _uint8(v) for k, v in item.items() if k.startswith(IMAGE_PREFIX)}
@@ -173,8 +181,9 @@ def _dataset_targets(table: Any, names: set, episodes: np.ndarray, fps: float, c
 
 
 def velocity(position: np.ndarray, episodes: np.ndarray, fps: float) -> np.ndarray:
-    """Per frame, the change of ``position`` to the episode's next frame times ``fps`` (the
-    last frame of an episode repeats the one before; a one-frame episode gets zeros).
+    """Per frame, the change of ``position`` to the episode's next frame times ``fps``.
+
+    The last frame of an episode repeats the one before; a one-frame episode gets zeros.
     """
     out = np.zeros_like(position, dtype=np.float32)
     for episode in np.unique(episodes):

@@ -25,9 +25,10 @@ IDS = ("episode", "frame")
 
 
 class ShardFolder:
-    """A folder of shards that share one manifest (what model, sites, calls, positions and
-    dtype). A shard is written to a temporary name and renamed, so a shard file on disk is
-    complete; an interrupted write leaves nothing a later run would mistake for data.
+    """A folder of shards that share one manifest (what model, sites, calls, positions and dtype).
+
+    A shard is written to a temporary name and renamed, so a shard file on disk is complete;
+    an interrupted write leaves nothing a later run would mistake for data.
 
     Example:
         >>> store = ShardFolder.open("acts/", settings, resume=True)
@@ -40,9 +41,10 @@ class ShardFolder:
     @classmethod
     def open(cls, folder: str | os.PathLike, settings: Mapping[str, Any], resume: bool,
              restart: bool = False) -> ShardFolder:
-        """The folder for a collection with ``settings``: new, or one holding a collection with
-        the same settings, continued (``resume``) or started over (``restart``: its shards are
-        deleted). Another collection there is refused.
+        """The folder for a collection with ``settings``.
+
+        New, or one holding a collection with the same settings, continued (``resume``) or
+        started over (``restart``: its shards are deleted). Another collection there is refused.
         """
         path = probed_folder(folder, create=True)
         settings = json.loads(json.dumps({"format": FORMAT, **settings}))
@@ -89,6 +91,7 @@ class ShardFolder:
 
     @property
     def sites(self) -> list[Site]:
+        """The sites the manifest names."""
         return [Site.parse(name) for name in self.manifest["sites"]]
 
     def shards(self) -> list[Path]:
@@ -105,8 +108,10 @@ class ShardFolder:
 
     def write(self, name: str, activations: Mapping[Site, torch.Tensor], ids: Mapping[str, np.ndarray],
               targets: Mapping[str, np.ndarray]) -> Path:
-        """One shard ``name``: activations ``[rows, calls, positions, width]`` per site (in the
-        manifest's dtype), the rows' episode and frame ids, and their targets.
+        """Write one shard ``name``, record it in the manifest, and return its path.
+
+        It holds activations ``[rows, calls, positions, width]`` per site (in the manifest's
+        dtype), the rows' episode and frame ids, and their targets.
         """
         dtype = getattr(torch, self.manifest["dtype"])
         tensors = {ACTS + str(s): a.to(dtype).contiguous() for s, a in activations.items()}
@@ -140,8 +145,10 @@ class ShardFolder:
         self.manifest = manifest
 
     def load(self, sites: list[Site] | None = None) -> dict[str, Any]:
-        """Every complete shard's rows, concatenated: ``{"activations": {site: array}, "episode",
-        "frame", "targets": {name: array}}`` as numpy (float32 activations).
+        """Every complete shard's rows, concatenated, as numpy (float32 activations).
+
+        Returns ``{"activations": {site: array}, "episode", "frame", "targets": {name: array}}``;
+        ``sites`` (default: all) picks the activations.
         """
         shards = self.shards()
         if not shards:
@@ -183,9 +190,11 @@ class Buffer:
 
     @classmethod
     def empty(cls) -> Buffer:
+        """A buffer with no rows."""
         return cls({}, {k: [] for k in IDS}, {})
 
     def add(self, activations: Mapping[Site, torch.Tensor], ids: Mapping[str, Any], targets: Mapping[str, Any]) -> None:
+        """Add one row: activations per site (row axis first), episode and frame ids, targets."""
         for site, value in activations.items():
             self.activations.setdefault(site, []).append(value)
         for key in IDS:
@@ -197,6 +206,7 @@ class Buffer:
         return sum(len(v) for v in self.ids["episode"])
 
     def flush(self, store: ShardFolder, name: str) -> None:
+        """Write the rows as shard ``name`` of ``store``, then empty the buffer."""
         store.write(name, {s: torch.cat(v) for s, v in self.activations.items()},
                     {k: np.concatenate(v) for k, v in self.ids.items()},
                     {k: np.concatenate(v) for k, v in self.targets.items()})

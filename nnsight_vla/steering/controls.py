@@ -11,8 +11,9 @@ from ..edits import as_list
 
 
 def random_control(steering: Any, seed: int, model: Any) -> list:
-    """The steering with every cluster replaced by a random one of the same size per layer
-    (and every added direction by a random one of the same norm).
+    """The steering with every cluster replaced by a random one of the same size per layer.
+
+    Every added direction is replaced too, by a random one of the same norm.
 
     Example:
         >>> control = random_control(Clamp(up, 4.0), seed=0, model=model)
@@ -39,13 +40,15 @@ class ControlScore(NamedTuple):
 
 
 def z_against(shift: float, controls, side: int = 1) -> ControlScore:
-    """``shift`` among the controls' shifts (non-finite ones left out): their mean, standard
-    deviation (ddof=1), the z-score, and the one-sided rank p-value on ``side`` (+1: the
-    steering should raise the measure, -1: lower it; 0: two-sided, by distance from the
-    controls' mean). Ties count against the steering.
+    """``shift`` scored among the controls' shifts (non-finite ones left out).
 
-    z is NaN with fewer than two controls (or a NaN shift), and ±inf (0 when equal) when the
-    controls shifted alike, to float precision, and so give no spread to measure by.
+    Returns their mean, standard deviation (ddof=1), the z-score, and the one-sided rank
+    p-value on ``side`` (+1: the steering should raise the measure, -1: lower it; 0:
+    two-sided, by distance from the controls' mean). Ties count against the steering.
+
+    z is NaN with fewer than two controls (or a NaN shift). When the controls shifted alike, to
+    float precision, they give no spread to measure by: z is 0 if ``shift`` equals theirs (to
+    that precision too), else ±inf.
 
     Example:
         >>> z_against(0.4, [0.0, 0.1, -0.1])
@@ -67,18 +70,21 @@ def z_against(shift: float, controls, side: int = 1) -> ControlScore:
     else:
         beyond = int(np.sum(np.abs(values - mean) >= abs(shift - mean))) if n else 0
     p = (1 + beyond) / (n + 1)
+    noise = 1e-12 * max(1.0, abs(mean), abs(shift))  # float rounding of equal shifts, not a spread
     if n < 2:
         z = float("nan")
-    elif std > 1e-12 * max(1.0, abs(mean), abs(shift)):  # a real spread, not float noise of equal shifts
+    elif std > noise:
         z = float((shift - mean) / std)
     else:
-        z = 0.0 if shift == mean else float(np.inf * np.sign(shift - mean))
+        z = 0.0 if abs(shift - mean) <= noise else float(np.inf * np.sign(shift - mean))
     return ControlScore(mean, std, z, p, p_min, n)
 
 
 def check_sides(sides: Any, names, measures) -> dict:
-    """``sides`` ({steering: {measure: +1 or -1}}) checked against the steerings and measures
-    there are; returns it as a plain dict (``{}`` for None).
+    """``sides`` ({steering: {measure: +1, -1 or 0}}) checked against the steerings and measures.
+
+    +1 expects a rise, -1 a fall, 0 either. Only steerings in ``names`` and measures in ``measures`` may appear. Returns it as a plain
+    dict (``{}`` for None).
     """
     if sides is None:
         return {}
@@ -99,8 +105,9 @@ def check_sides(sides: Any, names, measures) -> dict:
 
 
 def holm(pvalues) -> np.ndarray:
-    """Holm's step-down adjustment of a family of p-values (NaNs stay NaN and do not count):
-    the i-th smallest of m becomes ``max over j <= i of min(1, (m - j + 1) p_(j))``. A cell
+    """Holm's step-down adjustment of a family of p-values (NaNs stay NaN and do not count).
+
+    The i-th smallest of m becomes ``max over j <= i of min(1, (m - j + 1) p_(j))``. A cell
     holds at level alpha for the whole family when its adjusted p is at most alpha.
 
     Example:

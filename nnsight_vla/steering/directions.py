@@ -24,8 +24,9 @@ def _check(observations: Any, what: str) -> list:
 
 
 def residual(model: Any, observations: Sequence[Any], layer: int, position: int = -1, tower: str = "vlm") -> torch.Tensor:
-    """The residual stream after ``layers[layer]`` at ``position``, one row per observation
-    (the first forward call: OpenVLA's prefill, Pi0's VLM or first denoising step).
+    """The residual stream after ``layers[layer]`` at ``position``, one row per observation.
+
+    It is read at the first forward call: OpenVLA's prefill, Pi0's VLM or first denoising step.
     """
     site = Site(layer, "resid", tower)
     acts = collect(model, _check(observations, "observations"), site, calls=[0], positions=[position])
@@ -49,8 +50,9 @@ def mean_difference(
 def mean_activations(
     model: Any, observations: Sequence[Any], layers: Sequence[int], tower: str = "vlm"
 ) -> dict[int, torch.Tensor]:
-    """Mean FFN activations (``down_proj`` input) per layer over observations and the
-    positions of the first forward call.
+    """Mean FFN activations (``down_proj`` input) per layer.
+
+    The mean is over observations and the positions of the first forward call.
     """
     sites = {layer: Site(layer, "neurons", tower) for layer in sorted(layers)}
     acts = collect(model, _check(observations, "reference"), list(sites.values()), calls=[0], positions="mean")

@@ -30,8 +30,9 @@ Change = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Intervention:
-    """Where and when an intervention acts (shared by every kind), in the vocabulary of
-    `nnsight_vla.schedule` that `collect` reads with too.
+    """Where and when an intervention acts, shared by every kind.
+
+    Both are given in the vocabulary of `nnsight_vla.schedule` that `collect` reads with too.
 
     Args:
         positions: ``"all"`` token positions, ``"prefix"`` (the observation's tokens: the
@@ -99,8 +100,9 @@ class Intervention:
     # -- when and where -----------------------------------------------------------------
 
     def _change(self, calls: frozenset[int] | None, x: torch.Tensor, call: int, change: Change) -> torch.Tensor:
-        """``x`` with ``change`` applied at this intervention's positions of forward ``call``
-        (``x`` itself when ``call`` is not one of ``calls``, or no position is chosen).
+        """``x`` with ``change`` applied at this intervention's positions of forward ``call``.
+
+        ``x`` itself when ``call`` is not one of ``calls``, or no position is chosen.
         """
         if calls is not None and call not in calls:
             return x
@@ -135,6 +137,10 @@ class NeuronIntervention(Intervention):
         """Compute anything the edit needs from the model (e.g. mean activations)."""
 
     def edits(self, model: Any) -> list[Edit]:
+        """After `prepare`, one edit per layer of the cluster, on its ``"neurons"`` site.
+
+        Neurons past the tower's ``d_mlp`` are refused.
+        """
         tower, calls = self._when(model)
         self.prepare(model)
         out = []
@@ -151,6 +157,7 @@ class NeuronIntervention(Intervention):
         return out
 
     def random_like(self, model: Any, seed: int, rng: np.random.Generator) -> NeuronIntervention:
+        """A copy on a random cluster of the same shape, drawn from ``seed``; means are cleared."""
         control = copy.copy(self)
         control.cluster = self.cluster.random_like(seed, d_mlp=get_tower(model, self.tower).d_mlp)
         if hasattr(control, "means"):
@@ -189,9 +196,11 @@ class Clamp(NeuronIntervention):
 
     @property
     def fill(self) -> float:
+        """The clamp ``value``, which every chosen activation becomes."""
         return self.value
 
     def new_values(self, selected, layer, neurons):
+        """``value`` for every selected activation."""
         return torch.full_like(selected, self.value)
 
 
@@ -203,12 +212,15 @@ class Scale(NeuronIntervention):
         self.factor = number(factor, "the scale factor")
 
     def new_values(self, selected, layer, neurons):
+        """The selected activations times ``factor``."""
         return selected * self.factor
 
 
 class Ablate(NeuronIntervention):
-    """Replace the chosen neurons' activations by zero, or by their mean over ``reference``
-    observations (every position and forward call of the site).
+    """Replace the chosen neurons' activations by zero, or by their mean over ``reference``.
+
+    The mean is over the ``reference`` observations: every position and forward call of the
+    site.
     """
 
     def __init__(self, cluster, mode: str = "zero", reference: Sequence[Any] | None = None, **where: Any):
@@ -221,10 +233,12 @@ class Ablate(NeuronIntervention):
         self.means: dict[int, torch.Tensor] = {}
 
     def prepare(self, model: Any) -> None:
+        """With ``mode="mean"``, average the chosen neurons over ``reference`` (once)."""
         if self.mode == "mean" and not self.means:
             self.means = mean_activations(model, self.reference, self.cluster.by_layer(), self.tower)
 
     def new_values(self, selected, layer, neurons):
+        """Zeros, or the chosen neurons' means over ``reference`` (``mode="mean"``)."""
         if self.mode == "zero":
             return torch.zeros_like(selected)
         means = self.means[layer].to(selected.device)  # [d_mlp]
@@ -250,6 +264,10 @@ class Add(Intervention):
         self.direction, self.layer, self.alpha = direction, layer, number(alpha, "alpha")
 
     def edits(self, model: Any) -> list[Edit]:
+        """One edit adding ``alpha * direction`` on the ``"resid"`` site of ``layer``.
+
+        A direction whose width is not the tower's ``d_model`` is refused.
+        """
         tower, calls = self._when(model)
         layer = tower.layer(self.layer)
         if self.direction.shape[0] != tower.d_model:
@@ -266,6 +284,7 @@ class Add(Intervention):
         return [Edit(Site(layer, "resid", self.tower), edit)]
 
     def random_like(self, model: Any, seed: int, rng: np.random.Generator) -> Add:
+        """A copy whose direction is random, drawn from ``rng``, with the same norm."""
         control = copy.copy(self)
         noise = torch.from_numpy(rng.standard_normal(self.direction.shape[0])).float()
         control.direction = noise / noise.norm() * self.direction.norm()

@@ -28,8 +28,10 @@ def measures(actions: np.ndarray) -> np.ndarray:
 
 @dataclass
 class OpenLoopResult:
-    """Actions ``[observations, action_dim]`` per condition: ``"baseline"``, each steering by its
-    name, and its random controls ``"<name>/random<k>"``.
+    """Actions ``[observations, action_dim]`` per condition.
+
+    The conditions are ``"baseline"``, each steering by its name, and its random controls
+    ``"<name>/random<k>"``.
 
     Example:
         >>> result.table()[0]
@@ -49,9 +51,11 @@ class OpenLoopResult:
         return (measures(self.actions[condition]) - measures(self.actions["baseline"])).mean(axis=0)
 
     def table(self, sides: Mapping[str, Mapping[str, int]] | None = None) -> list[dict]:
-        """Per steering and measure: its shift, its controls' mean and standard deviation, the
-        z-score of the shift among them (`z_against`; it assumes the controls' shifts are
-        normal) and the rank p-value, which does not (``p``, with ``p_min`` = 1/(controls + 1)).
+        """One row per steering and measure: its shift scored against its random controls.
+
+        Each row holds the shift, its controls' mean and standard deviation, the z-score of
+        the shift among them (`z_against`; it assumes the controls' shifts are normal) and the
+        rank p-value, which does not (``p``, with ``p_min`` = 1/(controls + 1)).
 
         ``sides``: per steering, the measures it should move and which way, e.g.
         ``{"up": {"dz": 1}}``; p is one-sided there and two-sided elsewhere.
@@ -70,8 +74,10 @@ class OpenLoopResult:
         return rows
 
     def save(self, folder: str | Path, sides: Mapping[str, Mapping[str, int]] | None = None) -> Path:
-        """Write ``open_loop.csv`` (the table, `table(sides)`), ``actions.npz`` (every condition)
-        and ``meta.json``.
+        """Write ``open_loop.csv``, ``actions.npz`` and ``meta.json`` into ``folder``.
+
+        ``open_loop.csv`` holds the table (`table(sides)`), ``actions.npz`` every condition.
+        Returns the path of ``open_loop.csv``.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -89,11 +95,13 @@ class OpenLoopResult:
 def open_loop(model: Any, observations: Any, steering: Mapping[str, Any], *, controls: int = 10, seed: int = 0,
               batch_size: int = 1, progress: bool = True, predict: Callable | None = None,
               **options: Any) -> OpenLoopResult:
-    """Predict every observation (one, or a list) once without steering, once under each named steering (e.g. a
-    concept cluster's `Clamp`), and under ``controls`` random controls of each (the same
-    intervention on random neurons of the same layers: `random_control`, seeds ``seed..``).
-    ``batch_size`` observations go through each prediction (faster; batched sums may differ
-    from single ones in the last bit, the same way for every condition).
+    """Predict every observation without steering, under each named steering and its controls.
+
+    Every observation (one, or a list) is predicted once without steering, once under each
+    named steering (e.g. a concept cluster's `Clamp`), and under ``controls`` random controls
+    of each (the same intervention on random neurons of the same layers: `random_control`,
+    seeds ``seed..``). ``batch_size`` observations go through each prediction (faster; batched
+    sums may differ from single ones in the last bit, the same way for every condition).
 
     Example:
         >>> result = open_loop(model, [obs1, obs2], {"up": Clamp(up, 4.0)}, controls=10)

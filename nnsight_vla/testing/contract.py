@@ -82,16 +82,19 @@ def check_batching(model: Any) -> None:
 
 
 def contrast_observation(model: Any) -> Observation:
-    """An observation unlike `example_observation`'s in every part: black images, another
-    instruction (one that names a motion) and seed 1's state.
+    """An observation unlike `example_observation`'s in every part.
+
+    It has black images, another instruction (one that names a motion) and seed 1's state.
     """
     other = example_observation(model, 1, instruction="move the arm to the left")
     return Observation({c: np.zeros_like(image) for c, image in other.images.items()}, other.instruction, other.state)
 
 
 def check_observation_matters(model: Any) -> None:
-    """`example_observation` and `contrast_observation` (other images, instruction and state)
-    get different actions: a model whose actions ignore what it sees cannot show an effect.
+    """`example_observation` and `contrast_observation` get different actions.
+
+    The two differ in images, instruction and state: a model whose actions ignore what it
+    sees cannot show an effect.
     """
     first = np.asarray(model.predict_action(example_observation(model)))
     if np.array_equal(first, np.asarray(model.predict_action(contrast_observation(model)))):
@@ -107,8 +110,10 @@ def action_tower(model: Any) -> str:
 
 
 def check_clamp_matters(model: Any) -> None:
-    """Clamping 8 neurons of layer 0 of the tower that emits actions (`action_tower`) at 50,
-    on every call, changes the actions: steering reaches them.
+    """Clamping 8 neurons of the action tower's layer 0 at 50 changes the actions.
+
+    The tower is the one that emits actions (`action_tower`) and the clamp acts on every
+    call: steering reaches the actions.
     """
     obs, tower = example_observation(model), action_tower(model)
     base = np.asarray(model.predict_action(obs))
@@ -169,9 +174,11 @@ def _with_hook(module: torch.nn.Module, calls: str, run: Callable[[], Any]) -> A
 
 
 def check_steering(model: Any) -> None:
-    """A clamp in a trace, through ``model.steer`` and as a raw torch hook gives equal actions
-    and equal per-call residuals after the layer, on every call and on the prefill only (which
-    checks the layout's ``run_start``); the block leaves no hook behind.
+    """A clamp in a trace, through ``model.steer`` and as a raw torch hook gives equal results.
+
+    The actions are equal, and so are the per-call residuals after the layer, on every call
+    and on the prefill only (which checks the layout's ``run_start``); the block leaves no
+    hook behind.
     """
     obs = example_observation(model)
     base = np.asarray(model.predict_action(obs))
@@ -238,8 +245,10 @@ CHECKS: dict[str, Callable[..., None]] = {
 
 
 def inert_checks(model: Any) -> dict[str, str]:
-    """The checks ``model``'s family declares its built-in cannot pass, with why
-    (`Family.inert_checks`); a name that is no built-in or no check is a `ContractError`.
+    """The checks ``model``'s family declares its built-in cannot pass, with why.
+
+    They come from `Family.inert_checks`; a name that is no built-in or no check is a
+    `ContractError`.
     """
     try:
         family = family_of(model)
@@ -256,10 +265,11 @@ def inert_checks(model: Any) -> dict[str, str]:
 
 
 def run_contract(model: Any, folder: str | Path | None = None, skip: tuple[str, ...] = ()) -> list[str]:
-    """Run every contract check on ``model`` (a loaded VLA, or ``(class, source)`` to also
-    check that it loads); returns the names of the checks that ran. A check the family
-    declares inert for this built-in (`Family.inert_checks`) does not run and is listed as
-    ``"<check> (not applicable: <reason>)"``.
+    """Run every contract check on ``model``; returns the names of the checks that ran.
+
+    ``model`` is a loaded VLA, or ``(class, source)`` to also check that it loads. A check
+    the family declares inert for this built-in (`Family.inert_checks`) does not run and is
+    listed as ``"<check> (not applicable: <reason>)"``.
 
     Example:
         >>> run_contract(nnsight_vla.load("tiny-openvla"))

@@ -9,8 +9,10 @@ from ..layout import TowerLayout
 
 
 def relocate(adapter: Any, tower: TowerLayout, root: str) -> Any:
-    """Point ``adapter``'s components at the tower's paths, relative to ``root`` (the module
-    the bridge wraps); block parts stay relative to one layer. Returns the adapter.
+    """Point ``adapter``'s components at the tower's paths, relative to ``root``.
+
+    ``root`` is the module the bridge wraps; block parts stay relative to one layer. Returns
+    the adapter.
 
     Example (an adapter file):
         >>> class OpenVLAAdapter(LlamaArchitectureAdapter):

@@ -14,8 +14,10 @@ from ..towers import module_of
 
 
 def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``module``'s structure that shares every parameter and buffer: a bridge wraps
-    its modules in place, so it gets this copy and the user's model stays untouched.
+    """A copy of ``module``'s structure that shares every parameter and buffer.
+
+    A bridge wraps its modules in place, so it gets this copy and the user's model stays
+    untouched.
     """
     memo = {id(t): t for t in [*module.parameters(), *module.buffers()]}
     return copy.deepcopy(module, memo)
@@ -37,8 +39,9 @@ def _part(model: Any, part: str) -> BridgePart:
 
 
 def to_bridge(model: Any, part: str = "vlm", compatibility: bool = False) -> Any:
-    """A `TransformerBridge` of one part of the model (``"vlm"``: the language model), built
-    through the adapter registered under the family's architecture name (the
+    """A `TransformerBridge` of one part of the model (``"vlm"``: the language model).
+
+    It is built through the adapter registered under the family's architecture name (the
     ``transformer_lens.architectures`` entry points). The bridge shares the model's weights
     (no second copy in memory) and wraps its own module objects, so the nnsight model traces,
     saves and reloads exactly as before.
@@ -80,12 +83,13 @@ def to_bridge(model: Any, part: str = "vlm", compatibility: bool = False) -> Any
 
 
 def bridge_inputs(model: Any, observations: Any, part: str = "vlm") -> dict[str, torch.Tensor]:
-    """What ``part`` of the model is fed for ``observations`` inside a prediction's first
-    forward, as keyword arguments of the bridge (``input``: the embeddings, image patches
-    where the policy puts them; ``attention_mask``; ``position_ids``; and whatever else the
-    tower takes: Pi0's action expert, at denoising step 0 of a seed-0 prediction, also gets the
-    VLM's keys and values, ``past_key_values``, and in Pi0.5 the time condition of its
-    adaptive norms, ``adarms_cond``).
+    """What ``part`` of the model is fed for ``observations``, as keyword arguments of the bridge.
+
+    These are its inputs inside a prediction's first forward (``input``: the embeddings,
+    image patches where the policy puts them; ``attention_mask``; ``position_ids``; and
+    whatever else the tower takes: Pi0's action expert, at denoising step 0 of a seed-0
+    prediction, also gets the VLM's keys and values, ``past_key_values``, and in Pi0.5 the
+    time condition of its adaptive norms, ``adarms_cond``).
 
     Example:
         >>> bridge.run_with_cache(**bridge_inputs(model, obs))
@@ -98,13 +102,15 @@ def bridge_inputs(model: Any, observations: Any, part: str = "vlm") -> dict[str,
 
 @contextlib.contextmanager
 def token_inputs(model: Any, bridge: Any, observation: Any, part: str = "vlm") -> Iterator[torch.Tensor]:
-    """Token ids of one observation for TransformerLens functions that take tokens
-    (``transformer_lens.patching``, ``utilities.test_prompt``): the prompt's ids with
-    placeholder ids where the image patches go. While the block is open, a hook on the
-    bridge's ``hook_embed`` writes this observation's patch embeddings there, so any prompt of
-    the same length runs with this image (patching between two instructions of one scene);
-    where the policy's mask is not causal (Pi0's prefix-LM mask), each run of the bridge on
-    token ids also gets the mask and positions the policy builds for those ids.
+    """Token ids of one observation for TransformerLens functions that take tokens.
+
+    Such functions are ``transformer_lens.patching`` and ``utilities.test_prompt``. The ids
+    are the prompt's, with placeholder ids where the image patches go. While the block is
+    open, a hook on the bridge's ``hook_embed`` writes this observation's patch embeddings
+    there, so any prompt of the same length runs with this image (patching between two
+    instructions of one scene); where the policy's mask is not causal (Pi0's prefix-LM mask),
+    each run of the bridge on token ids also gets the mask and positions the policy builds
+    for those ids.
 
     Example:
         >>> with token_inputs(model, bridge, clean) as tokens:

@@ -18,8 +18,9 @@ class _HookPoint:
 
 
 class HookSteering(Intervention):
-    """TransformerLens hook functions (``(hook_name, fn(activation, hook))``) as an intervention,
-    so they run wherever interventions do: `model.steer`, traces, and LIBERO evaluation
+    """TransformerLens hook functions (``(hook_name, fn(activation, hook))``) as an intervention.
+
+    They run wherever interventions do: `model.steer`, traces, and LIBERO evaluation
     (``evaluate(model, ..., steering=HookSteering(...), controls=("baseline",))`` — arbitrary
     functions have no random control). As in TransformerLens, a hook returns a replacement,
     or None after changing the activation in place; ``hook.call`` counts the site's forwards
@@ -56,6 +57,7 @@ class HookSteering(Intervention):
                       for name, fn in self._hooks]
 
     def edits(self, model: Any) -> list[Edit]:
+        """One edit per hook, at its hook name's site; the hook gets ``hook.call`` set."""
         out = []
         for name, fn in self._hooks:
             point = _HookPoint(name)
@@ -69,6 +71,7 @@ class HookSteering(Intervention):
         return out
 
     def random_like(self, model: Any, seed: int, rng: Any) -> Intervention:
+        """Raises `InputError`: arbitrary hook functions have no random control."""
         raise InputError(
             "TransformerLens hook functions have no random control (they are arbitrary code); "
             "evaluate them with controls=('baseline',), or steer with Clamp/Add for a random control."
@@ -80,8 +83,9 @@ class HookSteering(Intervention):
 
 @contextlib.contextmanager
 def hooks(model: Any, fwd_hooks: Sequence[tuple[str, Callable]], tower: str = "vlm") -> Iterator[Any]:
-    """Run TransformerLens-style ``fwd_hooks`` on every prediction made inside the block:
-    ``model.steer(HookSteering(fwd_hooks, tower))``.
+    """Run TransformerLens-style ``fwd_hooks`` on every prediction made in the block.
+
+    The block is ``model.steer(HookSteering(fwd_hooks, tower))``.
 
     Example:
         >>> def clamp(acts, hook):

@@ -1,6 +1,7 @@
-"""SAE-Lens sparse autoencoders at VLA sites: loading and checking against a site, and reading
-features on predictions (`collect`); steering them lives in `sae_steering`, training in
-`sae_training`.
+"""SAE-Lens sparse autoencoders at VLA sites: loading, checking and reading features.
+
+An SAE is loaded and checked against a site, and its features are read on predictions
+(`collect`); steering them lives in `sae_steering`, training in `sae_training`.
 
 An SAE names where it reads in ``sae.cfg.metadata.hook_name``, a TransformerLens hook point such
 as ``"blocks.1.hook_resid_post"`` or ``"blocks.1.mlp.hook_post"``: that is a `Site`
@@ -60,8 +61,10 @@ def sae_tower(sae: Any, tower: str | None = None) -> str:
 
 
 def sae_site(model: Any, sae: Any, tower: str | None = None) -> Site:
-    """The site of ``model`` that ``sae`` reads, checked: its ``metadata.hook_name`` must be a
-    hook point a prediction runs and its ``d_in`` the site's width.
+    """The site of ``model`` that ``sae`` reads, checked.
+
+    The SAE's ``metadata.hook_name`` must be a hook point a prediction runs and its ``d_in``
+    the site's width.
 
     Example:
         >>> sae_site(model, sae)            # metadata.hook_name == "blocks.1.mlp.hook_post"
@@ -93,9 +96,11 @@ def sae_site(model: Any, sae: Any, tower: str | None = None) -> Site:
 
 def load_sae(path: str | Path, model: Any = None, *, tower: str | None = None,
              device: str | None = None, dtype: str | None = None) -> Any:
-    """An SAE saved in SAE-Lens's own format (``sae.save_model(folder)``: ``cfg.json`` and
-    ``sae_weights.safetensors``), checked against ``model``'s site when a model is given
-    (see `sae_site`). ``device`` defaults to the model's device, else the CPU.
+    """An SAE saved in SAE-Lens's own format, checked against ``model``'s site if one is given.
+
+    The format is what ``sae.save_model(folder)`` writes: ``cfg.json`` and
+    ``sae_weights.safetensors``. The check is `sae_site`'s. ``device`` defaults to the model's
+    device, else the CPU.
 
     Example:
         >>> sae = load_sae("saes/neurons-1", model)
@@ -123,8 +128,10 @@ def load_sae(path: str | Path, model: Any = None, *, tower: str | None = None,
 def sae_features(model: Any, sae: Any, observations: Any, *, calls: Any = "prefill", positions: Any = "all",
                  tower: str | None = None, batch_size: int = 1, progress: bool = False,
                  **options: Any) -> torch.Tensor:
-    """The SAE's feature activations on ``model``'s predictions: the site's activations from
-    `nnsight_vla.collect` (same ``calls``, ``positions``, ``batch_size``, options), encoded.
+    """The SAE's feature activations on ``model``'s predictions.
+
+    They are the site's activations from `nnsight_vla.collect` (same ``calls``,
+    ``positions``, ``batch_size``, options), encoded.
 
     Returns:
         A float32 CPU tensor ``[observations, calls, positions, d_sae]``.

@@ -1,6 +1,8 @@
-"""Steering SAE-Lens features at VLA sites: `ClampFeatures` and `ScaleFeatures` in nnsight
-traces, around plain calls (`model.steer`) and on TransformerLens bridges with the SAE attached
-(`attach_sae`, `to_sae_bridge`, `feature_hooks`). Loading and reading live in `sae`.
+"""Steering SAE-Lens features at VLA sites: `ClampFeatures` and `ScaleFeatures`.
+
+They steer in nnsight traces, around plain calls (`model.steer`) and on TransformerLens bridges
+with the SAE attached (`attach_sae`, `to_sae_bridge`, `feature_hooks`). Loading and reading
+live in `sae`.
 
 Example:
     >>> with model.steer(ClampFeatures(sae, [12], 5.0)):
@@ -26,10 +28,12 @@ from .sae import _STATEFUL_NORMS, _check_is_sae, sae_site, sae_tower
 
 
 class FeatureIntervention(Intervention):
-    """Steers chosen features of an SAE at its site: encodes the activation, changes the chosen
-    features, decodes, and adds back the SAE's reconstruction error, i.e. the activation
-    becomes ``x + (decode(f') - decode(f))`` = ``decode(f') + (x - decode(f))``. Written as the
-    change, an untouched SAE (``f' == f``) leaves the activation bit-for-bit as it was.
+    """Steers chosen features of an SAE at its site.
+
+    It encodes the activation, changes the chosen features, decodes, and adds back the SAE's
+    reconstruction error, i.e. the activation becomes ``x + (decode(f') - decode(f))`` =
+    ``decode(f') + (x - decode(f))``. Written as the change, an untouched SAE (``f' == f``)
+    leaves the activation bit-for-bit as it was.
 
     Args:
         sae: An SAE-Lens SAE whose ``metadata.hook_name`` is a site of the model.
@@ -78,6 +82,7 @@ class FeatureIntervention(Intervention):
             return (steered - clean).to(device=x.device, dtype=x.dtype)
 
     def edits(self, model: Any) -> list[Edit]:
+        """One edit at the SAE's `sae_site`: ``x + delta(x)`` at the chosen calls and positions."""
         _, calls = self._when(model)
         site = sae_site(model, self.sae, self.tower)
 
@@ -87,12 +92,13 @@ class FeatureIntervention(Intervention):
         return [Edit(site, edit)]
 
     def bridge_hook(self, bridge: Any) -> tuple[str, Any]:
-        """A ``(hook_name, fn)`` pair for ``bridge.run_with_hooks`` that steers the same features
-        on the SAE attached to ``bridge`` (`attach_sae`): it changes the attached SAE's feature
-        activations (``hook_sae_acts_post``), and the bridge adds back the error term (an SAE
-        attached with ``use_error_term=False`` instead replaces the activation by the steered
-        reconstruction). Like `steering.hook_points`, it counts its calls (one per forward):
-        make a fresh one per run.
+        """A ``(hook_name, fn)`` pair for ``bridge.run_with_hooks`` that steers the same features.
+
+        It steers them on the SAE attached to ``bridge`` (`attach_sae`): it changes the
+        attached SAE's feature activations (``hook_sae_acts_post``), and the bridge adds back
+        the error term (an SAE attached with ``use_error_term=False`` instead replaces the
+        activation by the steered reconstruction). Like `steering.hook_points`, it counts its
+        calls (one per forward): make a fresh one per run.
 
         Example:
             >>> bridge = to_sae_bridge(model, sae)
@@ -160,6 +166,7 @@ class ClampFeatures(FeatureIntervention):
         self.value = number(value, "the feature value")
 
     def new_values(self, selected: torch.Tensor) -> torch.Tensor:
+        """``value`` for every chosen feature activation."""
         return torch.full_like(selected, self.value)
 
 
@@ -178,6 +185,7 @@ class ScaleFeatures(FeatureIntervention):
         self.factor = number(factor, "the scale factor")
 
     def new_values(self, selected: torch.Tensor) -> torch.Tensor:
+        """The chosen feature activations times ``factor``."""
         return selected * self.factor
 
 
@@ -185,10 +193,12 @@ class ScaleFeatures(FeatureIntervention):
 
 
 def attach_sae(bridge: Any, sae: Any, *, use_error_term: bool = True) -> Any:
-    """Attach ``sae`` at its hook point of a TransformerLens bridge with SAE-Lens's
-    ``SAETransformerBridge.add_sae``; a plain `TransformerBridge` (`to_bridge`) becomes one by
-    the class swap SAE-Lens's own boot performs. With ``use_error_term=True`` (the default) the
-    bridge's outputs stay as they were until features are changed. Returns the bridge.
+    """Attach ``sae`` at its hook point of a TransformerLens bridge; returns the bridge.
+
+    The SAE is attached with SAE-Lens's ``SAETransformerBridge.add_sae``; a plain
+    `TransformerBridge` (`to_bridge`) becomes one by the class swap SAE-Lens's own boot
+    performs. With ``use_error_term=True`` (the default) the bridge's outputs stay as they were
+    until features are changed.
 
     Example:
         >>> bridge = attach_sae(to_bridge(model), sae)
@@ -224,8 +234,9 @@ def attach_sae(bridge: Any, sae: Any, *, use_error_term: bool = True) -> Any:
 
 
 def to_sae_bridge(model: Any, saes: Any, *, use_error_term: bool = True, part: str = "vlm") -> Any:
-    """A bridge of ``model`` (`to_bridge`) with ``saes`` attached (`attach_sae`), each checked
-    against the model's sites first.
+    """A bridge of ``model`` (`to_bridge`) with ``saes`` attached (`attach_sae`).
+
+    Each SAE is checked against the model's sites first.
 
     Example:
         >>> bridge = to_sae_bridge(model, sae)

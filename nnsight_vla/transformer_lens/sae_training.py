@@ -18,8 +18,10 @@ from .sae import TOWER_KEY, _sae_lens, load_sae, sae_site
 
 def activation_rows(model: Any, observations: Any, site: Site, *, calls: Any = "prefill",
                     positions: Any = "all", progress: bool = False, **options: Any) -> torch.Tensor:
-    """The site's activations on each observation's prediction (`collect`, one observation at a
-    time, so sequences of different lengths mix), as rows ``[n, width]`` (float32, CPU).
+    """The site's activations on each observation's prediction, as rows ``[n, width]``.
+
+    They are collected (`collect`) one observation at a time, so sequences of different
+    lengths mix; the rows are float32, on the CPU.
     """
     site = Site.of(site)
     single = not isinstance(observations, Sequence) or isinstance(observations, str)
@@ -47,10 +49,11 @@ def fit_sae(activations: torch.Tensor, hook_name: str, folder: str | Path, *, d_
             l1_warm_up_steps: int | None = None, normalize: bool = True, seed: int = 0,
             device: str = "cpu", tower: str = "vlm", model_name: str | None = None,
             progress: bool = True) -> Any:
-    """Train a standard (ReLU, L1) SAE on ``activations`` ``[..., d_in]`` with SAE-Lens's own
-    trainer (`sae_lens.SAETrainer`: its loss, optimiser, gradient clipping, L1 warm-up and
-    activation scaling), save it in SAE-Lens's format to ``folder`` and return it loaded back
-    from there (`load_sae`).
+    """Train a standard (ReLU, L1) SAE on ``activations`` ``[..., d_in]`` with SAE-Lens's trainer.
+
+    The trainer is SAE-Lens's own (`sae_lens.SAETrainer`: its loss, optimiser, gradient
+    clipping, L1 warm-up and activation scaling). The SAE is saved in SAE-Lens's format to
+    ``folder`` and returned loaded back from there (`load_sae`).
 
     Args:
         activations: Rows to train on; every leading axis is flattened.
@@ -58,9 +61,12 @@ def fit_sae(activations: torch.Tensor, hook_name: str, folder: str | Path, *, d_
             SAE's metadata.
         folder: Where ``cfg.json`` and ``sae_weights.safetensors`` go (checked first).
         d_sae: Number of features.
-        steps, batch_size, lr: Training steps of ``batch_size`` shuffled rows, Adam's rate.
-        l1_coefficient, l1_warm_up_steps: The sparsity penalty (on activations scaled to norm
-            sqrt(d_in) when ``normalize``) and its linear warm-up (default: a tenth of the steps).
+        steps: Training steps, each on ``batch_size`` shuffled rows.
+        batch_size: Shuffled rows per training step.
+        lr: Adam's learning rate.
+        l1_coefficient: The sparsity penalty (on activations scaled to norm sqrt(d_in) when
+            ``normalize``).
+        l1_warm_up_steps: Steps of the penalty's linear warm-up (default: a tenth of the steps).
         normalize: Scale activations to mean norm sqrt(d_in) while training (SAE-Lens's
             ``expected_average_only_in``); the factor is folded into the saved weights.
         seed: Seeds the initial weights and the batch order.
@@ -140,10 +146,11 @@ def fit_sae(activations: torch.Tensor, hook_name: str, folder: str | Path, *, d_
 def train_sae(model: Any, observations: Any, site: Site, folder: str | Path, *, d_sae: int,
               calls: Any = "prefill", positions: Any = "all", progress: bool = True,
               options: dict[str, Any] | None = None, **training: Any) -> Any:
-    """Collect ``site``'s activations on ``observations`` (`activation_rows`: each prediction's
-    ``calls`` and ``positions``, all as rows) and train an SAE on them (`fit_sae`, whose
-    keyword arguments ``training`` takes), saved to ``folder`` and loaded back, checked
-    against the model.
+    """Collect ``site``'s activations on ``observations`` and train an SAE on them.
+
+    The activations are `activation_rows`' (each prediction's ``calls`` and ``positions``, all
+    as rows); the training is `fit_sae`'s, whose keyword arguments ``training`` takes. The SAE
+    is saved to ``folder`` and loaded back, checked against the model.
 
     Example:
         >>> sae = train_sae(model, observations, Site(1, "resid"), "saes/resid-1", d_sae=512, steps=2000)

@@ -62,8 +62,10 @@ def fit_dir() -> Path:
 
 def task_batch(preprocessor: Any, cameras: tuple[str, ...], state_dim: int, per_combination: int,
                seed: Sequence[int], triples: Sequence[tuple[int, int, int]] | None = None) -> dict[str, torch.Tensor]:
-    """`fast_task` samples through lerobot's preprocessor, their chunks as (un-normalised)
-    actions: the batch holds the prompt tokens and the FAST sequences lerobot writes.
+    """A batch of `fast_task` samples put through lerobot's preprocessor.
+
+    The samples' chunks go in as (un-normalised) actions: the batch holds the prompt tokens and
+    the FAST sequences lerobot writes.
     """
     pairs = fast_task.samples(per_combination, seed, triples)
     raw = to_batch([obs for obs, _ in pairs], cameras, state_dim)
@@ -77,8 +79,9 @@ def task_batch(preprocessor: Any, cameras: tuple[str, ...], state_dim: int, per_
 
 
 def _hidden(policy: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The final hidden states that predict each FAST sequence's tokens after its BOS: the
-    prompt and BOS as the decoder's bidirectional prefix, the other tokens causal after it.
+    """The final hidden states that predict each FAST sequence's tokens after its BOS.
+
+    The prompt and BOS are the decoder's bidirectional prefix, the other tokens causal after it.
     """
     model, sequence, mask = policy.model, batch[ACTION_TOKENS], batch[ACTION_TOKEN_MASK]
     images, image_masks = policy._preprocess_images(batch)
@@ -110,8 +113,9 @@ def _fitted_names(policy: torch.nn.Module) -> list[str]:
 
 
 def _fit(policy: torch.nn.Module, draw: Callable[[int], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Fit ``policy`` in place on ``draw(step)``'s batches; returns the fitted tensors by
-    name, plus the head rows and their ids.
+    """Fit ``policy`` in place on ``draw(step)``'s batches.
+
+    Returns the fitted tensors by name, plus the head rows and their ids.
     """
     first = draw(0)
     ids = torch.unique(first[ACTION_TOKENS][:, 1:][first[ACTION_TOKEN_MASK][:, 1:]])
@@ -189,8 +193,10 @@ def read(path: Path, key: str, policy: torch.nn.Module) -> tuple[dict[str, torch
 
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    """Torch on one thread inside the block: the fit's matrices are small (more threads only
-    wait on each other, badly so on a busy machine), and one thread sums in one order.
+    """torch on one thread inside the block.
+
+    The fit's matrices are small (more threads only wait on each other, badly so on a busy
+    machine), and one thread sums in one order.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -205,8 +211,10 @@ def _draws(preprocessor: Any, cameras: tuple[str, ...], state_dim: int) -> Calla
 
 
 def fit_tiny(policy: torch.nn.Module, preprocessor: Any, cameras: tuple[str, ...], state_dim: int) -> str:
-    """Give the freshly seeded tiny policy its fitted weights (shipped, cached, or fitted now,
-    checked and cached), then `check` that it acts. Returns where they came from.
+    """Give the freshly seeded tiny policy its fitted weights, then `check` that it acts.
+
+    The weights are the shipped ones, the cached ones, or fitted now (then checked and cached).
+    Returns where they came from.
     """
     draw = _draws(preprocessor, cameras, state_dim)
     wanted = key(policy, draw(0))
@@ -234,8 +242,10 @@ def fit_tiny(policy: torch.nn.Module, preprocessor: Any, cameras: tuple[str, ...
 
 def check(policy: Any, preprocessor: Any, cameras: tuple[str, ...], state_dim: int,
           triples: Sequence[tuple[int, int, int]] = QUICK, per_combination: int = 1) -> None:
-    """Greedy decoding of fresh observations of ``triples`` emits exactly the FAST sequence
-    lerobot writes for each one's chunk, else a `SetupError`.
+    """Check that greedy decoding of fresh observations of ``triples`` emits their FAST tokens.
+
+    Each observation must get exactly the FAST sequence lerobot writes for its chunk, else a
+    `SetupError`.
     """
     batch = task_batch(preprocessor, cameras, state_dim, per_combination, (PROBE_SEED,), triples)
     model, sequence, mask = policy.model, batch[ACTION_TOKENS], batch[ACTION_TOKEN_MASK]

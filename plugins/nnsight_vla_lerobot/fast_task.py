@@ -39,8 +39,10 @@ GRIPPER = 0.5
 
 
 def state_bins(state: np.ndarray) -> np.ndarray:
-    """The bins lerobot's Pi0-FAST prompt shows for a raw ``state``: normalised with the tiny
-    statistics, then 256 bins over [-1, 1] (-1 below it, 255 above).
+    """The bins lerobot's Pi0-FAST prompt shows for a raw ``state``.
+
+    The state is normalised with the tiny statistics, then put in 256 bins over [-1, 1] (-1 below
+    it, 255 above).
     """
     stats = TINY_STATS["observation.state"]
     normalised = (np.asarray(state, np.float64) - stats["mean"].numpy()) / stats["std"].numpy()
@@ -48,8 +50,9 @@ def state_bins(state: np.ndarray) -> np.ndarray:
 
 
 def levels(obs: Observation) -> tuple[int, int, int]:
-    """The (image, instruction, state) levels of ``obs``; an instruction the task does not
-    have is an `InputError`.
+    """The (image, instruction, state) levels of ``obs``.
+
+    An instruction the task does not have is an `InputError`.
     """
     mean = float(np.asarray(obs.images[CAMERAS[0]]).mean())
     image = 0 if mean < 96 else 1 if mean <= 160 else 2
@@ -74,8 +77,10 @@ def actions(obs: Observation) -> np.ndarray:
 
 
 def observation(rng: np.random.Generator, image: int, instruction: int, state: int) -> Observation:
-    """A random observation at the three levels: noise images, the other state entries
-    uniform in [-1, 1] (raw), like `nnsight_vla.testing.contract.example_observation`'s.
+    """A random observation at the three levels.
+
+    Its images are noise and its other state entries uniform in [-1, 1] (raw), like
+    `nnsight_vla.testing.contract.example_observation`'s.
     """
     low, high = IMAGE_RANGES[image]
     images = {CAMERAS[0]: rng.integers(low, high, (SIZE, SIZE, 3), dtype=np.uint8),
@@ -93,8 +98,9 @@ def combinations() -> list[tuple[int, int, int]]:
 
 def samples(per_combination: int, seed: int | Sequence[int],
             triples: Sequence[tuple[int, int, int]] | None = None) -> list[tuple[Observation, np.ndarray]]:
-    """``per_combination`` random observations of every level triple (or of ``triples``), with
-    their normalised chunks.
+    """``per_combination`` random observations of every level triple, with their normalised chunks.
+
+    The triples are all of them (`combinations`), or ``triples`` when given.
     """
     rng = np.random.default_rng(seed)
     triples = combinations() if triples is None else triples

@@ -14,8 +14,10 @@ STATE_KEY = "observation.state"
 
 
 def from_lerobot(batch: Mapping[str, Any]) -> list[Observation]:
-    """Observations from a lerobot observation dict (``observation.images.<camera>`` as
-    ``(C, H, W)`` or ``(B, C, H, W)`` float tensors in [0, 1], ``observation.state``, ``task``).
+    """Observations from a lerobot observation dict.
+
+    The dict holds ``observation.images.<camera>`` as ``(C, H, W)`` or ``(B, C, H, W)`` float
+    tensors in [0, 1], ``observation.state`` and ``task``.
     """
     cameras = {k[len(IMAGE_PREFIX):]: v for k, v in batch.items() if k.startswith(IMAGE_PREFIX)}
     if not cameras or "task" not in batch:
@@ -38,9 +40,11 @@ def from_lerobot(batch: Mapping[str, Any]) -> list[Observation]:
 
 
 def from_libero(raw: Mapping[str, Any]) -> list[Observation]:
-    """Observations from a raw LIBERO environment observation (``pixels`` per camera,
-    ``robot_state``) plus its ``task``, through lerobot's own conversion: images rotated by
-    180 degrees, state = end-effector position, axis-angle and gripper joints (8-D).
+    """Observations from a raw LIBERO environment observation plus its ``task``.
+
+    The raw observation holds ``pixels`` per camera and ``robot_state``. It goes through lerobot's
+    own conversion: images rotated by 180 degrees, state = end-effector position, axis-angle and
+    gripper joints (8-D).
     """
     from lerobot.envs.utils import preprocess_observation
     from lerobot.processor.env_processor import LiberoProcessorStep

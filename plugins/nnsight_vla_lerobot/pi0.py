@@ -76,9 +76,10 @@ def _layout(names: dict[str, str], bridges: dict) -> Layout:
 
 
 def resize_paligemma(modeling: ModuleType, sizes: Mapping) -> dict[str, Any]:
-    """What of ``modeling`` (lerobot's PaliGemma-based modeling module) gives way to
-    ``sizes``: lerobot reads the Gemma widths from ``get_gemma_config`` and hard-codes SigLIP's
-    inside its PaliGemma class: both give way to ``sizes``.
+    """What of ``modeling`` (lerobot's PaliGemma-based modeling module) gives way to ``sizes``.
+
+    Lerobot reads the Gemma widths from ``get_gemma_config`` and hard-codes SigLIP's inside its
+    PaliGemma class: both give way to ``sizes``.
     """
     paligemma = modeling.PaliGemmaForConditionalGenerationWithPiGemma
 
@@ -144,7 +145,7 @@ class Pi0(LeRobotVLA):
         return range(self.policy_config.num_inference_steps) if tower == "expert" else None
 
     def _remap_keys(self, policy: Any, tensors: dict) -> dict:
-        """Lerobot's loading: openpi's key fixes, then a ``model.`` prefix on every key."""
+        """lerobot's loading: openpi's key fixes, then a ``model.`` prefix on every key."""
         fixed = policy._fix_pytorch_state_dict_keys(tensors, policy.config)
         return {k if k.startswith("model.") else f"model.{k}": v for k, v in fixed.items()}
 

@@ -49,9 +49,10 @@ PI0_FAST = PolicyKind(
 
 @functools.lru_cache(maxsize=1)
 def tiny_text_tokenizer() -> Any:
-    """Gemma's special-token layout and "|" (FAST's terminator) over English words, padded with
-    reserved pieces to PaliGemma's 257,152 ids (built once per process, ~6 s). Like Gemma's, it
-    adds no dummy prefix: "|" is one piece, "Action: " is ``Action, :, ▁``.
+    """A tokenizer of English words with Gemma's special-token layout and "|" (FAST's terminator).
+
+    It is padded with reserved pieces to PaliGemma's 257,152 ids (built once per process, ~6 s).
+    Like Gemma's, it adds no dummy prefix: "|" is one piece, "Action: " is ``Action, :, ▁``.
     """
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "|"]
     named = dict(bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>", dummy_prefix=False)
@@ -68,8 +69,10 @@ def _with_special_tokens(tokenizer: Any, add_bos_token: bool, add_eos_token: boo
 
 
 class _AsAsked(sizing.Given):
-    """The text tokenizer, standing in for PaliGemma's wherever lerobot loads it by name; its
-    FAST steps ask for ``add_bos_token=False, add_eos_token=True`` (a sequence ends "| EOS").
+    """The text tokenizer, standing in for PaliGemma's wherever lerobot loads it by name.
+
+    Lerobot's FAST steps ask for ``add_bos_token=False, add_eos_token=True`` (a sequence ends
+    "| EOS").
     """
 
     def from_pretrained(self, *args: Any, add_bos_token: bool | None = None, add_eos_token: bool | None = None,
@@ -80,10 +83,13 @@ class _AsAsked(sizing.Given):
 
 
 def tiny_action_tokenizer(time_horizon: int = 10, action_dim: int = 7, seed: int = 0) -> Any:
-    """A FAST tokenizer (DCT, rounding, byte-level BPE; lerobot's own implementation) fitted on
-    smooth synthetic chunks, random walks of ``time_horizon`` steps in ``action_dim``
-    dimensions, and once on each chunk the tiny policy is taught (`fast_task`), as FAST
-    tokenizers are fitted on a data set's actions: each of those encodes to two tokens.
+    """A FAST tokenizer (DCT, rounding, byte-level BPE) fitted on synthetic action chunks.
+
+    It is lerobot's own implementation, fitted on smooth synthetic chunks, random walks of
+    ``time_horizon`` steps in ``action_dim`` dimensions, and once on each chunk the tiny policy is
+    taught (`fast_task`), as FAST tokenizers are fitted on a data set's actions: each of those
+    encodes to two tokens. The taught chunks join only when their shape is
+    ``(time_horizon, action_dim)``.
     """
     from lerobot.policies.molmoact2.molmoact2_hf_model.action_tokenizer import UniversalActionProcessor
 
@@ -104,9 +110,10 @@ class FastDecodingError(VLAError, RuntimeError):
 
 
 class Pi0Fast(LeRobotVLA):
-    """Pi0-FAST (Physical Intelligence's π0-FAST, as ported by lerobot 0.6.1): PaliGemma reads the
-    cameras, the instruction and the discretised state, then decodes the action chunk as FAST
-    tokens (a DCT over time, rounded, byte-level BPE), one forward per token.
+    """Pi0-FAST (Physical Intelligence's π0-FAST, as ported by lerobot 0.6.1).
+
+    PaliGemma reads the cameras, the instruction and the discretised state, then decodes the action
+    chunk as FAST tokens (a DCT over time, rounded, byte-level BPE), one forward per token.
 
     FAST token ``t`` is PaliGemma id ``vocab_size - 1 - fast_skip_tokens - t``; `token_strings`
     labels those ids ``[FAST t]``. Every forward of ``layers`` emits a token: the prefill the
@@ -124,8 +131,10 @@ class Pi0Fast(LeRobotVLA):
     _persistent_attributes = (*LeRobotVLA._persistent_attributes, "action_tokenizer")
 
     def action_calls(self, tower: str) -> range | None:
-        """Every forward of the VLM emits a token: the prefill the first, each decoding step the
-        next (at most ``max_decoding_steps``; greedy decoding stops early at the "|" terminator).
+        """Every forward of the VLM emits a token; other towers have no action calls.
+
+        The prefill emits the first, each decoding step the next (at most ``max_decoding_steps``;
+        greedy decoding stops early at the "|" terminator).
         """
         return range(self.policy_config.max_decoding_steps) if tower == "vlm" else None
 
@@ -147,7 +156,7 @@ class Pi0Fast(LeRobotVLA):
                                                 UniversalActionProcessor.from_pretrained_local, "FAST tokenizer")
 
     def _local_parts(self) -> contextlib.AbstractContextManager:
-        """Lerobot's policy and processors fetch both tokenizers by name: they get ours."""
+        """lerobot's policy and processors fetch both tokenizers by name: they get ours."""
         stack = contextlib.ExitStack()
         given = {"AutoProcessor": sizing.Given(self.action_tokenizer), "AutoTokenizer": _AsAsked(self._tokenizer)}
         stack.enter_context(sizing.replaced(modeling_pi0_fast, given))
@@ -155,8 +164,10 @@ class Pi0Fast(LeRobotVLA):
         return stack
 
     def _load_weights(self) -> torch.nn.Module:
-        """A checkpoint's weights; the built-in's seeded weights fitted to `fast_task` (`fast_fit`),
-        in float32 (what the fit is keyed by), then cast as lerobot casts for the config's dtype.
+        """A checkpoint's weights; the built-in's seeded weights fitted to `fast_task` (`fast_fit`).
+
+        The built-in's are fitted in float32 (what the fit is keyed by), then cast as lerobot casts
+        for the config's dtype.
         """
         if self.folder is not None:
             return super()._load_weights()
@@ -174,8 +185,9 @@ class Pi0Fast(LeRobotVLA):
         return replace(super()._spec(), action_token_ids=self.fast_token_ids())
 
     def fast_token_ids(self) -> range:
-        """The PaliGemma ids of FAST tokens ``vocab_size - 1 - fast_skip_tokens - t``, t < the
-        FAST vocabulary's size.
+        """The PaliGemma ids of FAST tokens: ``vocab_size - 1 - fast_skip_tokens - t``.
+
+        ``t`` runs below the FAST vocabulary's size.
         """
         last = self._tokenizer.vocab_size - 1 - self.policy_config.fast_skip_tokens
         return range(last - self.action_tokenizer.vocab_size + 1, last + 1)
@@ -224,8 +236,10 @@ class Pi0Fast(LeRobotVLA):
                 )
 
     def _fast_problems(self, tokens: torch.Tensor) -> list[str]:
-        """Why each generated row is not a clean FAST sequence (ids outside the FAST range before
-        the "|" terminator, or no terminator), as lerobot's decoder would read it.
+        """Why each generated row is not a clean FAST sequence, as lerobot's decoder would read it.
+
+        A row is not clean with ids outside the FAST range before the "|" terminator, or with no
+        terminator.
         """
         bar = self._tokenizer.convert_tokens_to_ids("|")
         prefix = set(self._tokenizer.encode("Action: ", add_special_tokens=False))

@@ -61,18 +61,22 @@ def _tokenizer(folder: Path, kind: PolicyKind) -> Any:
 
 
 class PrefixCache(DynamicCache):
-    """A copy of a KV cache that no forward extends: each layer's ``update`` returns the
-    cached keys and values followed by the new ones, as `DynamicCache` does, and keeps only
-    the cached ones. The action expert reads the VLM's prefix this way at every denoising
-    step (lerobot gives each step a fresh clone), so bridge inputs holding it can be reused.
+    """A copy of a KV cache that no forward extends.
+
+    Each layer's ``update`` returns the cached keys and values followed by the new ones, as
+    `DynamicCache` does, and keeps only the cached ones. The action expert reads the VLM's prefix
+    this way at every denoising step (lerobot gives each step a fresh clone), so bridge inputs
+    holding it can be reused.
     """
 
     @classmethod
     def of(cls, cache: Any) -> PrefixCache:
+        """A `PrefixCache` of clones of each layer's keys and values in ``cache``."""
         return cls(tuple((keys.clone(), values.clone(), *rest) for keys, values, *rest in cache))
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's cached keys and values followed by the new ones, which it does not keep."""
         cached = self.layers[layer_idx]
         return torch.cat([cached.keys, keys], dim=-2), torch.cat([cached.values, values], dim=-2)
 
@@ -131,14 +135,17 @@ class LeRobotVLA(VLA):
         return tiny.build_tiny_tokenizer()
 
     def _configure_parts(self) -> None:
-        """Read or build what the kind needs besides its config and text tokenizer (a family
-        hook: Pi0-FAST's action tokenizer).
+        """Read or build what the kind needs besides its config and text tokenizer.
+
+        A family hook: Pi0-FAST's action tokenizer.
         """
 
     def _read_part(self, subfolder: str, hub_name: str, reader: Any, what: str) -> Any:
-        """A part the checkpoint keeps in ``subfolder`` (written by `_save`), else ``hub_name``
-        (the Hub or its cache), read by ``reader`` (a class with ``from_pretrained``, or a
-        function of the source); neither readable: a `CheckpointError` saying how to save it.
+        """A part the checkpoint keeps in ``subfolder`` (written by `_save`), else ``hub_name``.
+
+        ``hub_name`` is read from the Hub or its cache. The part is read by ``reader`` (a class with
+        ``from_pretrained``, or a function of the source); neither readable: a `CheckpointError`
+        saying how to save it.
         """
         local = self.folder / subfolder
         source = str(local) if local.is_dir() else hub_name
@@ -154,8 +161,10 @@ class LeRobotVLA(VLA):
             ) from err
 
     def _local_parts(self) -> contextlib.AbstractContextManager:
-        """A block in which lerobot's code that would fetch tokenizers or processors by name
-        gets this model's own (a family hook; none here).
+        """A block in which lerobot gets this model's own tokenizers and processors.
+
+        Inside it, lerobot's code that would fetch tokenizers or processors by name gets this
+        model's own (a family hook; none here).
         """
         return contextlib.nullcontext()
 
@@ -218,9 +227,10 @@ class LeRobotVLA(VLA):
             return self.kind.policy_class(config)
 
     def _resize(self, sizes: Mapping) -> Mapping[str, Any]:
-        """The attributes of the kind's modeling module that build the policy at ``sizes``
-        (the tiny sizes, or a checkpoint's ``nnsight_vla.json``) instead of lerobot's own;
-        other code in the process keeps lerobot's sizes (a family hook; none here).
+        """The attributes of the kind's modeling module that build the policy at ``sizes``.
+
+        ``sizes`` (the tiny sizes, or a checkpoint's ``nnsight_vla.json``) stand instead of
+        lerobot's own; other code in the process keeps lerobot's sizes (a family hook; none here).
         """
         raise CheckpointError(
             f"sizes were given for lerobot policy type {self.kind.type!r}, which {type(self).__name__} "
@@ -228,7 +238,7 @@ class LeRobotVLA(VLA):
         )
 
     def _remap_keys(self, policy: torch.nn.Module, tensors: dict) -> dict:
-        """Lerobot's key fixes on loading a checkpoint's tensors (a family hook; none here)."""
+        """lerobot's key fixes on loading a checkpoint's tensors (a family hook; none here)."""
         return tensors
 
     def _build(self) -> torch.nn.Module:
@@ -283,12 +293,15 @@ class LeRobotVLA(VLA):
         return super()._batch(invokes, fn)
 
     def trace(self, *inputs: Any, fn: Any = None, **kwargs: Any):
-        """An nnsight trace of the inference path (``predict_action``); lerobot's training
-        ``forward`` needs actions and is reached with ``fn=model._module.forward``.
+        """An nnsight trace of the inference path (``predict_action``).
+
+        Lerobot's training ``forward`` needs actions and is reached with
+        ``fn=model._module.forward``.
         """
         return super().trace(*inputs, fn=fn or self._predict_action, **kwargs)
 
     def scan(self, *inputs: Any, fn: Any = None, **kwargs: Any):
+        """An nnsight scan (fake tensors: shapes only) of the inference path, like `trace`."""
         return super().scan(*inputs, fn=fn or self._predict_action, **kwargs)
 
     def noise(self, batch_size: int, seed: int | None) -> torch.Tensor | None:
@@ -330,10 +343,11 @@ class LeRobotVLA(VLA):
         return self.layout.bridges[part]
 
     def bridge_inputs(self, part: str, observations: list[Observation]) -> dict[str, Any]:
-        """The keyword arguments the part's tower gets in the first forward of a seed-0
-        prediction, read in a trace (``inputs_embeds`` becomes the bridge's ``input``; None
-        values and ``use_cache`` are left out). A KV cache comes as a `PrefixCache`, so the
-        same inputs serve any number of runs.
+        """The keyword arguments the part's tower gets in the first forward of a seed-0 prediction.
+
+        They are read in a trace (``inputs_embeds`` becomes the bridge's ``input``; None values and
+        ``use_cache`` are left out). A KV cache comes as a `PrefixCache`, so the same inputs serve
+        any number of runs.
         """
         tower = self.get(self.layout.tower(self._bridge_spec(part).tower).root)
         with self.trace(observations, seed=0) as tracer:
@@ -349,9 +363,10 @@ class LeRobotVLA(VLA):
         return inputs
 
     def bridge_tokens(self, part: str, observations: list[Observation]) -> Any:
-        """The VLM prefix as ids: placeholders for the image patches, then the instruction's
-        ids; runs on other ids of this length get the prefix-LM mask and positions lerobot
-        builds (images always valid, the instruction's pad ids masked).
+        """The VLM prefix as ids: placeholders for the image patches, then the instruction's ids.
+
+        Runs on other ids of this length get the prefix-LM mask and positions lerobot builds
+        (images always valid, the instruction's pad ids masked).
         """
         from lerobot.policies.common.vla_utils import make_att_2d_masks, prepare_attention_masks_4d
 
@@ -384,8 +399,10 @@ class LeRobotVLA(VLA):
     # -- saving ----------------------------------------------------------------------
 
     def _save(self, folder: Path, **options: Any) -> None:
-        """Lerobot's own layout (config.json, model.safetensors, processor files), plus the
-        tokenizer files and, for resized policies, ``nnsight_vla.json`` with the sizes.
+        """Write lerobot's own layout (config.json, model.safetensors, processor files).
+
+        Also writes the tokenizer files and, for resized policies, ``nnsight_vla.json`` with the
+        sizes.
         """
         self._module.save_pretrained(folder)
         self.preprocessor.save_pretrained(folder)

@@ -16,8 +16,9 @@ _lock = threading.RLock()
 
 @contextlib.contextmanager
 def replaced(module: ModuleType, replacements: Mapping[str, Any]) -> Iterator[None]:
-    """Within the block, ``module.<name>`` is ``replacements[name]``; the originals come
-    back after it, exceptions included. One block runs at a time in the process.
+    """Within the block, ``module.<name>`` is ``replacements[name]``.
+
+    The originals come back after it, exceptions included. One block runs at a time in the process.
 
     Example:
         >>> with replaced(math, {"pi": 3.0}):
@@ -36,21 +37,25 @@ def replaced(module: ModuleType, replacements: Mapping[str, Any]) -> Iterator[No
 
 
 class Given:
-    """Stands in for a transformers ``Auto*`` class inside `replaced`: ``from_pretrained``
-    returns ``value`` (a deep copy of it with ``fresh``, for values the caller may change).
+    """Stands in for a transformers ``Auto*`` class inside `replaced`.
+
+    Its ``from_pretrained`` returns ``value`` (a deep copy of it with ``fresh``, for values the
+    caller may change).
     """
 
     def __init__(self, value: Any, fresh: bool = False):
         self.value, self.fresh = value, fresh
 
     def from_pretrained(self, *args: Any, **kwargs: Any) -> Any:
+        """``value``, or a deep copy of it with ``fresh``, whatever the arguments."""
         return copy.deepcopy(self.value) if self.fresh else self.value
 
 
 @contextlib.contextmanager
 def local_tokenizer(kind: PolicyKind, tokenizer: Any) -> Iterator[None]:
-    """Within the block, ``kind``'s processor factory uses ``tokenizer`` instead of
-    fetching its tokenizer by name from the Hub.
+    """Within the block, ``kind``'s processor factory uses ``tokenizer``.
+
+    It does so instead of fetching its tokenizer by name from the Hub.
     """
     with _lock:
         step = functools.partial(kind.processing.TokenizerProcessorStep, tokenizer=tokenizer)

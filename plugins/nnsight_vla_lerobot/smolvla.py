@@ -80,8 +80,10 @@ def tiny_tokenizer() -> Any:
 
 
 def tiny_vlm_config(tokenizer: Any) -> Any:
-    """A 4-layer SmolVLM (Llama text model, 64 wide, 4 heads of 16 over 2 KV heads; one SigLIP
-    layer on 64-px images in 16-px patches, pixel-shuffled by 2: 4 tokens per camera).
+    """The config of a 4-layer SmolVLM: a Llama text model, 64 wide, 4 heads of 16 over 2 KV heads.
+
+    Its vision model is one SigLIP layer on 64-px images in 16-px patches, pixel-shuffled by 2:
+    4 tokens per camera.
     """
     from transformers import SmolVLMConfig
 
@@ -95,11 +97,13 @@ def tiny_vlm_config(tokenizer: Any) -> Any:
 
 
 class SmolVLA(LeRobotVLA):
-    """SmolVLA (Hugging Face, lerobot 0.6.1): SmolVLM's first ``num_vlm_layers`` text layers read
-    the cameras, the instruction and the state once; the action expert (a Llama of 0.75× the
-    width) then denoises the chunk over ``num_steps`` flow-matching steps. Expert layers
-    alternate: self-attention over the VLM's cached keys/values plus its own (every
-    ``self_attn_every_n_layers``-th), else cross-attention to the VLM layer's keys/values.
+    """SmolVLA (Hugging Face, lerobot 0.6.1).
+
+    SmolVLM's first ``num_vlm_layers`` text layers read the cameras, the instruction and the state
+    once; the action expert (a Llama of 0.75× the width) then denoises the chunk over
+    ``num_steps`` flow-matching steps. Expert layers alternate: self-attention over the VLM's
+    cached keys/values plus its own (every ``self_attn_every_n_layers``-th), else
+    cross-attention to the VLM layer's keys/values.
 
     lerobot calls each layer's parts, never the layer: ``layers[i].output`` never exists (an
     error), ``attn_out`` sites are ``self_attn.o_proj``'s output and ``resid`` sites are read
@@ -132,15 +136,17 @@ class SmolVLA(LeRobotVLA):
         self.vlm_config = self._read_part(VLM_DIR, config.vlm_model_name, AutoConfig, "VLM config")
 
     def _local_parts(self) -> contextlib.AbstractContextManager:
-        """Lerobot builds SmolVLM from its config and processor fetched by name; it reads only the
-        processor's tokenizer (the image token ids): both come from this model.
+        """SmolVLM's config and processor, which lerobot fetches by name, come from this model.
+
+        Lerobot builds SmolVLM from them; it reads only the processor's tokenizer (the image token
+        ids).
         """
         processor = SimpleNamespace(tokenizer=self._tokenizer)
         given = {"AutoConfig": sizing.Given(self.vlm_config, fresh=True), "AutoProcessor": sizing.Given(processor)}
         return sizing.replaced(smolvlm_with_expert, given)
 
     def _chunk(self, batch: dict[str, Any], seed: int | None, num_steps: int | None) -> torch.Tensor:
-        """Lerobot reads the number of denoising steps from the config: it is set for this call."""
+        """lerobot reads the number of denoising steps from the config: it is set for this call."""
         config = self._module.model.config
         default = config.num_steps
         config.num_steps = num_steps or default

@@ -34,11 +34,13 @@ _ALONE = object()  # a norm called without cond: by TransformerLens, not by lero
 
 
 class PiGemmaNormBridge(RMSNormalizationBridge):
-    """lerobot's ``PiGemmaRMSNorm``, which takes ``cond`` (Pi0.5's adaptive norm: scale, shift
-    and residual gate from the denoising time) and returns ``(normed, gate)``, where Gemma's
-    norm bridge expects one tensor in and out. Called as lerobot calls it (with ``cond``, None
-    included) it returns the pair; called as TransformerLens's analyses call a norm (one
-    tensor) it returns the normed tensor. ``hook_scale`` and ``hook_normalized`` hold the RMS
+    """A norm bridge for lerobot's ``PiGemmaRMSNorm``, which takes ``cond`` and returns a pair.
+
+    lerobot's ``PiGemmaRMSNorm`` takes ``cond`` (Pi0.5's adaptive norm: scale, shift and residual
+    gate from the denoising time) and returns ``(normed, gate)``, where Gemma's norm bridge
+    expects one tensor in and out. Called as lerobot calls it (with ``cond``, None included) it
+    returns the pair; called as TransformerLens's analyses call a norm (one tensor) it returns
+    the normed tensor. ``hook_scale`` and ``hook_normalized`` hold the RMS
     and ``x / rms``, before the weight or the modulation; ``hook_gate`` (adaptive norms only)
     the gate by which the layer scales what it adds to the residual stream after this norm's
     sublayer: ``resid_mid = resid_pre + ln1.hook_gate * attn_out``, and the same with ln2 and
@@ -50,6 +52,10 @@ class PiGemmaNormBridge(RMSNormalizationBridge):
         self.hook_gate = HookPoint()
 
     def forward(self, hidden_states: torch.Tensor, cond: Any = _ALONE, **kwargs: Any) -> Any:
+        """Run lerobot's norm through the hooks; unlike Gemma's norm bridge, it may return a pair.
+
+        With ``cond`` passed (None included) it returns ``(normed, gate)``, else ``normed`` alone.
+        """
         x = self.hook_in(hidden_states)
         with torch.no_grad():
             var = x.float().pow(2).mean(-1, keepdim=True) + self.original_component.eps
@@ -63,8 +69,9 @@ class PiGemmaNormBridge(RMSNormalizationBridge):
 
 
 class _PiGemma(Gemma1ArchitectureAdapter):
-    """Gemma's bridges on one tower of the policy, at the paths of its layout; the bridge
-    runs the tower on the tower's own inputs (`LeRobotVLA.bridge_inputs`).
+    """Gemma's bridges on one tower of the policy, at the paths of its layout.
+
+    The bridge runs the tower on the tower's own inputs (`LeRobotVLA.bridge_inputs`).
     """
 
     part: str  # a key of pi0.BRIDGES
@@ -97,8 +104,9 @@ class _PiGemma(Gemma1ArchitectureAdapter):
         return ".".join(p for p in (self.tower.root[len(self.root) + 1:], name) if p)
 
     def prepare_model(self, hf_model: torch.nn.Module) -> None:
-        """The bridged module (the bridge's own copy) runs the tower and returns its
-        final-normed output, through the unembedding when the tower has one.
+        """Make the bridged module (the bridge's own copy) run the tower.
+
+        It returns the tower's final-normed output, through the unembedding when the tower has one.
         """
         tower = hf_model.get_submodule(self.inside())
         unembed = self.component_mapping.get("unembed")
@@ -120,8 +128,10 @@ class PiGemmaVLM(_PiGemma):
 
 
 class PiGemmaExpert(_PiGemma):
-    """The action expert (no vocabulary): the bridge returns its final-normed output, what
-    ``action_out_proj`` reads (the velocity is that of the last ``chunk_size`` positions).
+    """The action expert (no vocabulary): the bridge returns its final-normed output.
+
+    That output is what ``action_out_proj`` reads (the velocity is that of the last
+    ``chunk_size`` positions).
     """
 
     part = "expert"

@@ -88,8 +88,9 @@ XVLA_KIND = PolicyKind(
 
 
 def _feature_side(vision: Any, pixels: int) -> int:
-    """Positions along one side of Florence-2's last feature map for an image side of
-    ``pixels``: each DaViT stage's patch convolution in turn.
+    """Positions along one side of Florence-2's last feature map for an image side of ``pixels``.
+
+    Each DaViT stage's patch convolution is applied in turn.
     """
     for size, stride, padding in zip(vision.patch_size, vision.patch_stride, vision.patch_padding):
         pixels = (pixels + 2 * padding - size) // stride + 1
@@ -98,8 +99,9 @@ def _feature_side(vision: Any, pixels: int) -> int:
 
 @functools.lru_cache(maxsize=1)
 def tiny_text_tokenizer() -> Any:
-    """BART's special-token layout (``<s>, <pad>, </s>, <unk>``) over English words, padded
-    with reserved pieces to the tiny vocabulary's `VOCAB` ids.
+    """BART's special-token layout (``<s>, <pad>, </s>, <unk>``) over English words.
+
+    It is padded with reserved pieces to the tiny vocabulary's `VOCAB` ids.
     """
     args = (["<s>", "<pad>", "</s>", "<unk>"],)
     names = {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"}
@@ -107,8 +109,10 @@ def tiny_text_tokenizer() -> Any:
 
 
 class _InitialNoise(TorchFunctionMode):
-    """Within the block (this thread only), the first ``torch.randn`` of ``noise``'s shape
-    returns ``noise`` on the requested device and dtype; everything else runs unchanged.
+    """A torch mode in which the first ``torch.randn`` of ``noise``'s shape returns ``noise``.
+
+    Within the block (this thread only), that call returns ``noise`` on the requested device and
+    dtype; everything else runs unchanged.
     """
 
     def __init__(self, noise: torch.Tensor):
@@ -151,8 +155,9 @@ class XVLA(LeRobotVLA):
         return range(self.policy_config.num_denoising_steps) if tower == "expert" else None
 
     def _remap_keys(self, policy: Any, tensors: dict) -> dict:
-        """Lerobot's loading: old vendored-Florence keys renamed, and the one tied embedding
-        restored under whichever of its two names safetensors dropped on saving.
+        """lerobot's loading: old vendored-Florence keys renamed, the one tied embedding restored.
+
+        The embedding is restored under whichever of its two names safetensors dropped on saving.
         """
         if modeling_xvla._is_vendored_florence_state_dict(tensors):
             tensors = modeling_xvla._remap_vendored_florence_state_dict(tensors)
@@ -186,8 +191,10 @@ class XVLA(LeRobotVLA):
         return batch
 
     def _fits(self, height: int, width: int) -> bool:
-        """Whether an image fits the vision tower's learned 2-D positions and the BART encoder's
-        positions, which hold the first camera's image tokens and the instruction's.
+        """Whether an image fits the vision tower's and the BART encoder's positions.
+
+        The vision tower's are learned 2-D positions; the BART encoder's hold the first camera's
+        image tokens and the instruction's.
         """
         vision, text = self.vision_config, self._module.model.vlm.config.text_config
         rows, columns = _feature_side(vision, height), _feature_side(vision, width)
@@ -200,8 +207,9 @@ class XVLA(LeRobotVLA):
         return self._module.model.vlm.config.vision_config
 
     def noise(self, batch_size: int, seed: int | None) -> torch.Tensor | None:
-        """The initial flow-matching noise ``[batch, chunk_size, model action dims]``: the same
-        ``seed`` gives every row the same noise.
+        """The initial flow-matching noise ``[batch, chunk_size, model action dims]``.
+
+        The same ``seed`` gives every row the same noise.
         """
         if seed is None:
             return None
@@ -210,8 +218,10 @@ class XVLA(LeRobotVLA):
         return row.expand(batch_size, -1, -1).contiguous()
 
     def _chunk(self, batch: dict[str, Any], seed: int | None, num_steps: int | None) -> torch.Tensor:
-        """Lerobot's ``predict_action_chunk`` with ``num_steps`` denoising steps, its noise
-        (drawn inside ``generate_actions``) replaced by the seeded `noise`.
+        """The chunk of lerobot's ``predict_action_chunk``: ``num_steps`` steps, seeded noise.
+
+        It builds lerobot's model inputs and calls ``model.generate_actions`` itself, so that the
+        noise drawn inside it can be replaced by the seeded `noise`.
         """
         policy = self._module
         inputs = policy._build_model_inputs(batch)

@@ -21,10 +21,12 @@ def to_checkpoint_key(key: str) -> str:
 
 
 def from_checkpoint_key(key: str) -> str:
+    """The official checkpoint's key -> ours (``scale_factor`` -> timm's LayerScale ``gamma``)."""
     return re.sub(r"\.ls([12])\.scale_factor$", r".ls\1.gamma", key)
 
 
 def read_tokenizer(folder: Path) -> Any:
+    """The tokenizer saved in ``folder``; a folder without its files is a `CheckpointError`."""
     from transformers import AutoTokenizer, LlamaConfig
 
     if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
@@ -44,8 +46,11 @@ def save_checkpoint(
     processor: OpenVLAProcessor,
     max_shard_bytes: int = 5 * 2**30,
 ) -> None:
-    """Write the official layout: config.json (with norm_stats), preprocessor_config.json,
-    tokenizer files and safetensors weights (shards plus an index when there are several).
+    """Write the official layout into ``folder``.
+
+    The layout is config.json (with norm_stats), preprocessor_config.json, tokenizer files and
+    safetensors weights (shards plus an index when there are several). `SIDECAR` is written too
+    when the config has anything for it.
     """
     folder.mkdir(parents=True, exist_ok=True)
     raw = config.to_dict()

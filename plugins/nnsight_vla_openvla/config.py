@@ -60,6 +60,7 @@ class OpenVLAConfig:
 
     @property
     def fused(self) -> bool:
+        """Whether the vision backbone fuses two timm models (as DINOv2 + SigLIP)."""
         return len(self.timm_model_ids) == 2
 
     @property
@@ -73,14 +74,18 @@ class OpenVLAConfig:
 
     @property
     def official_action_end(self) -> int:
-        """Where the official OpenVLA code ends the action ids: ``text_config.vocab_size -
-        pad_to_multiple_of`` (``OpenVLAForActionPrediction.vocab_size``; 32064 - 64 for Llama-2).
+        """Where the official OpenVLA code ends the action ids.
+
+        That is ``text_config.vocab_size - pad_to_multiple_of``
+        (``OpenVLAForActionPrediction.vocab_size``; 32064 - 64 for Llama-2).
         """
         return self.llama.vocab_size - self.pad_to_multiple_of
 
     def check_action_ids(self, where: str) -> None:
-        """Refuse a config on which this project and the official code would decode different
-        actions: `tokenizer_vocab_size` must equal `official_action_end`.
+        """Refuse a config on which this project and the official code would disagree on actions.
+
+        They decode different actions unless `tokenizer_vocab_size` equals `official_action_end`;
+        ``where`` names the config in the `CheckpointError`.
         """
         ours, official = self.tokenizer_vocab_size, self.official_action_end
         if ours == official:
@@ -96,6 +101,11 @@ class OpenVLAConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config.json") -> "OpenVLAConfig":
+        """The config of a parsed ``config.json`` (``where`` names it in errors).
+
+        A config that is not OpenVLA's, has no norm_stats or has an unsupported vision backbone is
+        a `CheckpointError`. ``phrases`` are not read here: they are the sidecar's.
+        """
         if raw.get("model_type") != "openvla":
             raise CheckpointError(f"{where}: model_type is {raw.get('model_type')!r}, not 'openvla'.")
         if "norm_stats" not in raw:
@@ -115,6 +125,11 @@ class OpenVLAConfig:
 
     @classmethod
     def from_folder(cls, folder: Path) -> "OpenVLAConfig":
+        """The config of the checkpoint in ``folder``.
+
+        It reads ``config.json``, plus `SIDECAR`'s phrases and ``dataset_statistics.json``'s
+        norm stats when those files are there.
+        """
         path = folder / "config.json"
         try:
             raw = json.loads(path.read_text())
@@ -134,6 +149,11 @@ class OpenVLAConfig:
         return config
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``config.json`` contents: ``raw`` with the official fields set from this config.
+
+        ``timm_overrides`` and ``unpadded_vocab_size`` are added when set; ``phrases`` go to
+        `SIDECAR` instead.
+        """
         out = dict(self.raw)
         out.update(
             model_type="openvla",

@@ -12,10 +12,11 @@ from .processor import libero_frame
 
 
 def env_actions(model: Any, raw: dict, task: str, seed: int = 0) -> np.ndarray:
-    """The ``[1, 7]`` action to execute for one raw LIBERO observation: the agent-view camera
-    through `libero_frame` (rotation, JPEG round trip, Lanczos resize; the processor's centre
-    crop when it has one), one action, its gripper binarised (``sign(2g - 1)``) and inverted
-    (-1 open, +1 close). Greedy decoding ignores ``seed``.
+    """The ``[1, 7]`` action to execute for one raw LIBERO observation.
+
+    The agent-view camera goes through `libero_frame` (rotation, JPEG round trip, Lanczos resize;
+    the processor's centre crop when it has one) to predict one action, its gripper binarised
+    (``sign(2g - 1)``) and inverted (-1 open, +1 close). Greedy decoding ignores ``seed``.
     """
     image = np.asarray(raw["pixels"]["image"])
     image = image[0] if image.ndim == 4 else image

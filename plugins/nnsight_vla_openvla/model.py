@@ -21,8 +21,10 @@ from .modeling import OpenVLANet
 from .processor import OpenVLAProcessor
 
 def check_observation(obs: Observation) -> None:
-    """OpenVLA sees one camera, named ``"image"`` (what ``Observation(image, instruction)`` names
-    an unnamed image), and no proprio state; anything else is refused rather than dropped.
+    """Check that ``obs`` is what OpenVLA sees: one camera, named ``"image"``, and no proprio state.
+
+    ``"image"`` is what ``Observation(image, instruction)`` names an unnamed image. Anything else
+    is refused (an `InputError`) rather than dropped.
     """
     if list(obs.images) != [CAMERA]:
         raise InputError(
@@ -173,8 +175,10 @@ class OpenVLA(VLA):
         return unnormalize(self.action_tokenizer.decode(token_ids), stats)
 
     def action_bins(self, actions: np.ndarray, unnorm_key: str | None = None) -> np.ndarray:
-        """The bin (0..254) whose centre ``predict_action`` would decode for each dimension of
-        un-normalised ``actions``: normalised with the statistics' q01/q99, then binned.
+        """The bin (0..254) ``predict_action`` would decode for each dimension of ``actions``.
+
+        Each is the bin whose centre it would decode: the un-normalised ``actions`` are normalised
+        with the statistics' q01/q99, then binned.
         """
         _, stats = select_stats(self.config.norm_stats, unnorm_key or self.unnorm_key)
         ids = self.action_tokenizer.encode(normalize(np.asarray(actions, np.float64), stats))
@@ -225,10 +229,11 @@ class OpenVLA(VLA):
         return said[0] if len(said) == 1 else said, actions
 
     def say_and_act(self, observations: Any, phrase: str | None = None, **options: Any) -> tuple[Any, np.ndarray]:
-        """``(words, actions)`` of a verbalising model (``mini-openvla``): what it says before
-        its actions, and the actions, from one prediction (one observation: a str; a batch: a
-        list). ``phrase=`` makes it say those words instead (one it learned). Steering applies
-        as to `predict_action` (``with model.steer(...)``).
+        """``(words, actions)`` of a verbalising model (``mini-openvla``), from one prediction.
+
+        The words are what it says before its actions (one observation: a str; a batch: a list).
+        ``phrase=`` makes it say those words instead (one it learned). Steering applies as to
+        `predict_action` (``with model.steer(...)``).
 
         Example:
             >>> words, action = mini.say_and_act(Observation(frame, "move up quickly"))
@@ -269,13 +274,15 @@ class OpenVLA(VLA):
         return TokenPrompt(tokens, slice(1, 1 + n), embeds[:, 1 : 1 + n])
 
     def action_calls(self, tower: str) -> range | None:
-        """One greedy decoding forward per action dimension, after the phrase of a verbalising
-        model (none for OpenVLA: the first is the prefill).
+        """One greedy decoding forward per action dimension, after a verbalising model's phrase.
+
+        OpenVLA has no phrase: its first is the prefill. Other towers have none.
         """
         n = self._words_before_actions
         return range(n, n + self.spec.action_dim) if tower == "vlm" else None
 
     def calls_per_prediction(self, tower: str) -> int | None:
+        """The VLM's forwards: one per phrase token, then one per action dimension; else None."""
         return self._words_before_actions + self.spec.action_dim if tower == "vlm" else None
 
     def _save(self, folder: Path, max_shard_bytes: int = 5 * 2**30) -> None:

@@ -43,6 +43,10 @@ class VisionBackbone(nn.Module):
         self.num_patches = self.featurizer.patch_embed.num_patches
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The patch features: DINOv2's alone, or DINOv2's and SigLIP's concatenated when fused.
+
+        Fused, ``pixel_values`` holds 6 channels: the first 3 for DINOv2, the last 3 for SigLIP.
+        """
         if self.fused_featurizer is None:
             return self.featurizer(pixel_values)
         dino, siglip = torch.split(pixel_values, [3, 3], dim=1)
@@ -61,12 +65,14 @@ class Projector(nn.Module):
         self.fc3 = nn.Linear(llm_dim, llm_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``features`` through fc1, GELU, fc2, GELU and fc3."""
         return self.fc3(self.act_fn2(self.fc2(self.act_fn1(self.fc1(features)))))
 
 
 class OpenVLANet(nn.Module):
-    """The whole network; its state-dict keys are the official checkpoint's (timm's
-    LayerScale ``gamma`` is stored as ``scale_factor`` in the checkpoint).
+    """The whole network; its state-dict keys are the official checkpoint's.
+
+    timm's LayerScale ``gamma`` is stored as ``scale_factor`` in the checkpoint.
     """
 
     def __init__(self, config: OpenVLAConfig):
@@ -77,6 +83,7 @@ class OpenVLANet(nn.Module):
 
     @property
     def num_patches(self) -> int:
+        """How many image patches the vision backbone yields per image."""
         return self.vision_backbone.num_patches
 
     def multimodal_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -91,8 +98,9 @@ class OpenVLANet(nn.Module):
         pixel_values: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What the language model is fed: token embeddings with the image patches after BOS,
-        the attention mask over them and the position ids.
+        """What the language model is fed: token embeddings with the image patches after BOS.
+
+        The attention mask over them and the position ids come with the embeddings.
         """
         embeds = self.language_model.get_input_embeddings()(input_ids)
         if attention_mask is None:
@@ -116,8 +124,10 @@ class OpenVLANet(nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
     ) -> CausalLMOutputWithPast:
-        """Run the model. With ``pixel_values``, ``attention_mask`` covers ``input_ids`` and
-        the patches go after BOS; without, it covers the cached sequence plus ``input_ids``.
+        """Run the model.
+
+        With ``pixel_values``, ``attention_mask`` covers ``input_ids`` and the patches go after
+        BOS; without, it covers the cached sequence plus ``input_ids``.
         """
         embeds, attention_mask, position_ids = self.embed(input_ids, attention_mask, pixel_values, position_ids)
         return self.language_model(

@@ -24,9 +24,10 @@ def prompt(instruction: str) -> str:
 
 
 def libero_frame(frame: np.ndarray, size: int, jpeg: bool = True) -> np.ndarray:
-    """OpenVLA's LIBERO image steps before the processor, bit-exact with its TensorFlow code:
-    rotate 180 degrees, JPEG round trip (the RLDS training images were JPEG; ``jpeg=False``
-    skips it), antialiased Lanczos3 resize to ``size``, rounded to uint8.
+    """OpenVLA's LIBERO image steps before the processor, bit-exact with its TensorFlow code.
+
+    The steps: rotate 180 degrees, JPEG round trip (the RLDS training images were JPEG;
+    ``jpeg=False`` skips it), antialiased Lanczos3 resize to ``size``, rounded to uint8.
     """
     image = np.ascontiguousarray(frame[::-1, ::-1])
     if jpeg:
@@ -58,12 +59,18 @@ class OpenVLAProcessor:
         self.space_id = space if space != tokenizer.unk_token_id else None
 
     def token_ids(self, instruction: str) -> list[int]:
+        """The prompt's token ids for ``instruction``.
+
+        They end with the "empty" ``▁`` piece training put before the action tokens, when the
+        tokenizer has that piece.
+        """
         ids = self.tokenizer(prompt(instruction)).input_ids
         if self.space_id is not None and ids[-1] != self.space_id:
             ids.append(self.space_id)
         return ids
 
     def text(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` of the instructions' prompts, padded after BOS."""
         rows = [self.token_ids(text) for text in instructions]
         width = max(map(len, rows))
         pad = self.tokenizer.pad_token_id
@@ -76,6 +83,11 @@ class OpenVLAProcessor:
         return ids, mask
 
     def image(self, array: np.ndarray) -> torch.Tensor:
+        """One image's pixel values: one normalised copy per backbone, stacked along channels.
+
+        The image is centre-cropped first when the processor says so, then resized (bicubic) to
+        ``image_size`` and scaled to [0, 1].
+        """
         image = Image.fromarray(center_crop(array) if self.center_crop else array)
         size = (self.image_size, self.image_size)
         resized = np.asarray(image.resize(size, Image.BICUBIC), dtype=np.float32) / 255.0
@@ -88,6 +100,7 @@ class OpenVLAProcessor:
         return torch.cat(out, dim=0)
 
     def __call__(self, observations: list[Observation]) -> dict[str, torch.Tensor]:
+        """``input_ids``, ``attention_mask`` and ``pixel_values`` for ``observations``."""
         ids, mask = self.text([obs.instruction for obs in observations])
         pixels = torch.stack([self.image(obs.image(DEFAULT_CAMERA)) for obs in observations])
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
@@ -96,6 +109,10 @@ class OpenVLAProcessor:
 
     @classmethod
     def from_folder(cls, folder: Path, tokenizer: Any, center_crop: bool = False) -> "OpenVLAProcessor":
+        """The processor ``folder``'s ``preprocessor_config.json`` describes, with ``tokenizer``.
+
+        The file gives the image size and normalisation; a folder without it is a `CheckpointError`.
+        """
         path = folder / PREPROCESSOR_FILE
         if not path.is_file():
             raise CheckpointError(
@@ -110,6 +127,7 @@ class OpenVLAProcessor:
         return cls(tokenizer, int(sizes[0][-1]), normalize or None, center_crop)
 
     def save(self, folder: Path) -> None:
+        """Write ``preprocessor_config.json`` into ``folder`` as official checkpoints hold it."""
         n = len(self.normalize)
         size = [self.image_size, self.image_size]
         raw = {

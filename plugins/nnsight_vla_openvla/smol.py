@@ -77,9 +77,11 @@ def smol_config() -> OpenVLAConfig:
 
 
 def read_gguf(config: OpenVLAConfig) -> tuple[Any, dict[str, torch.Tensor]]:
-    """The tokenizer and the language model's de-quantized tensors (keys as in ``OpenVLANet``'s
-    state dict, ``language_model.*``): from the cache (`nnsight_vla.cache`, folder ``smollm2``),
-    else read from the GGUF file once (about 10 s) and cached.
+    """The tokenizer and the language model's de-quantized tensors.
+
+    The tensors' keys are as in ``OpenVLANet``'s state dict (``language_model.*``). Both come from
+    the cache (`nnsight_vla.cache`, folder ``smollm2``), else are read from the GGUF file once
+    (about 10 s) and cached.
     """
     path = gguf_path()
     try:

@@ -28,8 +28,10 @@ def jpeg_round_trip(image: np.ndarray, quality: int = 95) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _sinf():
-    """The C library's single-precision sine, which TF's kernel calls (NumPy's float32 sine
-    differs from it in the last bit for some arguments, and so would the weights).
+    """The C library's single-precision sine, which TF's kernel calls.
+
+    NumPy's float32 sine differs from it in the last bit for some arguments, and so would the
+    weights.
     """
     path = ctypes.util.find_library("m")
     if path is None:
@@ -87,8 +89,10 @@ def _resample(image: np.ndarray, out_size: int, axis: int) -> np.ndarray:
 
 
 def lanczos3_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``tf.image.resize(image, (height, width), "lanczos3", antialias=True)`` rounded to uint8
-    (``tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)``, as OpenVLA's evaluation does).
+    """``tf.image.resize(image, (height, width), "lanczos3", antialias=True)`` rounded to uint8.
+
+    The rounding is ``tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)``, as OpenVLA's
+    evaluation does.
     """
     x = image.astype(np.float32)
     x = _resample(x, height, axis=0)  # TF resizes the height first, then the width:
@@ -97,9 +101,11 @@ def lanczos3_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def center_crop(image: np.ndarray, area: float = 0.9) -> np.ndarray:
-    """OpenVLA's centre crop for LIBERO: the central ``area`` (side ``sqrt(area)``) resized back
-    to the same size with ``tf.image.crop_and_resize`` (bilinear) on ``[0, 1]`` floats, then
-    ``convert_image_dtype(..., uint8, saturate=True)``, for an HWC uint8 image.
+    """OpenVLA's centre crop for LIBERO, for an HWC uint8 image.
+
+    The central ``area`` (side ``sqrt(area)``) is resized back to the same size with
+    ``tf.image.crop_and_resize`` (bilinear) on ``[0, 1]`` floats, then
+    ``convert_image_dtype(..., uint8, saturate=True)``.
     """
     f = np.float32
     height, width = image.shape[:2]

@@ -35,8 +35,10 @@ TINY_STATS = {
 
 
 def tiny_config(**text_overrides) -> OpenVLAConfig:
-    """Two small timm ViTs (DINOv2-reg4 and SigLIP ids) and a 2-layer Llama on the tiny tokenizer;
-    ``text_overrides`` resize the Llama (e.g. ``num_hidden_layers=8, hidden_size=1024``).
+    """A config of two small timm ViTs (DINOv2-reg4 and SigLIP ids) and a 2-layer Llama.
+
+    The Llama runs on the tiny tokenizer; ``text_overrides`` resize it (e.g.
+    ``num_hidden_layers=8, hidden_size=1024``).
     """
     tokenizer = build_tiny_tokenizer()
     base = tokenizer.pad_token_id  # <PAD> comes right after the base vocabulary

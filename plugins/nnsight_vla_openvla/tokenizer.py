@@ -22,17 +22,21 @@ def _build(n_reserved: int) -> PreTrainedTokenizerFast:
 
 @functools.cache
 def n_reserved() -> int:
-    """Reserved pieces: 256 or more, so that the base vocabulary (everything before ``<PAD>``) is a
-    multiple of 64, as Llama-2's 32000 is. Then the official OpenVLA rule for where action ids
-    end, ``text_config.vocab_size - pad_to_multiple_of``, gives the base vocabulary size.
+    """Reserved pieces: 256 or more, so that the base vocabulary is a multiple of 64.
+
+    The base vocabulary is everything before ``<PAD>``; it is a multiple of 64 as Llama-2's 32000
+    is. Then the official OpenVLA rule for where action ids end,
+    ``text_config.vocab_size - pad_to_multiple_of``, gives the base vocabulary size.
     """
     base = _build(N_RESERVED).pad_token_id
     return N_RESERVED + (-base) % PAD_TO_MULTIPLE_OF
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """``<unk>, <s>, </s>``, 256 byte pieces, word pieces, `n_reserved` reserved pieces, then ``<PAD>``
-    (whose id, the base vocabulary size, is a multiple of 64).
+    """The tiny tokenizer: special pieces, then byte, word and reserved pieces, then ``<PAD>``.
+
+    In that order: ``<unk>, <s>, </s>``, 256 byte pieces, word pieces, `n_reserved` reserved
+    pieces, then ``<PAD>`` (whose id, the base vocabulary size, is a multiple of 64).
 
     Example:
         >>> tok = build_tiny_tokenizer()

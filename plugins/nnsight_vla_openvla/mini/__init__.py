@@ -1,6 +1,7 @@
-"""``mini-openvla``: smol-openvla taught to follow motion instructions: its configuration and the
-shipped adapters (``data/``), merged strictly on load. How it is built and studied lives in the
-``nnsight_vla_mini`` package (``experiments/``).
+"""``mini-openvla``: smol-openvla taught to follow motion instructions.
+
+Here are its configuration and the shipped adapters (``data/``), merged strictly on load. How it
+is built and studied lives in the ``nnsight_vla_mini`` package (``experiments/``).
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ STATS = {"mini_motion": {"action": {"q01": [-1.0] * 6 + [0.0], "q99": [1.0] * 6 
 
 
 def adapter_file(name: str) -> Path:
+    """Where the built-in ``name``'s shipped adapters are, in ``data/``."""
     return DATA / f"{name}.safetensors"
 
 
 def configure(config, name: str):
-    """smol-openvla's config for the built-in ``name``: the motion statistics, and two words said
-    before the actions for a verbalising recipe.
+    """smol-openvla's config for the built-in ``name``.
+
+    It gets the motion statistics, two words said before the actions for a verbalising recipe,
+    and an ``llm_backbone_id`` naming the built-in.
     """
     config.norm_stats = STATS
     verbalises = BUILTINS[name] == "verbalise"

@@ -18,8 +18,10 @@ def target_paths(layers: range, prefix: str = "language_model.model.layers") -> 
 
 def merged(weights: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor], paths: list[str],
            where: str) -> dict[str, torch.Tensor]:
-    """``weights`` with ``W + B @ A`` (float32, from the bf16 adapters) at every path; the
-    adapters must hold exactly ``paths``' A and B, of matching shapes, or `CheckpointError`.
+    """``weights`` with ``W + B @ A`` (float32, from the bf16 adapters) at every path.
+
+    The adapters must hold exactly ``paths``' A and B, of matching shapes, or `CheckpointError`
+    (``where`` names them in it).
     """
     expected = {f"{p}.lora_{m}" for p in paths for m in "AB"}
     missing, extra = sorted(expected - set(adapters)), sorted(set(adapters) - expected)
