@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from nnsight_vla import CheckpointError
+from nnsight_vla.family import CheckpointError
 
 from .. import MINI
 from . import instructions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nnsight_vla import CheckpointError
+from nnsight_vla.family import CheckpointError
 
 #: The projections the adapters train inside each chosen decoder layer (``down_proj``, the
 #: norms and the tied embedding stay SmolLM2's, so its value vectors and the lens table do too).
