@@ -82,7 +82,7 @@ def test_a_steering_is_scored_against_its_random_controls():
 
 
 def test_the_rank_p_value_counts_controls_at_least_as_far_on_the_tested_side():
-    from nnsight_vla.steering.controls import z_against
+    from nnsight_vla.steering.controls import z_against, z_score
 
     controls = [0.1, 0.3, 0.5, 0.5, -0.2, 0.0, 0.7, 0.2, 0.4]  # N = 9: p = (1 + k) / 10
     assert z_against(0.5, controls).p == pytest.approx(4 / 10)  # 0.5, 0.5 (ties count) and 0.7
@@ -102,6 +102,9 @@ def test_the_rank_p_value_counts_controls_at_least_as_far_on_the_tested_side():
     same = 0.996078431372549
     assert np.mean([same] * 99) != same and z_against(same, [same] * 99).z == 0.0
     assert z_against(same + 1e-3, [same] * 99).z == np.inf
+    # a stored row (shift, mean, sd, N) rescored by the same rules
+    assert z_score(same, np.mean([same] * 99), 1.1e-16, 99) == 0.0 and np.isnan(z_score(0.4, 0.0, 0.1, 1))
+    assert z_score(0.4, 0.0, 0.1, 3) == pytest.approx(4.0)
     mean_, std, z, *_ = z_against(0.4, [0.0, 0.1, -0.1])
     assert (mean_, z) == pytest.approx((0.0, 4.0)) and std == pytest.approx(0.1)
     with pytest.raises(InputError, match="side=2 must be 1"):

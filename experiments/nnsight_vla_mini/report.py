@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from nnsight_vla.eval.plots import plot_trajectories
-from nnsight_vla.steering.controls import holm
+from nnsight_vla.steering.controls import holm, z_score
 
 from .experiment import ALPHA, CONCEPTS, with_words
 
@@ -198,6 +198,8 @@ def grid_rows(run: Path) -> list[dict]:
     for done in sorted(run.glob("cells/*/row.json")):
         cells[done.parent.name.rstrip("+")] = json.loads(done.read_text())  # "<cell>+" sorts after "<cell>"
     rows = list(cells.values())
+    for row in rows:  # rescored: rows saved before z_against's tolerance for equal shifts read -inf
+        row["z"] = z_score(row["shift"], row["random_mean"], row["random_std"], row["controls"])
     for row, corrected in zip(rows, holm([r["p"] for r in rows])):
         row["p_holm"] = float(corrected)
     return rows

@@ -70,14 +70,25 @@ def z_against(shift: float, controls, side: int = 1) -> ControlScore:
     else:
         beyond = int(np.sum(np.abs(values - mean) >= abs(shift - mean))) if n else 0
     p = (1 + beyond) / (n + 1)
+    return ControlScore(mean, std, z_score(shift, mean, std, n), p, p_min, n)
+
+
+def z_score(shift: float, mean: float, std: float, n: int) -> float:
+    """``(shift - mean) / std`` among ``n`` controls, by `z_against`'s rules for no spread.
+
+    NaN with fewer than two controls; when the controls' spread is float rounding, 0 for a
+    shift equal to their mean (to that precision), else ±inf. Reads stored rows back too.
+
+    Example:
+        >>> z_score(0.996078431372549, 0.9960784313725491, 1.1e-16, 99)
+        0.0
+    """
     noise = 1e-12 * max(1.0, abs(mean), abs(shift))  # float rounding of equal shifts, not a spread
-    if n < 2:
-        z = float("nan")
-    elif std > noise:
-        z = float((shift - mean) / std)
-    else:
-        z = 0.0 if abs(shift - mean) <= noise else float(np.inf * np.sign(shift - mean))
-    return ControlScore(mean, std, z, p, p_min, n)
+    if n < 2 or not np.isfinite(shift):
+        return float("nan")
+    if std > noise:
+        return float((shift - mean) / std)
+    return 0.0 if abs(shift - mean) <= noise else float(np.inf * np.sign(shift - mean))
 
 
 def check_sides(sides: Any, names, measures) -> dict:
