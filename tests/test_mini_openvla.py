@@ -193,3 +193,15 @@ def test_the_closed_loop_page_of_the_kept_rerun(tmp_path):
     assert "**z_displacement**" in own and f"| {recorded['controls']} |" in own
     assert f"**{recorded['p']:.3f}** (≥ {recorded['p_min']:.3f})" in own
     assert (tmp_path / "closed-loop-49-trajectories.png").stat().st_size > 10_000
+
+
+def test_the_open_loop_grid_of_the_kept_rerun():
+    """The open-loop rerun kept in docs/mini_vla/grids: every cell with 99 controls and its
+    Holm p over the cells run; cells whose controls all shifted as the cluster did read z 0."""
+    from nnsight_vla_mini import report
+
+    rows = report.grid_rows(Path(__file__).resolve().parent.parent / "docs" / "mini_vla" / "grids" / "open-loop-99")
+    by_cell = {r["steering"]: r for r in rows}
+    assert len(rows) >= 32 and {r["controls"] for r in rows} == {99}
+    assert all(r["p_holm"] >= r["p"] for r in rows) and min(r["p"] for r in rows) == by_cell["up_20@2"]["p"] == 0.06
+    assert by_cell["up_40@8"]["random_std"] < 1e-12 and by_cell["up_40@8"]["z"] == 0.0
