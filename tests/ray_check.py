@@ -71,6 +71,14 @@ try:
             if probe.connect_ex(("127.0.0.1", 6390)) == 0:
                 break
         time.sleep(0.5)
+    # the GCS port opens before the head's raylet has registered its CPUs: actors placed on a
+    # cluster that is still starting can be cancelled, so wait until `ray status` shows them
+    while time.time() < deadline:
+        status = subprocess.run([str(Path(sys.executable).parent / "ray"), "status", "--address=127.0.0.1:6390"],
+                                capture_output=True, text=True)
+        if status.returncode == 0 and "/2.0 CPU" in status.stdout:
+            break
+        time.sleep(1)
     lap("wait for the cluster")
     conditions = {"baseline": None, "steered": args["steering"]}
     jobs = job_order([0], 1, conditions)  # two jobs: one for each worker
