@@ -190,6 +190,15 @@ def test_a_checkpoint_without_its_vlm_config_names_the_fix(smol, tmp_path):
         nnsight_vla.load(folder, dispatch=False)
 
 
+def test_sizes_for_a_type_that_cannot_resize_name_the_fix(smol, tmp_path):
+    """SmolVLA has no `_resize` hook: a checkpoint claiming resized sizes is refused, not built at
+    lerobot's sizes and loaded with mismatched weights."""
+    folder = smol.save_pretrained(tmp_path / "ckpt")
+    (folder / "nnsight_vla.json").write_text('{"sizes": {"vlm": {"width": 8}}}')
+    with pytest.raises(CheckpointError, match=r"SmolVLA cannot resize; remove the checkpoint's nnsight_vla.json"):
+        nnsight_vla.load(folder, dispatch=False)
+
+
 @pytest.mark.slow
 def test_two_step_libero_episode_writes_metrics(smol, tmp_path):
     from nnsight_vla.eval import evaluate
