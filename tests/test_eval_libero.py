@@ -48,8 +48,44 @@ def test_simulator_smoke_run():
             path.append(obs["robot_state"]["eef"]["pos"][0].copy())
         metrics = episode_metrics(np.array(path), success=bool(info["is_success"][0]))
         assert metrics.length == 3 and metrics.net_displacement["z"] > 0  # commanded upwards
+        check_unseen_renders_change_nothing(env)
     finally:
         env.close()
+
+
+def check_unseen_renders_change_nothing(env):
+    """`reset_to` renders only the images the observation keeps; the observation and the next step
+    equal those of lerobot's own reset (every image rendered), bit for bit."""
+    from robosuite.utils.binding_utils import MjRenderContext
+
+    renders, original = [0], MjRenderContext.render
+
+    def counted(self, *args, **kwargs):
+        renders[0] += 1
+        return original(self, *args, **kwargs)
+
+    action = np.array([[0.3, -0.2, 0.5, 0, 0, 0.1, 1.0]])
+    runs = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MjRenderContext, "render", counted)
+        for name in ("plain", "reset_to"):
+            renders[0] = 0
+            if name == "plain":
+                env.envs[0].init_state_id = 1
+                obs, _ = env.reset(seed=[7])
+            else:
+                obs, _ = libero.reset_to(env, 1)
+            runs[name] = (renders[0], obs, env.step(action)[0])
+    cameras = len(runs["plain"][1]["pixels"])
+    assert runs["reset_to"][0] == cameras < runs["plain"][0]  # only the last settle step's images
+    for kept, skipped in zip(runs["plain"][1:], runs["reset_to"][1:]):
+        for key in ("image", "image2"):
+            np.testing.assert_array_equal(kept["pixels"][key], skipped["pixels"][key])
+        np.testing.assert_array_equal(kept["robot_state"]["eef"]["pos"], skipped["robot_state"]["eef"]["pos"])
+        np.testing.assert_array_equal(kept["robot_state"]["joints"]["pos"], skipped["robot_state"]["joints"]["pos"])
+    from robosuite.utils.binding_utils import MjSim
+
+    assert MjSim.render.__name__ == "render" and "step" not in vars(env.envs[0]._env)  # nothing left patched
 
 
 @pytest.mark.slow

@@ -10,7 +10,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import numpy as np
 
 from ..errors import InputError, SetupError
 from ..registry import family_of
@@ -167,11 +169,60 @@ def reset_to(env: Any, episode: int, seed: int = 7) -> tuple[dict, dict]:
     """Reset to init state ``episode`` of the task.
 
     Every condition of a paired comparison then starts alike; lerobot's env otherwise moves to
-    the next init state on every reset.
+    the next init state on every reset. The reset is lerobot's own, with the camera images it
+    throws away left unrendered (`unseen_renders`): the observation is the same, bit for bit.
     """
     inner = env.envs[0]
     inner.init_state_id = episode
-    return env.reset(seed=[seed])
+    with unseen_renders(inner):
+        return env.reset(seed=[seed])
+
+
+@contextlib.contextmanager
+def unseen_renders(inner: Any) -> Iterator[None]:
+    """Skip the camera renders of a lerobot LIBERO reset whose images are discarded.
+
+    lerobot's reset (and, the first time, the environment's construction) rebuilds the scene,
+    sets the init state and then steps ``num_steps_wait`` no-op actions for the objects to
+    settle. robosuite renders both cameras at each of these stages (about 26 images), but only
+    the last settle step's images reach the observation. Rendering reads the simulation and
+    never writes it, so inside this context robosuite's ``MjSim.render`` returns blank images of
+    the requested size until that last step begins. On a CPU (software OpenGL) this cuts a reset
+    from about 9 s to 4 s; `tests/test_eval_libero.py` checks that the observation and the next
+    step's equal those of the plain reset. An env without settle steps is reset as it is.
+    """
+    from robosuite.utils.binding_utils import MjSim
+
+    waits = getattr(inner, "num_steps_wait", 0)
+    if waits < 1:
+        yield
+        return
+    render, seen, steps = MjSim.render, [False], [0]
+
+    def blank(self: Any, width: int | None = None, height: int | None = None, *args: Any, **kwargs: Any) -> Any:
+        if seen[0]:
+            return render(self, width, height, *args, **kwargs)
+        rgb = np.zeros((height, width, 3), np.uint8)
+        return (rgb, np.zeros((height, width), np.float32)) if kwargs.get("depth") else rgb
+
+    MjSim.render, simulator = blank, None
+    try:
+        if inner._env is None:
+            inner._ensure_env()  # lerobot builds it on first use and drops its first observation
+        simulator = inner._env
+        step = simulator.step
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            steps[0] += 1
+            seen[0] = steps[0] >= waits  # the last settle step's images are the observation's
+            return step(*args, **kwargs)
+
+        simulator.step = counted
+        yield
+    finally:
+        MjSim.render = render
+        if simulator is not None:
+            vars(simulator).pop("step", None)  # the instance attribute; the class's method shows again
 
 
 def env_actions(model: Any, raw: dict, task: str, seed: int = 0) -> Any:
