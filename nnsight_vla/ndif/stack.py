@@ -122,6 +122,9 @@ def environment(run: Path, extra: dict | None = None) -> dict:
         "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"), "RAY_USAGE_STATS_ENABLED": "0",
         "TMPDIR": str(run / "tmp"), "HOME": str(run / "home"),  # gunicorn writes ~/.gunicorn
         "PYTHONUNBUFFERED": "1",
+        # As NDIF's own services/ray/start.sh: with gRPC's fork support on, the Ray client proxy's
+        # server for a new ray:// client often dies at birth, and that client waits 40 s to retry.
+        "GRPC_ENABLE_FORK_SUPPORT": env.get("GRPC_ENABLE_FORK_SUPPORT", "0"),
     })
     env.pop("RAY_ADDRESS", None)
     return env
@@ -225,7 +228,7 @@ def deploy(run: Path, target: str, size_bytes: int | None = None, dtype: str = "
         entry["size_bytes"] = size_bytes
     path = run / "models.yaml"
     path.write_text(yaml.safe_dump({"models": [entry]}))
-    for attempt in range(3):  # Ray's client proxy now and then loses the server it starts for a new client
+    for attempt in range(3):  # should Ray's client proxy still lose the server it starts for a new client
         out = subprocess.run([str(BIN / "ndif"), "deploy", "-f", str(path)], env=environment(run), cwd=run,
                              capture_output=True, text=True, timeout=600)
         with open(run / "logs" / "deploy.log", "a") as log:
