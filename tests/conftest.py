@@ -7,10 +7,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Under pytest-xdist each worker gets its share of the cores, and so do the notebook kernels, Ray
 # workers, servers and renderers it starts. With the default, one thread per core in every
 # worker, the thread pools oversubscribe the cores and spin waiting for each other: on 2 cores
-# a tiny model's forward then takes up to 80 times as long as with one thread. The tests that
-# start their own worker processes (`make test` runs the `stacks` marker alone) split the cores
-# among those: NNSIGHT_VLA_TEST_PROCESSES says how many run at once.
-workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT") or os.environ.get("NNSIGHT_VLA_TEST_PROCESSES")
+# a tiny model's forward then takes up to 80 times as long as with one thread. The two stacks
+# (`make test` runs the `stacks` marker last, on two workers) pass the share on to their processes.
+workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
 if workers:
     share = str(max(1, (os.cpu_count() or 1) // int(workers)))
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LP_NUM_THREADS",

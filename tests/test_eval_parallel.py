@@ -12,8 +12,9 @@ import pytest
 from nnsight_vla import InputError
 from nnsight_vla.eval import evaluate
 
-#: The NDIF stack and the Ray check start many processes: one worker runs them, one after the other.
-pytestmark = [pytest.mark.stacks, pytest.mark.xdist_group("stacks")]
+#: The NDIF stack and the Ray check start many processes: `make test` runs them after the rest, at
+#: the same time on two workers (scripts/test.sh), each in its own loopback-only namespace.
+pytestmark = [pytest.mark.stacks, pytest.mark.xdist_group("ray")]
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,18 +19,18 @@ def spatial64():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name, steering",
-    [("tiny-openvla", Clamp([(1, 3), (1, 17)], 8.0)), ("tiny-pi0", Clamp([(1, 3)], 4.0, tower="expert"))],
+    "name, steering, steps",  # tiny-pi0 acts in chunks of 10: 13 steps plan twice; OpenVLA plans every step
+    [("tiny-openvla", Clamp([(1, 3), (1, 17)], 8.0), 3), ("tiny-pi0", Clamp([(1, 3)], 4.0, tower="expert"), 13)],
 )
-def test_evaluate_end_to_end(name, steering, tmp_path, spatial64):
+def test_evaluate_end_to_end(name, steering, steps, tmp_path, spatial64):
     model = nnsight_vla.load(name)
-    result = evaluate(model, "libero_spatial", [0], episodes=1, steering=steering, max_steps=13,
+    result = evaluate(model, "libero_spatial", [0], episodes=1, steering=steering, max_steps=steps,
                       camera_size=64, record_video=True, out_dir=tmp_path, simulators=spatial64)
     assert [r["condition"] for r in result.episodes] == ["baseline", "steered", "random"]
     starts = {tuple(r["path"][0]) for r in result.episodes}
     assert len(starts) == 1  # every condition starts from the same init state
     for row in result.episodes:
-        assert row["length"] == 13 and len(row["actions"]) == 13 and len(row["path"]) == 14
+        assert row["length"] == steps and len(row["actions"]) == steps and len(row["path"]) == steps + 1
     assert result.episodes[0]["actions"] != result.episodes[1]["actions"]  # the steering acted
     files = {p.name for p in tmp_path.iterdir()}
     assert {"episodes.jsonl", "episodes.csv", "summary.json", "statistics.json", "trajectories.png", "metrics.png"} <= files
@@ -122,7 +122,7 @@ def test_cli_eval(tmp_path, tiny, capsys):
     NeuronCluster([(1, 3), (0, 42)], name="up_2", tokens=[["up"], ["up"]], d_mlp=256).to_yaml(tmp_path / "c.yaml")
     out = tmp_path / "run"
     argv = ["eval", "tiny-openvla", "--suite", "libero_spatial", "--tasks", "0", "--episodes", "1",
-            "--steer", f"{tmp_path / 'c.yaml'}:6.0", "--max-steps", "4", "--camera-size", "64",
+            "--steer", f"{tmp_path / 'c.yaml'}:6.0", "--max-steps", "2", "--camera-size", "64",
             "--random-controls", "2", "--instruction", "move the arm", "--out", str(out)]
     assert main(argv) == 0
     assert set(json.loads((out / "summary.json").read_text())) == {"baseline", "steered", "random0", "random1"}

@@ -23,8 +23,9 @@ from nnsight_vla.remote import WEIGHT_FILES, _placement
 
 from conftest import random_image
 
-#: The NDIF stack and the Ray check start many processes: one worker runs them, one after the other.
-pytestmark = [pytest.mark.stacks, pytest.mark.xdist_group("stacks")]
+#: The NDIF stack and the Ray check start many processes: `make test` runs them after the rest, at
+#: the same time on two workers (scripts/test.sh), each in its own loopback-only namespace.
+pytestmark = [pytest.mark.stacks, pytest.mark.xdist_group("ndif")]
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
