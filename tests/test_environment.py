@@ -95,6 +95,7 @@ def clones(tmp_path_factory):
     return a, b, elsewhere
 
 
+@pytest.mark.slow  # fresh clones and processes: `make test`, not the edit-test loop
 def test_each_clone_imports_its_own_code_and_plugins(clones):
     a, b, elsewhere = clones
     version = _probe_version_of(a)
@@ -114,6 +115,7 @@ def test_each_clone_imports_its_own_code_and_plugins(clones):
     assert out.stdout.strip() == "None", out.stdout + out.stderr
 
 
+@pytest.mark.slow  # fresh clones and processes: `make test`, not the edit-test loop
 def test_setup_is_idempotent_and_follows_pyproject(clones):
     a, b, elsewhere = clones
     _setup(a)

@@ -253,6 +253,7 @@ def test_importing_the_cli_loads_nothing_heavy():
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow  # fresh Python processes (they import torch): `make test`
 def test_lazy_package_keeps_its_public_names():
     code = (
         "import nnsight_vla.testing.contract, nnsight_vla.collect\n"  # the submodule first
@@ -330,6 +331,7 @@ def test_lens_on_a_tower_without_a_vocabulary_names_what_the_cli_can_do(capsys, 
     assert "pass unembed=" not in err
 
 
+@pytest.mark.slow  # fresh Python processes (they import torch): `make test`
 def test_the_model_class_stands_below_the_features():
     """The base class imports no feature package: steering, lenses and collection build on it."""
     code = "import sys, nnsight_vla.model; print(sorted(m for m in sys.modules if m.startswith('nnsight_vla.')))"

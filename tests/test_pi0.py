@@ -285,6 +285,7 @@ def saved_pi0(pi0, tmp_path_factory):
     return pi0.save_pretrained(tmp_path_factory.mktemp("pi0") / "tiny-pi0")
 
 
+@pytest.mark.slow  # a fresh Python process (imports torch and lerobot): `make test`
 def test_save_and_load_in_a_fresh_process(pi0, saved_pi0, obs, tmp_path):
     files = {p.name for p in saved_pi0.iterdir()}
     assert {"config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json"} <= files
