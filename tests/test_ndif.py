@@ -153,6 +153,14 @@ def test_stack_stops_every_process_it_started(served):
 # -- without a stack --------------------------------------------------------------------------------
 
 
+def test_services_run_without_grpc_fork_support_unless_the_operator_says(tmp_path, monkeypatch):
+    """As NDIF's start.sh: Ray's client proxy forks a server per client, which dies with gRPC's fork support on."""
+    monkeypatch.delenv("GRPC_ENABLE_FORK_SUPPORT", raising=False)
+    assert stack.environment(tmp_path)["GRPC_ENABLE_FORK_SUPPORT"] == "0"
+    monkeypatch.setenv("GRPC_ENABLE_FORK_SUPPORT", "1")
+    assert stack.environment(tmp_path)["GRPC_ENABLE_FORK_SUPPORT"] == "1"
+
+
 def test_port_taken_and_no_namespace_are_clear_errors(tmp_path):
     if not stack.in_loopback_namespace():
         with pytest.raises(StackError, match="loopback-only namespace"):
