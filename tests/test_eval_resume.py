@@ -373,3 +373,32 @@ def test_cli_eval_where_every_episode_fails_exits_2_with_the_first_error(tmp_pat
             "died (at ") in err
     assert f"The rows are in {tmp_path / 'run' / 'episodes.jsonl'}" in err
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_resume_with_more_random_controls_keeps_the_rows_and_runs_only_the_new(tmp_path, tiny):
+    """More random controls extend a run: control k is drawn from seed + k whatever their number."""
+    from nnsight_vla.eval.evaluate import steering_conditions
+    from nnsight_vla.eval.records import describe_steering, open_run
+
+    steering = nnsight_vla.Clamp([(1, 3), (1, 17)], 8.0)
+    few, _ = steering_conditions(tiny, {"up": steering}, ("baseline", "random"), 2, 7)
+    more, groups = steering_conditions(tiny, {"up": steering}, ("baseline", "random"), 3, 7)
+    assert groups["up"] == ["up/random0", "up/random1", "up/random2"]
+    described = {k: describe_steering(v) for k, v in more.items() if k != "baseline"}
+    assert all(describe_steering(few[k]) == described[k] for k in ("up/random0", "up/random1"))
+    assert len({json.dumps(d) for d in described.values()}) == 4  # the controls differ from each other and from up
+
+    def settings(conditions, **change):
+        return {"suite": SUITE, "tasks": [0], "episodes": 1, "conditions": list(conditions), "seed": 7, **change}
+
+    jobs = lambda conditions: [(0, 0, c) for c in conditions]  # noqa: E731
+    assert open_run(tmp_path, settings(few), [], False, jobs(few)) == {}
+    rows = [{"task": 0, "episode": 0, "condition": c, "success": k % 2} for k, c in enumerate(few)]
+    (tmp_path / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = open_run(tmp_path, settings(more), [], True, jobs(more))
+    assert kept == {(0, 0, r["condition"]): r for r in rows}  # up/random2's episode is all that is left to run
+    assert json.loads((tmp_path / "run.json").read_text())["settings"]["conditions"] == list(more)
+    with pytest.raises(InputError, match=r"conditions: recorded .*up/random2.*now"):  # a condition dropped
+        open_run(tmp_path, settings(few), [], True, jobs(few))
+    with pytest.raises(InputError, match=r"conditions: recorded .*seed: recorded 7, now 8"):  # added, and more
+        open_run(tmp_path, settings([*more, "up/random3"], seed=8), [], True, jobs(more))

@@ -123,9 +123,11 @@ def _share(said: list[str], concept: str) -> float:
 
 def closed_loop(model, out: Path, size: int, value: float, controls: int, episodes: int = 2, max_steps: int = 15,
                 instruction: str = NEUTRAL, seed: int = 7, concepts: list[str] | None = None, calls: Any = "all",
-                table: Any = None):
+                table: Any = None, resume: bool = False):
     """Each concept cluster (one size, one value) vs ``controls`` random clusters each, in
-    LIBERO, every condition told ``instruction``; `evaluate`'s files and statistics."""
+    LIBERO, every condition told ``instruction``; `evaluate`'s files and statistics.
+
+    ``resume``: continue the run in ``out``, or extend it with more ``controls``."""
     from nnsight_vla import Clamp
     from nnsight_vla.eval import evaluate
 
@@ -134,7 +136,8 @@ def closed_loop(model, out: Path, size: int, value: float, controls: int, episod
                 for concept in concepts or CONCEPTS}
     sides = {name: {CONCEPTS[name.split("_")[0]][1]: CONCEPTS[name.split("_")[0]][2]} for name in steering}
     return evaluate(model, SUITE, [TASK], episodes, steering=steering, random_controls=controls, seed=seed,
-                    max_steps=max_steps, camera_size=256, instruction=instruction, out_dir=out, sides=sides)
+                    max_steps=max_steps, camera_size=256, instruction=instruction, out_dir=out, sides=sides,
+                    resume=resume)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concepts", default=",".join(CONCEPTS), help="closed-loop: concepts, comma-separated")
     parser.add_argument("--calls", default="all", help="forwards clamped: all (the paper's OpenVLA rule), prefill "
                         "(its π0-FAST rule) or comma-separated indices")
+    parser.add_argument("--resume", action="store_true",
+                        help="closed-loop: continue the run in --out, or extend it with more --controls")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import nnsight_vla
@@ -179,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"  says it {row['says_concept']:.0%} (random {row['random_says_concept']:.0%})")
         return
     result = closed_loop(model, args.out, args.size, args.value, args.controls, args.episodes, args.max_steps,
-                         args.instruction, concepts=args.concepts.split(","), calls=calls)
+                         args.instruction, concepts=args.concepts.split(","), calls=calls,
+                         resume=args.resume)
     for name, scored in result.statistics["vs_random"].items():
         _, metric, sign = CONCEPTS[name.split("_")[0]]
         s = scored[metric]

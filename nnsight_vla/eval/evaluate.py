@@ -104,8 +104,9 @@ def evaluate(
     ``record_video``, ``videos/<condition>_task<t>_ep<e>.mp4`` under ``out_dir``, which is
     created and checked for writing before any rollout. Each episode's row (and video) is
     written as soon as it finishes; with ``resume=True`` a run interrupted in ``out_dir``
-    continues from them (a run made with other settings is refused) and ends with the files
-    an uninterrupted run writes. Without ``resume`` a run in ``out_dir`` is started over.
+    continues from them (a run made with other settings is refused; one that only adds
+    conditions, e.g. more ``random_controls``, keeps its rows and runs the new conditions)
+    and ends with the files an uninterrupted run writes. Without ``resume`` a run in ``out_dir`` is started over.
 
     An episode that raises (simulator error, non-finite action, any exception of the model
     or the environment) is a failed row (``row["error"]``: its type, message and where)

@@ -136,10 +136,11 @@ def open_run(folder: Path, settings: dict, weights: list, resume: bool, jobs: li
                 f"{manifest} is not a run manifest ({error}); pass resume=False to start over "
                 "there, or choose another folder."
             ) from error
+        added = _added_conditions(recorded_settings, settings)
         differences = [
             f"{key}: recorded {_short(recorded_settings.get(key))}, now {_short(settings.get(key))}"
             for key in dict.fromkeys([*recorded_settings, *settings])
-            if recorded_settings.get(key) != settings.get(key)
+            if recorded_settings.get(key) != settings.get(key) and not (key == "conditions" and added)
         ]
         differs = same_weights([tuple(w) for w in recorded_weights], weights)
         if differs:
@@ -151,6 +152,9 @@ def open_run(folder: Path, settings: dict, weights: list, resume: bool, jobs: li
                 "resume=False (CLI: leave out --resume) to start over there, or choose another folder."
             )
         rows = read_rows(episodes, set(jobs))
+        if added:  # the manifest now lists every condition, as a run made with them from the start
+            replace_file(manifest, json.dumps({"settings": settings, "weights": weights}, indent=1) + "\n")
+            tqdm.write(f"extending {folder} by {len(added)} conditions ({added[0]}, ...)", file=sys.stderr)
         if rows:
             tqdm.write(f"resuming {folder}: {len(rows)} of {len(jobs)} episodes already done", file=sys.stderr)
         return rows
@@ -161,6 +165,20 @@ def open_run(folder: Path, settings: dict, weights: list, resume: bool, jobs: li
         (folder / name).unlink(missing_ok=True)
     replace_file(manifest, json.dumps({"settings": settings, "weights": weights}, indent=1) + "\n")
     return {}
+
+
+def _added_conditions(recorded: dict, settings: dict) -> list[str]:
+    """The conditions ``settings`` adds to a recorded run that it otherwise equals, else [].
+
+    A condition's name fixes what it runs (a random control ``up/random7`` is drawn from the
+    seed and its index), so a run resumed with more random controls keeps every recorded row
+    and runs only the new conditions' episodes.
+    """
+    old, new = recorded.get("conditions") or [], settings.get("conditions") or []
+    rest = [key for key in {**recorded, **settings} if key != "conditions"]
+    if any(recorded.get(key) != settings.get(key) for key in rest) or not set(old) < set(new):
+        return []
+    return [name for name in new if name not in old]
 
 
 def read_rows(path: Path, jobs: set[Job]) -> dict[Job, dict]:
