@@ -7,8 +7,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Under pytest-xdist each worker gets its share of the cores, and so do the notebook kernels, Ray
 # workers, servers and renderers it starts. With the default, one thread per core in every
 # worker, the thread pools oversubscribe the cores and spin waiting for each other: on 2 cores
-# a tiny model's forward then takes up to 80 times as long as with one thread. The two stacks
-# (`make test` runs the `stacks` marker last, on two workers) pass the share on to their processes.
+# a tiny model's forward then takes up to 80 times as long as with one thread. The stacks
+# (`make test` runs the `stacks` marker last, on one worker) give each of their processes one thread.
 workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
 if workers:
     share = str(max(1, (os.cpu_count() or 1) // int(workers)))

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     result = closed_loop(model, args.out, args.size, args.value, args.controls, args.episodes, args.max_steps,
                          args.instruction, concepts=args.concepts.split(","), calls=calls,
                          resume=args.resume)
-    for name, scored in result.statistics["vs_random"].items():
+    for name, scored in result.statistics.get("vs_random", {}).items():  # none with fewer than 2 controls
         _, metric, sign = CONCEPTS[name.split("_")[0]]
         s = scored[metric]
         print(f"{name:>12s} {metric}: shift {s['shift']:+.4f}  random {s['random_mean']:+.4f} ± {s['random_std']:.4f}"

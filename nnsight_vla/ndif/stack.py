@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import StackError
@@ -176,16 +177,23 @@ def up(run: Path, env: dict | None = None, timeout: float = 180) -> float:
     for port, name in ((PORTS["redis"], "redis"), (PORTS["s3"], "s3"), (PORTS["ray_gcs"], "ray"),
                        (PORTS["ray_client"], "ray"), (PORTS["ray_dashboard"], "ray")):
         _wait_port(port, name, timeout, run)
+    # The controller's one-shot launcher and the API start together: the API needs only Ray.
     with open(run / "logs" / "controller.log", "ab") as log:
-        controller = subprocess.run(
+        controller = subprocess.Popen(
             [sys.executable, "-m", "ndif.services.ray.deployments.controller.controller"],
             env={**env, "RAY_ADDRESS": f"127.0.0.1:{PORTS['ray_gcs']}"}, cwd=run, stdout=log,
-            stderr=subprocess.STDOUT, timeout=timeout)
-    if controller.returncode:
+            stderr=subprocess.STDOUT)
+    try:
+        _start(run, "api", [str(BIN / "gunicorn"), "--config", "python:ndif.services.api.gunicorn_conf",
+                            "ndif.services.api.app:app", "--bind", f"127.0.0.1:{PORTS['api']}"], env)
+        _wait_port(PORTS["api"], "api", timeout, run)
+        returncode = controller.wait(max(1.0, timeout - (time.time() - t0)))
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+            controller.wait()
+    if returncode:
         raise StackError(f"NDIF's controller failed to start; see {run / 'logs' / 'controller.log'}")
-    _start(run, "api", [str(BIN / "gunicorn"), "--config", "python:ndif.services.api.gunicorn_conf",
-                        "ndif.services.api.app:app", "--bind", f"127.0.0.1:{PORTS['api']}"], env)
-    _wait_port(PORTS["api"], "api", timeout, run)
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -300,10 +308,14 @@ def serve(run: Path, command: list[str], deploys: list[str] = (), env: dict | No
     ``command`` runs with ``NDIF_HOST`` set; the stack is taken down also on errors and Ctrl-C.
     Must run in a loopback-only namespace (`main` makes one).
     """
-    up(run, env)
     try:
-        for target in deploys:
-            print(f"deployed {deploy(run, target)}", flush=True)
+        with ThreadPoolExecutor(1) as pool:  # the models' keys (a meta build each) while the services start
+            keys = pool.submit(lambda: [model_key(target) for target in deploys])
+            print(f"stack up in {up(run, env):.1f} s", flush=True)
+            keys = keys.result()
+        for key in keys:
+            t = time.time()
+            print(f"deployed {deploy(run, key)} in {time.time() - t:.1f} s", flush=True)
         return subprocess.run(command, env={**os.environ, **(env or {}), "NDIF_HOST": HOST}).returncode if command else 0
     finally:
         down(run)
