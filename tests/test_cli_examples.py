@@ -22,7 +22,7 @@ def examples() -> list[list[str]]:
 
 def test_the_help_examples_run_in_order(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    convert_robosuite_demos("lift", "data/lift", max_frames=20, stride=24, progress=False)
+    convert_robosuite_demos("lift", "data/lift", max_frames=8, stride=24, progress=False)
     commands = examples()
     assert [c[0] for c in commands] == ["lens", "clusters", "eval", "collect", "probe"]
     for argv in commands:

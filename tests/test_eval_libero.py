@@ -53,6 +53,42 @@ def test_simulator_smoke_run():
         env.close()
 
 
+@pytest.mark.slow
+def test_first_reset_builds_the_scene_once_and_equals_lerobots():
+    """An env's first `reset_to` builds it without lerobot's extra reset: the observation and the
+    next step equal those of a fresh env's first reset by lerobot, bit for bit."""
+    from libero.libero.envs import OffScreenRenderEnv
+    from robosuite.utils.binding_utils import MjSim
+
+    reset, build, builds = OffScreenRenderEnv.reset, MjSim.from_xml_string.__func__, []
+
+    def counted(cls, xml):
+        builds[-1] += 1
+        return build(cls, xml)
+
+    envs = [libero.make_env("libero_spatial", 0, camera_size=64) for _ in range(2)]
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(MjSim, "from_xml_string", classmethod(counted))
+            envs[0].envs[0].init_state_id = 0
+            builds.append(0)
+            plain = envs[0].reset(seed=[7])[0]
+            builds.append(0)
+            first = libero.reset_to(envs[1], 0)[0]
+        action = np.array([[0.3, -0.2, 0.5, 0, 0, 0.1, 1.0]])
+        runs = [(plain, envs[0].step(action)[0]), (first, envs[1].step(action)[0])]
+    finally:
+        for env in envs:
+            env.close()
+    assert builds == [3, 2]  # lerobot's first reset builds the scene three times; reset_to twice
+    assert OffScreenRenderEnv.reset is reset  # nothing left patched
+    for kept, skipped in zip(*runs):
+        for key in ("image", "image2"):
+            np.testing.assert_array_equal(kept["pixels"][key], skipped["pixels"][key])
+        np.testing.assert_array_equal(kept["robot_state"]["eef"]["pos"], skipped["robot_state"]["eef"]["pos"])
+        np.testing.assert_array_equal(kept["robot_state"]["joints"]["pos"], skipped["robot_state"]["joints"]["pos"])
+
+
 def check_unseen_renders_change_nothing(env):
     """`reset_to` renders only the images the observation keeps; the observation and the next step
     equal those of lerobot's own reset (every image rendered), bit for bit."""

@@ -208,7 +208,7 @@ def unseen_renders(inner: Any) -> Iterator[None]:
     MjSim.render, simulator = blank, None
     try:
         if inner._env is None:
-            inner._ensure_env()  # lerobot builds it on first use and drops its first observation
+            _build_without_reset(inner)
         simulator = inner._env
         step = simulator.step
 
@@ -223,6 +223,23 @@ def unseen_renders(inner: Any) -> Iterator[None]:
         MjSim.render = render
         if simulator is not None:
             vars(simulator).pop("step", None)  # the instance attribute; the class's method shows again
+
+
+def _build_without_reset(inner: Any) -> None:
+    """Build lerobot's env (it does so on first use) without the reset it does after building.
+
+    That reset rebuilds the scene (about 3 s on a CPU) and draws object placements, and the
+    reset that follows it, reseeded, rebuilds and draws them again: its only lasting effect
+    is on numpy's global generator, which that reseeding sets anew.
+    """
+    from libero.libero.envs import OffScreenRenderEnv
+
+    reset = OffScreenRenderEnv.reset
+    OffScreenRenderEnv.reset = lambda self: None
+    try:
+        inner._ensure_env()
+    finally:
+        OffScreenRenderEnv.reset = reset
 
 
 def env_actions(model: Any, raw: dict, task: str, seed: int = 0) -> Any:
