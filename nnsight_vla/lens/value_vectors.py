@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from .. import cache
 from ..errors import InputError
 from ..towers import get_tower
 from .labels import ensure_dispatched, token_labels
@@ -38,6 +41,7 @@ def project_value_vectors(
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    cached: bool = True,
 ) -> ValueVectorTable:
     """Project the FFN value vectors of a model's layers onto its vocabulary.
 
@@ -68,6 +72,10 @@ def project_value_vectors(
             there); chunks of vectors go there and only each chunk's top-k comes back to the
             CPU, so device memory follows the chunk too.
         progress: Show a tqdm bar.
+        cached: On a CPU, keep the table's ids and scores in ``$NNSIGHT_VLA_HOME/lens`` (see
+            `nnsight_vla.cache`), keyed by the weights' bytes, the settings, torch's version and
+            this module's code: the same projection is then read back instead of redone. Tables
+            with ``norm=True`` or on another device are always computed.
 
     Example:
         >>> table = project_value_vectors(nnsight_vla.load("smol-openvla"), top_k=10)
@@ -102,27 +110,39 @@ def project_value_vectors(
     batch = batch_size if batch_size is not None else max(1, CHUNK_LOGITS // vocab)
     normalize = tw.final_norm() if norm else None
 
-    total = len(chosen) * d_mlp
-    ids = torch.empty(total, top_k, dtype=torch.int32)
-    scores = torch.empty(total, top_k, dtype=torch.float32)
     kernel = matmul_dtype(*compute)
-    unembedding = weight_u.to(compute[0]).to(dtype=kernel, device=compute[1])  # no copy when already there
-    logits = torch.empty(min(batch, total), vocab, dtype=kernel, device=compute[1])
-    with (
-        torch.no_grad(),
-        tqdm(total=total, desc="value vectors", unit="vec", disable=not progress) as bar,
-    ):
-        for start in range(0, total, batch):
-            stop = min(start + batch, total)
-            vectors = _value_vectors(weights, d_mlp, start, stop).to(weight_u.dtype)
-            if normalize is not None:
-                vectors = normalize(vectors)  # where the norm's weights are, in their dtype
-            vectors = vectors.to(compute[0]).to(dtype=kernel, device=compute[1])
-            block = torch.mm(vectors, unembedding.T, out=logits[: stop - start])
-            best = top_k_of(block, top_k)
-            ids[start:stop] = best[1].cpu()
-            scores[start:stop] = best[0].float().cpu()
-            bar.update(stop - start)
+
+    def project() -> tuple[torch.Tensor, torch.Tensor]:
+        total = len(chosen) * d_mlp
+        ids = torch.empty(total, top_k, dtype=torch.int32)
+        scores = torch.empty(total, top_k, dtype=torch.float32)
+        unembedding = weight_u.to(compute[0]).to(dtype=kernel, device=compute[1])  # no copy when already there
+        logits = torch.empty(min(batch, total), vocab, dtype=kernel, device=compute[1])
+        with (
+            torch.no_grad(),
+            tqdm(total=total, desc="value vectors", unit="vec", disable=not progress) as bar,
+        ):
+            for start in range(0, total, batch):
+                stop = min(start + batch, total)
+                vectors = _value_vectors(weights, d_mlp, start, stop).to(weight_u.dtype)
+                if normalize is not None:
+                    vectors = normalize(vectors)  # where the norm's weights are, in their dtype
+                vectors = vectors.to(compute[0]).to(dtype=kernel, device=compute[1])
+                block = torch.mm(vectors, unembedding.T, out=logits[: stop - start])
+                best = top_k_of(block, top_k)
+                ids[start:stop] = best[1].cpu()
+                scores[start:stop] = best[0].float().cpu()
+                bar.update(stop - start)
+        return ids, scores
+
+    on_cpu = compute[1].type == "cpu" and weight_u.device.type == "cpu" and all(w.device.type == "cpu" for w in weights)
+    if cached and not norm and on_cpu:
+        inputs = _inputs_digest(weights, weight_u, [top_k, str(compute[0]), str(kernel), batch])
+        key = hashlib.sha256(f"{inputs} {torch.__version__}".encode() + Path(__file__).read_bytes()).hexdigest()
+        # named by the inputs only: a table made again after a code change replaces the old file
+        ids, scores = _cached(cache.cache_dir("lens") / f"value-vectors-{inputs[:32]}.safetensors", key, project)
+    else:
+        ids, scores = project()
 
     spec = model.spec
     actions = spec.action_token_ids if vocab == spec.vocab_size else None
@@ -144,6 +164,24 @@ def project_value_vectors(
         },
         embeddings=weight_u.half().cpu().numpy(),
     )
+
+
+def _inputs_digest(weights: list[torch.Tensor], unembedding: torch.Tensor, settings: list) -> str:
+    """SHA-256 of what a table is projected from: the weights' bytes and the settings."""
+    tensors = {"unembedding": unembedding, **{f"value_vectors.{i}": w for i, w in enumerate(weights)}}
+    return hashlib.sha256(f"{settings} {cache.digest(tensors)}".encode()).hexdigest()
+
+
+def _cached(path: Path, key: str, make: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``make()``'s ids and scores, read from ``path`` when it holds them for ``key``, else made and kept there."""
+    with cache.locked(path, "the lens table") as writable:
+        found, _, _ = cache.read(path, key) if writable else (None, {}, "absent")
+        if found is not None:
+            return found["ids"], found["scores"]
+        ids, scores = make()
+        if writable:
+            cache.write(path, key, {"ids": ids, "scores": scores})
+        return ids, scores
 
 
 def top_k_of(block: torch.Tensor, k: int, width: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
