@@ -18,7 +18,7 @@ from ..registry import family_of, load
 from ..sites import Site
 from ..steering import Clamp, apply
 from ..towers import module_of
-from ..collect import collect
+from ..collect import Recorder, collect
 
 
 class ContractError(VLAError, AssertionError):
@@ -173,6 +173,14 @@ def _with_hook(module: torch.nn.Module, calls: str, run: Callable[[], Any]) -> A
         handle.remove()
 
 
+def _actions_and_resid(model: Any, obs: Any, site: Site) -> tuple[np.ndarray, torch.Tensor]:
+    """One prediction's actions and, as `collect` records them, ``site`` on every call (last position)."""
+    recorder = Recorder(model, [site], calls="all", positions="last")
+    with recorder.prediction() as got:
+        actions = np.asarray(model.predict_action(obs))
+    return actions, got.activations[site]
+
+
 def check_steering(model: Any) -> None:
     """A clamp in a trace, through ``model.steer`` and as a raw torch hook gives equal results.
 
@@ -193,11 +201,8 @@ def check_steering(model: Any) -> None:
                     apply(model, clamp, step)
                 traced = tracer.result.save()
             with model.steer(clamp):
-                steered = np.asarray(model.predict_action(obs))
-            with model.steer(clamp):
-                steered_resid = collect(model, obs, resid, calls="all", positions="last")[resid]
-            hooked = np.asarray(_with_hook(module, calls, lambda: model.predict_action(obs)))
-            hooked_resid = _with_hook(module, calls, lambda: collect(model, obs, resid, calls="all", positions="last")[resid])
+                steered, steered_resid = _actions_and_resid(model, obs, resid)
+            hooked, hooked_resid = _with_hook(module, calls, lambda: _actions_and_resid(model, obs, resid))
             for label, value in (("nnsight", np.asarray(traced)), ("model.steer", steered)):
                 if not np.array_equal(value, hooked):
                     _fail("steering", f"{label} clamp {where} gives other actions than a torch hook")
