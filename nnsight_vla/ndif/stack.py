@@ -21,6 +21,7 @@ id (and any straggler that carries the run's marker) and checks that the ports a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import StackError
 
@@ -138,6 +140,20 @@ def _start(run: Path, name: str, argv: list[str], env: dict) -> None:
     (run / "pids" / f"{name}.pid").write_text(str(proc.pid))
 
 
+#: ``python -c`` of the controller's launcher: NDIF's ``controller`` module run as ``__main__``
+#: once Ray's ports (argv[1], JSON) listen, the bulk of its imports (9 s here) done before
+#: (argv[2]: seconds to wait).
+_LAUNCH_CONTROLLER = """
+import json, runpy, socket, sys, time
+import ray, ndif.common.schema.controller, ndif.services.ray.deployments.controller.cluster
+deadline = time.time() + float(sys.argv[2])
+for port in json.loads(sys.argv[1]):
+    while socket.socket().connect_ex(("127.0.0.1", port)) and time.time() < deadline:
+        time.sleep(0.2)
+runpy.run_module("ndif.services.ray.deployments.controller.controller", run_name="__main__")
+"""
+
+
 def _ray(*args: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()", *args]
 
@@ -174,19 +190,21 @@ def up(run: Path, env: dict | None = None, timeout: float = 180) -> float:
         f"--ray-client-server-port={PORTS['ray_client']}", "--include-dashboard=true",  # the controller lists nodes through it
         "--dashboard-host=127.0.0.1", f"--dashboard-port={PORTS['ray_dashboard']}",
         f"--temp-dir={run / 'ray'}", "--disable-usage-stats"), env)
-    for port, name in ((PORTS["redis"], "redis"), (PORTS["s3"], "s3"), (PORTS["ray_gcs"], "ray"),
-                       (PORTS["ray_client"], "ray"), (PORTS["ray_dashboard"], "ray")):
-        _wait_port(port, name, timeout, run)
-    # The controller's one-shot launcher and the API start together: the API needs only Ray.
+    # NDIF's API and its controller's one-shot launcher start now too, so that their imports run
+    # while Ray starts: the API retries Redis and Ray every second; the launcher imports the
+    # controller, waits for Ray's ports (the controller lists nodes through the dashboard), then runs.
+    _start(run, "api", [str(BIN / "gunicorn"), "--config", "python:ndif.services.api.gunicorn_conf",
+                        "ndif.services.api.app:app", "--bind", f"127.0.0.1:{PORTS['api']}"], env)
+    ray_ports = [PORTS["ray_gcs"], PORTS["ray_client"], PORTS["ray_dashboard"]]
     with open(run / "logs" / "controller.log", "ab") as log:
         controller = subprocess.Popen(
-            [sys.executable, "-m", "ndif.services.ray.deployments.controller.controller"],
+            [sys.executable, "-c", _LAUNCH_CONTROLLER, json.dumps(ray_ports), str(timeout)],
             env={**env, "RAY_ADDRESS": f"127.0.0.1:{PORTS['ray_gcs']}"}, cwd=run, stdout=log,
             stderr=subprocess.STDOUT)
     try:
-        _start(run, "api", [str(BIN / "gunicorn"), "--config", "python:ndif.services.api.gunicorn_conf",
-                            "ndif.services.api.app:app", "--bind", f"127.0.0.1:{PORTS['api']}"], env)
-        _wait_port(PORTS["api"], "api", timeout, run)
+        for port, name in ((PORTS["redis"], "redis"), (PORTS["s3"], "s3"), (PORTS["ray_gcs"], "ray"),
+                           (PORTS["ray_client"], "ray"), (PORTS["ray_dashboard"], "ray"), (PORTS["api"], "api")):
+            _wait_port(port, name, timeout, run)
         returncode = controller.wait(max(1.0, timeout - (time.time() - t0)))
     finally:
         if controller.poll() is None:
@@ -219,13 +237,13 @@ def model_key(target: str) -> str:
 
 
 def deploy(run: Path, target: str, size_bytes: int | None = None, dtype: str = "float32") -> str:
-    """Deploy one model, pinned, with ``ndif deploy``; return its key.
+    """Deploy one model, pinned, with NDIF's own deploy (what ``ndif deploy`` runs); return its key.
 
-    Without ``size_bytes`` NDIF sizes it by building it on the meta device (the class's
-    ``describe_checkpoint``).
+    It runs in this process, as a Ray client of the stack, disconnected again before it
+    returns (a separate ``ndif deploy`` would spend some 20 s starting). Without
+    ``size_bytes`` NDIF sizes the model by building it on the meta device (the class's
+    ``describe_checkpoint``). Progress goes to ``logs/deploy.log`` in the run folder.
     """
-    import yaml
-
     run = Path(run).resolve()
     if not (run / "env.json").is_file():
         raise StackError(f"no stack was started with its files in {run}; start one with `nnsight-vla serve up --run "
@@ -234,19 +252,47 @@ def deploy(run: Path, target: str, size_bytes: int | None = None, dtype: str = "
     entry = {"checkpoint": key, "model_key": key, "dtype": dtype, "pinned": True}
     if size_bytes:
         entry["size_bytes"] = size_bytes
-    path = run / "models.yaml"
-    path.write_text(yaml.safe_dump({"models": [entry]}))
-    for attempt in range(3):  # should Ray's client proxy still lose the server it starts for a new client
-        out = subprocess.run([str(BIN / "ndif"), "deploy", "-f", str(path)], env=environment(run), cwd=run,
-                             capture_output=True, text=True, timeout=600)
-        with open(run / "logs" / "deploy.log", "a") as log:
-            log.write(out.stdout + out.stderr)
-        if "Cannot connect to Ray" not in out.stdout + out.stderr:
-            break
-        time.sleep(2)
-    if out.returncode or "Error" in out.stdout:
-        raise StackError(f"ndif deploy of {key} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+    with _as_a_service(run), open(run / "logs" / "deploy.log", "a") as log:
+        from ndif.cli.lib.deploy import NDIFConnectivityError
+        from ndif.cli.lib.deploy import deploy as ndif_deploy
+
+        for attempt in range(3):  # should Ray's client proxy still lose the server it starts for a new client
+            try:
+                result = ndif_deploy([entry], on_message=lambda line: print(line, file=log, flush=True))
+                break
+            except NDIFConnectivityError as error:
+                print(f"{error}; trying again", file=log, flush=True)
+                if attempt == 2:
+                    raise StackError(f"ndif deploy of {key} could not reach Ray: {error}; see {run / 'logs'}") from error
+                time.sleep(2)
+    failed = [d for d in result["deployments"] if d.get("status") != "READY"]
+    if failed or not result["deployments"]:
+        raise StackError(f"ndif deploy of {key} failed: {failed or result}; see {run / 'logs' / 'deploy.log'}")
     return key
+
+
+@contextlib.contextmanager
+def _as_a_service(run: Path) -> Iterator[None]:
+    """This process with the stack's NDIF settings (as its services have them), then as it was.
+
+    A Ray client connection made inside is closed on the way out.
+    """
+    env = environment(run)
+    names = [k for k in env if k.startswith("NDIF_")] + ["GRPC_ENABLE_FORK_SUPPORT"]
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: env[name] for name in names})
+    try:
+        yield
+    finally:
+        if "ray" in sys.modules:
+            import ray
+
+            ray.shutdown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _marked(run: Path) -> list[int]:
