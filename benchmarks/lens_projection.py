@@ -109,7 +109,8 @@ def reference(model, modules, unembed, out: Path):
 
 
 def lens(model, out: Path, layers, **kw):
-    table = project_value_vectors(model, top_k=TOP_K, progress=False, layers=layers, **kw)
+    # cached=False: each round projects (the table kept on disk would otherwise be read back)
+    table = project_value_vectors(model, top_k=TOP_K, progress=False, layers=layers, cached=False, **kw)
     table.write_text(out)
     return table
 
