@@ -195,6 +195,18 @@ def test_cli_serve_errors_name_the_fix(capsys, monkeypatch, tmp_path):
         assert "cannot make a loopback-only network namespace: `unshare` is not installed" in capsys.readouterr().err
 
 
+def test_deploy_refuses_a_process_already_connected_to_ray(tmp_path, monkeypatch):
+    """NDIF's deploy runs in the calling process and would use its Ray session, whatever cluster that is."""
+    import ray
+
+    (tmp_path / "env.json").write_text("{}")
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    key = nnsight_vla.load("tiny-openvla", dispatch=False).to_model_key()
+    with pytest.raises(StackError, match=r"already connected to a Ray cluster.*serve deploy"):
+        stack.deploy(tmp_path, key)
+    assert not (tmp_path / "logs").exists()  # refused before anything was written
+
+
 def test_from_model_key_takes_what_ndif_passes():
     assert _placement({"device": 0}) == "cuda:0"
     assert _placement({"device_map": "balanced", "max_memory": {0: 5, 1: 9, "cpu": 99}}) == "cuda:1"

@@ -277,6 +277,10 @@ def _as_a_service(run: Path) -> Iterator[None]:
 
     A Ray client connection made inside is closed on the way out.
     """
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        raise StackError("this process is already connected to a Ray cluster, which NDIF's deploy would use; "
+                         "deploy from another process (`nnsight-vla serve deploy MODEL --run RUN`) or call "
+                         "ray.shutdown() first.")
     env = environment(run)
     names = [k for k in env if k.startswith("NDIF_")] + ["GRPC_ENABLE_FORK_SUPPORT"]
     saved = {name: os.environ.get(name) for name in names}
