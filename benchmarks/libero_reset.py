@@ -3,8 +3,9 @@
 In each round, two new envs of the same task are built: one is reset by lerobot (init state 0,
 then 1), the other by `reset_to` (the same init states, seed 7). The first reset of a new env
 includes building it. Rounds alternate which variant goes first. Prints the median seconds of
-each and the ratio reset_to/lerobot (first reset and later reset), with the scene builds
-(``MjSim.from_xml_string`` calls) and camera renders each made. `reset_to` returns the same
+each and the ratio reset_to/lerobot (first reset and later reset), with the scene compilations
+(``MjSim.from_xml_string`` calls; `reset_to` copies a scene it compiled before), the render
+contexts and the camera renders each made. `reset_to` returns the same
 observation bit for bit (`tests/test_eval_libero.py`).
 
     python benchmarks/libero_reset.py --rounds 3 --camera-size 256
@@ -23,11 +24,12 @@ from nnsight_vla.eval import libero  # noqa: E402
 
 
 def counting():
-    """Patch robosuite to count scene builds and renders; returns the counts and an undo function."""
+    """Patch robosuite to count scene compilations, render contexts and renders; returns the counts
+    and an undo function."""
     from robosuite.utils.binding_utils import MjRenderContext, MjSim
 
-    counts = {"builds": 0, "renders": 0}
-    build, render = MjSim.from_xml_string.__func__, MjRenderContext.render
+    counts = {"builds": 0, "contexts": 0, "renders": 0}
+    build, render, made = MjSim.from_xml_string.__func__, MjRenderContext.render, MjRenderContext.__init__
 
     def counted_build(cls, xml):
         counts["builds"] += 1
@@ -37,10 +39,16 @@ def counting():
         counts["renders"] += 1
         return render(self, *args, **kwargs)
 
+    def counted_context(self, *args, **kwargs):
+        counts["contexts"] += 1
+        made(self, *args, **kwargs)
+
     MjSim.from_xml_string, MjRenderContext.render = classmethod(counted_build), counted_render
+    MjRenderContext.__init__ = counted_context
 
     def undo():
         MjSim.from_xml_string, MjRenderContext.render = classmethod(build), render
+        MjRenderContext.__init__ = made
 
     return counts, undo
 
@@ -83,9 +91,12 @@ def main() -> None:
     for label in ("first", "later"):
         med = {v: statistics.median(run[label]["s"] for run in runs[v]) for v in runs}
         made = {v: runs[v][0][label] for v in runs}
-        print(f"  {label:5s} reset: lerobot {med['lerobot']:.2f} s ({made['lerobot']['builds']} builds, "
-              f"{made['lerobot']['renders']} renders), reset_to {med['reset_to']:.2f} s ({made['reset_to']['builds']} "
-              f"builds, {made['reset_to']['renders']} renders), ratio {med['reset_to'] / med['lerobot']:.2f}")
+        print(f"  {label:5s} reset: lerobot {med['lerobot']:.2f} s ({describe(made['lerobot'])}), reset_to "
+              f"{med['reset_to']:.2f} s ({describe(made['reset_to'])}), ratio {med['reset_to'] / med['lerobot']:.2f}")
+
+
+def describe(made: dict) -> str:
+    return f"{made['builds']} compilations, {made['contexts']} render contexts, {made['renders']} renders"
 
 
 if __name__ == "__main__":

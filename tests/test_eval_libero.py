@@ -55,33 +55,43 @@ def test_simulator_smoke_run():
 
 @pytest.mark.slow
 def test_first_reset_builds_the_scene_once_and_equals_lerobots():
-    """An env's first `reset_to` builds it without lerobot's extra reset: the observation and the
-    next step equal those of a fresh env's first reset by lerobot, bit for bit."""
+    """An env's first `reset_to` builds it without lerobot's extra reset, and compiles the scene
+    and makes its render context once for its two builds of it: the observation and the next
+    step equal those of a fresh env's first reset by lerobot, bit for bit."""
     from libero.libero.envs import OffScreenRenderEnv
-    from robosuite.utils.binding_utils import MjSim
+    from robosuite.environments import base
+    from robosuite.utils.binding_utils import MjRenderContext, MjSim
 
     reset, build, builds = OffScreenRenderEnv.reset, MjSim.from_xml_string.__func__, []
+    made, contexts = MjRenderContext.__init__, []
 
     def counted(cls, xml):
         builds[-1] += 1
         return build(cls, xml)
 
+    def counted_context(self, *args, **kwargs):
+        contexts[-1] += 1
+        made(self, *args, **kwargs)
+
     envs = [libero.make_env("libero_spatial", 0, camera_size=64) for _ in range(2)]
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(MjSim, "from_xml_string", classmethod(counted))
+            patch.setattr(MjRenderContext, "__init__", counted_context)
             envs[0].envs[0].init_state_id = 0
-            builds.append(0)
+            builds.append(0), contexts.append(0)
             plain = envs[0].reset(seed=[7])[0]
-            builds.append(0)
+            builds.append(0), contexts.append(0)
             first = libero.reset_to(envs[1], 0)[0]
         action = np.array([[0.3, -0.2, 0.5, 0, 0, 0.1, 1.0]])
         runs = [(plain, envs[0].step(action)[0]), (first, envs[1].step(action)[0])]
     finally:
         for env in envs:
             env.close()
-    assert builds == [3, 2]  # lerobot's first reset builds the scene three times; reset_to twice
-    assert OffScreenRenderEnv.reset is reset  # nothing left patched
+    assert builds == [3, 1]  # lerobot's first reset compiles the scene three times; reset_to once (then a copy)
+    assert contexts == [3, 1]  # and makes a render context for each; reset_to keeps its first
+    assert OffScreenRenderEnv.reset is reset and base.MjRenderContextOffscreen.__name__ == "MjRenderContextOffscreen"
+    assert MjSim.from_xml_string.__func__ is build  # nothing left patched
     for kept, skipped in zip(*runs):
         for key in ("image", "image2"):
             np.testing.assert_array_equal(kept["pixels"][key], skipped["pixels"][key])
@@ -89,32 +99,75 @@ def test_first_reset_builds_the_scene_once_and_equals_lerobots():
         np.testing.assert_array_equal(kept["robot_state"]["joints"]["pos"], skipped["robot_state"]["joints"]["pos"])
 
 
+@pytest.mark.slow
+def test_an_init_state_gives_the_same_scene_at_every_reset():
+    """On libero_spatial task 4, lerobot's k-th reset places the cabinet and the stove (fixtures,
+    not in the init state) differently, though it reseeds; `reset_to` places them alike at every
+    reset, on a used env and on a new one, and so returns the same observation bit for bit."""
+    import mujoco
+
+    def scene(env):
+        sim = env.envs[0]._env.env.sim
+        bodies = [mujoco.mj_name2id(sim.model._model, mujoco.mjtObj.mjOBJ_BODY, name)
+                  for name in ("wooden_cabinet_1_main", "flat_stove_1_main")]
+        return sim.model.body_pos[bodies].copy()
+
+    envs = [libero.make_env("libero_spatial", 4, camera_size=64) for _ in range(2)]
+    try:
+        plain = []
+        for _ in range(2):
+            envs[0].envs[0].init_state_id = 1
+            envs[0].reset(seed=[7])
+            plain.append(scene(envs[0]))
+        runs = []
+        for env, episode in ((envs[0], 1), (envs[0], 0), (envs[0], 1), (envs[1], 1)):
+            obs = libero.reset_to(env, episode)[0]
+            if episode == 1:
+                runs.append((scene(env), obs))
+    finally:
+        for env in envs:
+            env.close()
+    assert np.abs(plain[0] - plain[1]).max() > 1e-3  # lerobot's resets move the fixtures by millimetres
+    for fixtures, obs in runs[1:]:
+        np.testing.assert_array_equal(fixtures, runs[0][0])
+        for key in ("image", "image2"):
+            np.testing.assert_array_equal(obs["pixels"][key], runs[0][1]["pixels"][key])
+        np.testing.assert_array_equal(obs["robot_state"]["joints"]["pos"], runs[0][1]["robot_state"]["joints"]["pos"])
+
+
 def check_unseen_renders_change_nothing(env):
-    """`reset_to` renders only the images the observation keeps; the observation and the next step
-    equal those of lerobot's own reset (every image rendered), bit for bit."""
+    """`reset_to` renders only the images the observation keeps and, on an env it reset before,
+    keeps the render context; the observation and the next step equal those of lerobot's own
+    reset (every image rendered, a new render context), bit for bit."""
     from robosuite.utils.binding_utils import MjRenderContext
 
-    renders, original = [0], MjRenderContext.render
+    renders, contexts, render, made = [0], [0], MjRenderContext.render, MjRenderContext.__init__
 
     def counted(self, *args, **kwargs):
         renders[0] += 1
-        return original(self, *args, **kwargs)
+        return render(self, *args, **kwargs)
+
+    def counted_context(self, *args, **kwargs):
+        contexts[0] += 1
+        made(self, *args, **kwargs)
 
     action = np.array([[0.3, -0.2, 0.5, 0, 0, 0.1, 1.0]])
     runs = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(MjRenderContext, "render", counted)
-        for name in ("plain", "reset_to"):
-            renders[0] = 0
+        patch.setattr(MjRenderContext, "__init__", counted_context)
+        for name in ("reset_to", "plain"):  # reset_to first: it keeps the context of the resets before
+            renders[0] = contexts[0] = 0
             if name == "plain":
                 env.envs[0].init_state_id = 1
                 obs, _ = env.reset(seed=[7])
             else:
                 obs, _ = libero.reset_to(env, 1)
-            runs[name] = (renders[0], obs, env.step(action)[0])
-    cameras = len(runs["plain"][1]["pixels"])
+            runs[name] = (renders[0], contexts[0], obs, env.step(action)[0])
+    cameras = len(runs["plain"][2]["pixels"])
     assert runs["reset_to"][0] == cameras < runs["plain"][0]  # only the last settle step's images
-    for kept, skipped in zip(runs["plain"][1:], runs["reset_to"][1:]):
+    assert (runs["reset_to"][1], runs["plain"][1]) == (0, 1)
+    for kept, skipped in zip(runs["plain"][2:], runs["reset_to"][2:]):
         for key in ("image", "image2"):
             np.testing.assert_array_equal(kept["pixels"][key], skipped["pixels"][key])
         np.testing.assert_array_equal(kept["robot_state"]["eef"]["pos"], skipped["robot_state"]["eef"]["pos"])

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import hashlib
 import io
 import logging
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -169,13 +172,102 @@ def reset_to(env: Any, episode: int, seed: int = 7) -> tuple[dict, dict]:
     """Reset to init state ``episode`` of the task.
 
     Every condition of a paired comparison then starts alike; lerobot's env otherwise moves to
-    the next init state on every reset. The reset is lerobot's own, with the camera images it
-    throws away left unrendered (`unseen_renders`): the observation is the same, bit for bit.
+    the next init state on every reset, and on some tasks places the fixtures differently on
+    every reset (`_no_stale_state_samplers`). The reset is lerobot's own, with the camera images
+    it throws away left unrendered (`unseen_renders`) and the scene's render context kept
+    (`kept_render_context`): the observation is the same, bit for bit.
     """
     inner = env.envs[0]
     inner.init_state_id = episode
-    with unseen_renders(inner):
+    with kept_render_context(inner), unseen_renders(inner):
+        _no_stale_state_samplers(inner._env.env)
         return env.reset(seed=[seed])
+
+
+def _no_stale_state_samplers(scene: Any) -> None:
+    """Drop the object-state samplers that LIBERO's earlier scene builds left behind.
+
+    Each build of a LIBERO scene appends a sampler for every object state in its initial
+    conditions (a drawer open or closed, a stove on or off) to ``object_property_initializers``,
+    and nothing removes the old ones. Every sampler draws from numpy's generator before the
+    fixtures (a cabinet, a stove) are placed, and a fixture's place is not part of the init
+    state, so after lerobot's reseeding the k-th reset of an env still puts them elsewhere (up
+    to about 1.5 cm on ``libero_spatial`` task 4; tasks 3, 8 and 9 of ``libero_10`` too). The
+    hard reset that follows builds the scene, and its samplers, again; with only those, every
+    reset draws alike and the scene depends on the init state and the seed alone.
+    """
+    if scene.hard_reset and not scene.deterministic_reset:
+        scene.object_property_initializers = []
+
+
+#: Each render context made under `kept_render_context`: the digest of the scene XML it was made
+#: for, and that XML's model as compiled (before the simulation touched it).
+_SCENE_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def kept_render_context(inner: Any) -> Iterator[None]:
+    """Keep robosuite's render context, and the compiled model, across a hard reset of the same scene.
+
+    Every lerobot LIBERO reset rebuilds the MuJoCo model from the scene's XML (about 0.6 s),
+    and robosuite then makes a new render context for it, which uploads every mesh and texture
+    again (about 2 s with software OpenGL). A model compiled from the same XML is the same
+    model, with the same meshes and textures. So inside this context a scene whose XML is the
+    one the current render context was made for is not compiled again (the simulation gets a
+    copy of the model as first compiled), and that render context is pointed at the new
+    simulation, with a new scene of the same size. A different XML (or a context made outside)
+    is compiled and gets a new context, made after the old one is freed, as robosuite does.
+    `tests/test_eval_libero.py` checks that the observations are bit-equal.
+    """
+    from robosuite.environments import base
+    from robosuite.utils.binding_utils import MjSim
+
+    make, compiling = base.MjRenderContextOffscreen, vars(MjSim)["from_xml_string"]
+    build = compiling.__func__
+    built = inner._env.env.sim if inner._env is not None else None
+    held = [built._render_context_offscreen] if built is not None else []  # survives the old sim's free()
+    scene: list = [None, None]  # the last XML's digest and its model as compiled
+
+    def compile_model(cls: Any, xml: str) -> Any:
+        digest = hashlib.sha1(xml.encode()).hexdigest()
+        kept = _SCENE_OF.get(held[-1]) if held else None
+        if kept is not None and kept[0] == digest:
+            scene[:] = kept
+            return cls(copy.copy(kept[1]))  # a copy of a MjModel is a deep one (mj_copyModel)
+        sim = build(cls, xml)
+        scene[:] = digest, copy.copy(sim.model._model)
+        return sim
+
+    def render_context(sim: Any, device_id: int = -1, **kwargs: Any) -> Any:
+        old = held.pop() if held else None
+        kept = _SCENE_OF.get(old) if old is not None else None
+        if kept is not None and kept[0] == scene[0] and old.device_id == device_id:
+            new = _pointed_at(old, sim)
+        else:
+            del old  # freed before the new one is made, as robosuite's own reset does
+            new = make(sim, device_id=device_id, **kwargs)
+            _SCENE_OF[new] = tuple(scene)
+        held.append(new)
+        return new
+
+    base.MjRenderContextOffscreen, MjSim.from_xml_string = render_context, classmethod(compile_model)
+    try:
+        yield
+    finally:
+        base.MjRenderContextOffscreen, MjSim.from_xml_string = make, compiling
+        held.clear()
+
+
+def _pointed_at(context: Any, sim: Any) -> Any:
+    """``context`` (its OpenGL context and uploaded assets) made the render context of ``sim``."""
+    import mujoco
+
+    context.gl_ctx.make_current()
+    sim.forward()
+    sim.add_render_context(context)
+    context.sim, context.model, context.data = sim, sim.model, sim.data
+    context.scn = mujoco.MjvScene(sim.model._model, maxgeom=context.scn.maxgeom)
+    return context
 
 
 @contextlib.contextmanager
