@@ -1,5 +1,7 @@
 """LIBERO set-up offline (no prompt, no download) and a real simulator smoke run."""
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -137,7 +139,7 @@ def test_an_init_state_gives_the_same_scene_at_every_reset():
 
 def check_unseen_renders_change_nothing(env):
     """`reset_to` renders only the images the observation keeps and, on an env it reset before,
-    keeps the render context; the observation and the next step equal those of lerobot's own
+    keeps the render context and frees the old simulation without a full collection; the observation and the next step equal those of lerobot's own
     reset (every image rendered, a new render context), bit for bit."""
     from robosuite.utils.binding_utils import MjRenderContext
 
@@ -153,6 +155,9 @@ def check_unseen_renders_change_nothing(env):
 
     action = np.array([[0.3, -0.2, 0.5, 0, 0, 0.1, 1.0]])
     runs = {}
+    old = env.envs[0]._env.env.sim
+    freed = [weakref.ref(part) for part in (old, old.model, old.data)]
+    del old
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(MjRenderContext, "render", counted)
         patch.setattr(MjRenderContext, "__init__", counted_context)
@@ -164,6 +169,8 @@ def check_unseen_renders_change_nothing(env):
             else:
                 obs, _ = libero.reset_to(env, 1)
             runs[name] = (renders[0], contexts[0], obs, env.step(action)[0])
+            if name == "reset_to":  # it skips robosuite's gc.collect(): the old simulation is freed anyway
+                assert [ref() for ref in freed] == [None, None, None]
     cameras = len(runs["plain"][2]["pixels"])
     assert runs["reset_to"][0] == cameras < runs["plain"][0]  # only the last settle step's images
     assert (runs["reset_to"][1], runs["plain"][1]) == (0, 1)

@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 import weakref
 from pathlib import Path
 from typing import Any, Iterator
@@ -179,9 +180,27 @@ def reset_to(env: Any, episode: int, seed: int = 7) -> tuple[dict, dict]:
     """
     inner = env.envs[0]
     inner.init_state_id = episode
-    with kept_render_context(inner), unseen_renders(inner):
+    with kept_render_context(inner), unseen_renders(inner), _no_full_collection():
         _no_stale_state_samplers(inner._env.env)
         return env.reset(seed=[seed])
+
+
+@contextlib.contextmanager
+def _no_full_collection() -> Iterator[None]:
+    """Skip the full garbage collection robosuite runs when it frees the old simulation.
+
+    ``MjSim.free`` deletes the simulation's MuJoCo model and data, which reference counting
+    frees at once (`tests/test_eval_libero.py` checks), then calls ``gc.collect()``: about
+    0.5 s in a process that holds a model, on every reset. Python's own collector still runs.
+    """
+    from robosuite.utils import binding_utils
+
+    collector = binding_utils.gc
+    binding_utils.gc = types.SimpleNamespace(collect=lambda *args: 0)
+    try:
+        yield
+    finally:
+        binding_utils.gc = collector
 
 
 def _no_stale_state_samplers(scene: Any) -> None:
