@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,8 +45,31 @@ def _fail(check: str, message: str) -> None:
     raise ContractError(f"{check}: {message}")
 
 
-def check_standard_names(model: Any) -> None:
+@dataclass
+class Subject:
+    """The model a contract run checks, and what its checks share.
+
+    That is one observation and the plain prediction on it, made once, at the first check
+    that needs it; ``folder`` is where a check may write.
+    """
+
+    model: Any
+    folder: Path
+
+    @functools.cached_property
+    def obs(self) -> Observation:
+        """`example_observation` of the model."""
+        return example_observation(self.model)
+
+    @functools.cached_property
+    def plain(self) -> np.ndarray:
+        """The model's actions for `obs`, from a plain ``predict_action``."""
+        return np.asarray(self.model.predict_action(self.obs))
+
+
+def check_standard_names(subject: Subject) -> None:
     """Standard names are envoys; layer lists are range-checked; towers have sizes."""
+    model = subject.model
     for name in STANDARD_NAMES:
         if not isinstance(getattr(model, name, None), nnsight.Envoy):
             _fail("standard names", f"model.{name} is not bound to a module")
@@ -61,22 +86,20 @@ def check_standard_names(model: Any) -> None:
             _fail("standard names", f"tower {tower.name!r} has empty sizes {tower!r}")
 
 
-def check_plain_vs_traced(model: Any) -> None:
+def check_plain_vs_traced(subject: Subject) -> None:
     """``predict_action`` returns the same actions as a plain call and as a trace."""
-    obs = example_observation(model)
-    plain = np.asarray(model.predict_action(obs))
-    with model.predict_action(obs) as tracer:
+    model, plain = subject.model, subject.plain
+    with model.predict_action(subject.obs) as tracer:
         traced = tracer.result.save()
     if not np.array_equal(plain, np.asarray(traced)):
         _fail("plain vs traced", f"max |difference| {np.abs(plain - np.asarray(traced)).max():.3g}")
 
 
-def check_batching(model: Any) -> None:
+def check_batching(subject: Subject) -> None:
     """A batch of observations predicts what each does alone."""
-    a, b = example_observation(model, 0), example_observation(model, 1, "open the top drawer")
-    both = np.asarray(model.predict_action([a, b]))
-    for row, obs in zip(both, (a, b)):
-        alone = np.asarray(model.predict_action(obs))
+    model, other = subject.model, example_observation(subject.model, 1, "open the top drawer")
+    both = np.asarray(model.predict_action([subject.obs, other]))
+    for row, alone in zip(both, (subject.plain, np.asarray(model.predict_action(other)))):
         if row.shape != alone.shape or not np.allclose(row, alone, atol=1e-5):
             _fail("batching", f"a batched row differs from its observation alone (shapes {row.shape}, {alone.shape})")
 
@@ -90,13 +113,13 @@ def contrast_observation(model: Any) -> Observation:
     return Observation({c: np.zeros_like(image) for c, image in other.images.items()}, other.instruction, other.state)
 
 
-def check_observation_matters(model: Any) -> None:
+def check_observation_matters(subject: Subject) -> None:
     """`example_observation` and `contrast_observation` get different actions.
 
     The two differ in images, instruction and state: a model whose actions ignore what it
     sees cannot show an effect.
     """
-    first = np.asarray(model.predict_action(example_observation(model)))
+    first, model = subject.plain, subject.model
     if np.array_equal(first, np.asarray(model.predict_action(contrast_observation(model)))):
         _fail("actions depend on the observation",
               f"a noise image and a black one, with other instructions and states, both get actions {_head(first)}; "
@@ -109,16 +132,16 @@ def action_tower(model: Any) -> str:
     return next((name for name, tower in towers.items() if tower.actions is not None), next(iter(towers)))
 
 
-def check_clamp_matters(model: Any) -> None:
+def check_clamp_matters(subject: Subject) -> None:
     """Clamping 8 neurons of the action tower's layer 0 at 50 changes the actions.
 
     The tower is the one that emits actions (`action_tower`) and the clamp acts on every
     call: steering reaches the actions.
     """
-    obs, tower = example_observation(model), action_tower(model)
-    base = np.asarray(model.predict_action(obs))
+    model, base = subject.model, subject.plain
+    tower = action_tower(model)
     with model.steer(Clamp([(0, n) for n in range(8)], 50.0, tower=tower)):
-        steered = np.asarray(model.predict_action(obs))
+        steered = np.asarray(model.predict_action(subject.obs))
     if np.array_equal(base, steered):
         _fail("a strong clamp changes actions",
               f"clamping neurons 0-7 of layer 0 of tower {tower!r} at 50 leaves the actions {_head(base)} "
@@ -130,9 +153,9 @@ def _head(actions: np.ndarray) -> str:
     return np.array2string(flat[:4], precision=3, suppress_small=True) + (" ..." if flat.size > 4 else "")
 
 
-def check_collect(model: Any) -> None:
+def check_collect(subject: Subject) -> None:
     """The collector's calls and values equal an nnsight trace's, step by step, for every tower."""
-    obs = example_observation(model)
+    model, obs = subject.model, subject.obs
     steps = prediction_steps(model)
     sites = [Site(0, "resid", name) for name in model.towers()]
     with model.predict_action(obs) as tracer:
@@ -181,15 +204,14 @@ def _actions_and_resid(model: Any, obs: Any, site: Site) -> tuple[np.ndarray, to
     return actions, got.activations[site]
 
 
-def check_steering(model: Any) -> None:
+def check_steering(subject: Subject) -> None:
     """A clamp in a trace, through ``model.steer`` and as a raw torch hook gives equal results.
 
     The actions are equal, and so are the per-call residuals after the layer, on every call
     and on the prefill only (which checks the layout's ``run_start``); the block leaves no
     hook behind.
     """
-    obs = example_observation(model)
-    base = np.asarray(model.predict_action(obs))
+    model, obs, base = subject.model, subject.obs, subject.plain
     for name in model.towers():
         resid, module = Site(0, "resid", name), Site(0, "neurons", name).module(model)
         clean = collect(model, obs, resid, calls="all", positions="last")[resid]
@@ -214,29 +236,29 @@ def check_steering(model: Any) -> None:
         _fail("steering", "a hook survived its block: plain predictions changed")
 
 
-def check_save_load(model: Any, folder: Path) -> None:
+def check_save_load(subject: Subject) -> None:
     """``save_pretrained`` writes a checkpoint that loads back with equal weights and actions."""
-    obs = example_observation(model)
-    loaded = load(model.save_pretrained(folder / "checkpoint"))
+    model = subject.model
+    loaded = load(model.save_pretrained(subject.folder / "checkpoint"))
     ours, theirs = module_of(model).state_dict(), module_of(loaded).state_dict()
     if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
         _fail("save/load", "the reloaded weights differ")
-    if not np.allclose(model.predict_action(obs), loaded.predict_action(obs), atol=1e-6):
+    if not np.allclose(subject.plain, loaded.predict_action(subject.obs), atol=1e-6):
         _fail("save/load", "the reloaded model predicts other actions")
 
 
-def check_model_key(model: Any) -> None:
+def check_model_key(subject: Subject) -> None:
     """The remote model key rebuilds an equal model (what NDIF and the Ray workers do)."""
+    model = subject.model
     key = model._remoteable_model_key()
     twin = type(model)._remoteable_from_model_key(key, dispatch=True)
     if twin._remoteable_model_key() != key:
         _fail("model key", f"the key does not round-trip: {key} vs {twin._remoteable_model_key()}")
-    obs = example_observation(model)
-    if not np.array_equal(np.asarray(model.predict_action(obs)), np.asarray(twin.predict_action(obs))):
+    if not np.array_equal(subject.plain, np.asarray(twin.predict_action(subject.obs))):
         _fail("model key", "the rebuilt model predicts other actions")
 
 
-CHECKS: dict[str, Callable[..., None]] = {
+CHECKS: dict[str, Callable[[Subject], None]] = {
     "standard names": check_standard_names,
     "plain vs traced": check_plain_vs_traced,
     "batching": check_batching,
@@ -291,15 +313,13 @@ def run_contract(model: Any, folder: str | Path | None = None, skip: tuple[str, 
     model.dispatch()
     inert = inert_checks(model)
     with tempfile.TemporaryDirectory() as tmp:
+        subject = Subject(model, Path(folder or tmp))
         for name, check in CHECKS.items():
             if name in skip:
                 continue
             if name in inert:
                 ran.append(f"{name} (not applicable: {inert[name]})")
-            elif name == "save/load":
-                check(model, Path(folder or tmp))
-                ran.append(name)
             else:
-                check(model)
+                check(subject)
                 ran.append(name)
     return ran
