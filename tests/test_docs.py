@@ -17,6 +17,7 @@ NOTHING_TO_RUN = {
     "docs/mini_vla/results.md": "a generated report of runs (nnsight_vla_mini.report)",
     "docs/mini_vla/open-loop-99.md": "a generated report of runs (nnsight_vla_mini.report)",
     "docs/mini_vla/closed-loop-49.md": "a generated report of runs (nnsight_vla_mini.report)",
+    "docs/mini_vla/closed-loop-same-scene.md": "a generated report of runs (nnsight_vla_mini.report)",
 }
 FENCE = re.compile(r"^```(\S*)[ \t]*(.*)$")
 

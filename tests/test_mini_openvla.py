@@ -186,13 +186,13 @@ def test_the_closed_loop_page_of_the_kept_rerun(tmp_path):
     its N and its rank p as recorded in statistics.json, and the trajectories plotted."""
     from nnsight_vla_mini import report
 
-    run = Path(__file__).resolve().parent.parent / "docs" / "mini_vla" / "grids" / "closed-loop-49"
+    run = Path(__file__).resolve().parent.parent / "docs" / "mini_vla" / "grids" / "closed-loop-same-scene"
     recorded = json.loads((run / "statistics.json").read_text())["vs_random"]["up_20@2"]["z_displacement"]
     page = report.closed_page(run, tmp_path).read_text().splitlines()
     own = next(line for line in page if line.startswith("| up_20@2 |"))
     assert "**z_displacement**" in own and f"| {recorded['controls']} |" in own
     assert f"**{recorded['p']:.3f}** (≥ {recorded['p_min']:.3f})" in own
-    assert (tmp_path / "closed-loop-49-trajectories.png").stat().st_size > 10_000
+    assert (tmp_path / "closed-loop-same-scene-trajectories.png").stat().st_size > 10_000
 
 
 def test_the_open_loop_grid_of_the_kept_rerun():

@@ -71,8 +71,8 @@ CELLS = [
         "Closed-loop in LIBERO (the paper's protocol: the clamp is on for every forward of every "
         "step), every condition told \"move the arm\": baseline, the \"up\" cluster, and 2 random "
         "clusters, for 3 steps (the full run: 4 concepts, 10 random clusters each, 2 init states, 10 steps; "
-        "`up_20@2` rerun against 49 random clusters, where it beats all 49: p = 0.02 before correcting "
-        "for having picked it among 20 cells)."
+        "`up_20@2` rerun against 49 random clusters, every condition in the same scene, where it beats "
+        "all 49: p = 0.02 before correcting for having picked it among 20 cells)."
     ),
     new_code_cell(
         "result = experiment.closed_loop(mini, Path(\"work/closed-loop\"), size=20, value=2.0, controls=LOOP_CONTROLS,\n"
@@ -90,7 +90,7 @@ CELLS = [
     ),
     new_code_cell(
         "results = Path(nnsight_vla.__file__).resolve().parent.parent / \"docs\" / \"mini_vla\"\n"
-        "for page in (\"open-loop-99.md\", \"closed-loop-49.md\", \"results.md\"):\n"
+        "for page in (\"open-loop-99.md\", \"closed-loop-same-scene.md\", \"results.md\"):\n"
         "    print((results / page).read_text())\n"
         "Image(results / \"explain.png\")"
     ),
